@@ -1,0 +1,27 @@
+"""GET /oauth/authorize: the browser brings a connect session and is sent on to the provider."""
+
+from aws_lambda_powertools.logging import correlation_paths
+
+from broker import services
+from broker.connect_flow import BROWSER_COOKIE
+from broker.http_api import base_url, browser_cookie, callback_path, create_app, redirect
+from broker.observability import logger, metrics, tracer
+
+app = create_app()
+
+
+@app.get("/oauth/authorize")
+def authorize():
+    event = app.current_event
+    flow = services.connect_flow()
+    result = flow.begin_authorization(event.raw_query_string, base_url=base_url(event))
+    cookie = browser_cookie(BROWSER_COOKIE, result.browser_secret, path=callback_path(event),
+                            max_age=flow.settings.flow_ttl_seconds)
+    return redirect(result.location, cookies=[cookie])
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler(capture_response=False)  # the response sets a browser secret
+def lambda_handler(event, context):
+    return app.resolve(event, context)

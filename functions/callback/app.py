@@ -1,0 +1,30 @@
+"""GET /oauth/callback: the provider sends the browser back with a code (or an error)."""
+
+from aws_lambda_powertools.logging import correlation_paths
+
+from broker import services
+from broker.connect_flow import BROWSER_COOKIE
+from broker.http_api import base_url, browser_cookie, callback_path, cookie_value, create_app, redirect
+from broker.observability import logger, metrics, tracer
+
+app = create_app()
+
+
+@app.get("/oauth/callback")
+def callback():
+    event = app.current_event
+    result = services.connect_flow().complete_callback(
+        event.raw_query_string,
+        browser_secret=cookie_value(event.raw_event, BROWSER_COOKIE),
+        base_url=base_url(event),
+    )
+    # The state is spent: the browser's secret is of no further use.
+    expired = browser_cookie(BROWSER_COOKIE, "", path=callback_path(event), max_age=0)
+    return redirect(result.location, cookies=[expired])
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event, context):
+    return app.resolve(event, context)

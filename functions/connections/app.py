@@ -1,0 +1,35 @@
+"""Backend routes for connect sessions and connections (IAM-signed calls from the SaaS)."""
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.logging import correlation_paths
+
+from broker import requests_in, services
+from broker.http_api import NO_STORE, base_url, create_app, json_response
+from broker.observability import logger, metrics, tracer
+
+app = create_app()
+
+
+@app.post("/connect-sessions")
+def create_connect_session():
+    event = app.current_event
+    session = services.connect_flow().create_session(event.decoded_body, base_url=base_url(event))
+    return json_response(201, session)
+
+
+@app.get("/connections/<connection_id>")
+def get_connection(connection_id: str):
+    return json_response(200, services.token_service().status(requests_in.connection_id(connection_id)))
+
+
+@app.delete("/connections/<connection_id>")
+def delete_connection(connection_id: str):
+    services.token_service().delete(requests_in.connection_id(connection_id))
+    return Response(status_code=204, headers=NO_STORE)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler(capture_response=False)  # the response carries a connect URL
+def lambda_handler(event, context):
+    return app.resolve(event, context)

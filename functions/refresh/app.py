@@ -1,0 +1,26 @@
+"""Backend routes that hand out access tokens: on demand and forced refresh."""
+
+from aws_lambda_powertools.logging import correlation_paths
+
+from broker import requests_in, services
+from broker.http_api import create_app, json_response
+from broker.observability import logger, metrics, tracer
+
+app = create_app()
+
+
+@app.get("/connections/<connection_id>/token")
+def get_token(connection_id: str):
+    return json_response(200, services.token_service().access_token(requests_in.connection_id(connection_id)))
+
+
+@app.post("/connections/<connection_id>/refresh")
+def force_refresh(connection_id: str):
+    return json_response(200, services.token_service().force_refresh(requests_in.connection_id(connection_id)))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler(capture_response=False)  # responses carry access tokens
+def lambda_handler(event, context):
+    return app.resolve(event, context)

@@ -1,0 +1,34 @@
+"""The OAuth client id and secret, read from Secrets Manager and cached between invocations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aws_lambda_powertools.utilities import parameters
+
+from .errors import ConfigurationError
+
+# Long enough that warm invocations make no Secrets Manager call, short enough that a
+# rotated secret is picked up without a redeploy (invalid_client also forces a refetch).
+CACHE_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    client_id: str
+    client_secret: str
+
+    def __repr__(self) -> str:  # keep the secret out of any accidental log line
+        return f"ClientCredentials(client_id={self.client_id!r}, client_secret=***)"
+
+
+class ClientCredentialSource:
+    def __init__(self, secret_arn: str, fetch=parameters.get_secret):
+        self._arn = secret_arn
+        self._fetch = fetch
+
+    def get(self, *, force_fetch: bool = False) -> ClientCredentials:
+        value = self._fetch(self._arn, transform="json", max_age=CACHE_SECONDS, force_fetch=force_fetch)
+        if not isinstance(value, dict) or not value.get("client_id") or not value.get("client_secret"):
+            raise ConfigurationError('the client secret must be JSON {"client_id": ..., "client_secret": ...}')
+        return ClientCredentials(str(value["client_id"]), str(value["client_secret"]))

@@ -1,0 +1,227 @@
+"""ConnectionStore: connection items in DynamoDB, versioned for optimistic locking.
+
+Every write that follows a read is conditional on the version read, so a stale writer can
+never overwrite newer credentials. A refresh holds a lease (owner + expiry) on the item so
+one refresh at a time reaches the provider.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+DUE_INDEX = "due-index"
+ACTIVE, NEEDS_REAUTH = "active", "needs_reauth"
+
+_ser, _de = TypeSerializer(), TypeDeserializer()
+
+
+def _to_ddb(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: _ser.serialize(v) for k, v in values.items()}
+
+
+class StaleWrite(Exception):
+    """The item changed since it was read (or the lease was lost): nothing was written."""
+
+
+@dataclass
+class Connection:
+    connection_id: str
+    status: str
+    version: int
+    auth_mode: str = "oauth2"
+    credentials: bytes | None = field(default=None, repr=False)
+    expires_at: int | None = None
+    refresh_due_at: int | None = None
+    lease_owner: str | None = None
+    lease_until: int | None = None
+    provider_user: dict[str, Any] = field(default_factory=dict)
+    scopes: str = ""
+    created_at: int | None = None
+    connected_at: int | None = None
+    last_refreshed_at: int | None = None
+    last_error: dict[str, Any] | None = None
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Connection:
+        data = {k: _de.deserialize(v) for k, v in item.items()}
+        number = lambda name: int(data[name]) if data.get(name) is not None else None  # noqa: E731
+        credentials = data.get("credentials")
+        return cls(
+            connection_id=data["connection_id"],
+            status=data.get("status", ACTIVE),
+            version=int(data.get("version", 0)),
+            auth_mode=data.get("auth_mode", "oauth2"),
+            credentials=bytes(credentials) if credentials is not None else None,
+            expires_at=number("expires_at"),
+            refresh_due_at=number("refresh_due_at"),
+            lease_owner=data.get("lease_owner"),
+            lease_until=number("lease_until"),
+            provider_user=dict(data.get("provider_user") or {}),
+            scopes=data.get("scopes", ""),
+            created_at=number("created_at"),
+            connected_at=number("connected_at"),
+            last_refreshed_at=number("last_refreshed_at"),
+            last_error=dict(data["last_error"]) if data.get("last_error") else None,
+        )
+
+
+def due_shard(connection_id: str, shards: int) -> str:
+    """A stable shard so the due-time index spreads over several partitions."""
+    return str(int(hashlib.sha256(connection_id.encode()).hexdigest()[:8], 16) % shards)
+
+
+class ConnectionStore:
+    def __init__(self, dynamodb, table: str, *, shards: int):
+        self._db = dynamodb
+        self._table = table
+        self._shards = shards
+
+    def get(self, connection_id: str) -> Connection | None:
+        answer = self._db.get_item(TableName=self._table, Key=self._key(connection_id), ConsistentRead=True)
+        return Connection.from_item(answer["Item"]) if "Item" in answer else None
+
+    def save_connected(self, connection_id: str, *, credentials: bytes, expires_at: int | None,
+                       refresh_due_at: int | None, provider_user: dict[str, Any], scopes: str,
+                       now: int) -> int:
+        """Create or re-connect: new credentials replace old ones and the version moves on,
+        which fences out any refresh that was in flight for the old credentials."""
+        sets = {
+            "status": ACTIVE, "auth_mode": "oauth2", "credentials": credentials,
+            "provider_user": provider_user, "scopes": scopes, "connected_at": now, "updated_at": now,
+        }
+        answer = self._update(
+            connection_id, sets=sets, due=(expires_at, refresh_due_at),
+            extra_set="version = if_not_exists(version, :zero) + :one, created_at = if_not_exists(created_at, :now)",
+            extra_values={":zero": 0, ":one": 1, ":now": now},
+            remove=["lease_owner", "lease_until", "last_error", "last_refreshed_at"],
+            return_new=True,
+        )
+        return int(answer["Attributes"]["version"]["N"])
+
+    def acquire_lease(self, connection: Connection, *, owner: str, now: int, seconds: int) -> bool:
+        try:
+            self._update(
+                connection.connection_id,
+                sets={"lease_owner": owner, "lease_until": now + seconds},
+                condition="version = :version AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+                extra_values={":version": connection.version, ":now": now},
+            )
+        except StaleWrite:
+            return False
+        return True
+
+    def save_refreshed(self, connection: Connection, *, owner: str, credentials: bytes,
+                       expires_at: int | None, refresh_due_at: int | None, now: int) -> None:
+        self._update(
+            connection.connection_id,
+            sets={"credentials": credentials, "last_refreshed_at": now, "updated_at": now},
+            due=(expires_at, refresh_due_at),
+            extra_set="version = version + :one",
+            remove=["lease_owner", "lease_until", "last_error"],
+            condition="version = :version AND lease_owner = :owner",
+            extra_values={":version": connection.version, ":owner": owner, ":one": 1},
+        )
+
+    def mark_needs_reauth(self, connection: Connection, *, error: dict[str, Any], now: int) -> None:
+        # Out of the due index: there is nothing left to refresh with.
+        self._update(
+            connection.connection_id,
+            sets={"status": NEEDS_REAUTH, "last_error": error, "updated_at": now},
+            extra_set="version = version + :one",
+            remove=["lease_owner", "lease_until", "due_shard", "refresh_due_at"],
+            condition="version = :version",
+            extra_values={":version": connection.version, ":one": 1},
+        )
+
+    def release_lease(self, connection: Connection, *, owner: str, error: dict[str, Any]) -> None:
+        # If the lease expired and someone else holds it now, it is theirs to release.
+        with contextlib.suppress(StaleWrite):
+            self._update(
+                connection.connection_id,
+                sets={"last_error": error},
+                remove=["lease_owner", "lease_until"],
+                condition="lease_owner = :owner",
+                extra_values={":owner": owner},
+            )
+
+    def delete(self, connection_id: str) -> bool:
+        try:
+            self._db.delete_item(TableName=self._table, Key=self._key(connection_id),
+                                 ConditionExpression="attribute_exists(connection_id)")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    def due_connection_ids(self, shard: int, *, now: int, page_size: int = 100) -> Iterator[str]:
+        """Ids whose refresh is due, from the sparse index only: never a table scan."""
+        kwargs = {
+            "TableName": self._table,
+            "IndexName": DUE_INDEX,
+            "KeyConditionExpression": "due_shard = :shard AND refresh_due_at <= :now",
+            "ExpressionAttributeValues": {":shard": {"S": str(shard)}, ":now": {"N": str(now)}},
+            "Limit": page_size,
+        }
+        while True:
+            page = self._db.query(**kwargs)
+            for item in page.get("Items", []):
+                yield item["connection_id"]["S"]
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    @staticmethod
+    def _key(connection_id: str) -> dict[str, Any]:
+        return {"connection_id": {"S": connection_id}}
+
+    def _update(self, connection_id: str, *, sets: dict[str, Any], due: tuple | None = None,
+                extra_set: str = "", remove: list[str] | None = None, condition: str | None = None,
+                extra_values: dict[str, Any] | None = None, return_new: bool = False) -> dict:
+        sets = dict(sets)
+        remove = list(remove or [])
+        if due is not None:
+            expires_at, refresh_due_at = due
+            for name, value in (("expires_at", expires_at), ("refresh_due_at", refresh_due_at)):
+                if value is None:
+                    remove.append(name)
+                else:
+                    sets[name] = value
+            # The index is sparse: only connections with a due time carry a shard.
+            if refresh_due_at is None:
+                remove.append("due_shard")
+            else:
+                sets["due_shard"] = due_shard(connection_id, self._shards)
+        names = {f"#{k}": k for k in [*sets, *remove]}
+        values = {f":{k}": v for k, v in sets.items()}
+        values.update(extra_values or {})
+        clauses = [f"#{k} = :{k}" for k in sets] + ([extra_set] if extra_set else [])
+        expression = "SET " + ", ".join(clauses)
+        if remove:
+            expression += " REMOVE " + ", ".join(f"#{k}" for k in remove)
+        kwargs = {
+            "TableName": self._table,
+            "Key": self._key(connection_id),
+            "UpdateExpression": expression,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": _to_ddb(values),
+        }
+        if condition:
+            kwargs["ConditionExpression"] = condition
+        if return_new:
+            kwargs["ReturnValues"] = "ALL_NEW"
+        try:
+            return self._db.update_item(**kwargs)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise StaleWrite(connection_id) from None
+            raise

@@ -1,0 +1,158 @@
+"""ProviderClient: the OAuth 2.0 authorization server and the Insightly API, over requests.
+
+Every URL comes from ProviderSettings; every call has a timeout. Errors are mapped to
+ProviderRejected (an OAuth error answer) or ProviderUnavailable (429, 5xx, no answer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import requests
+
+from .client_credentials import ClientCredentials
+from .config import ProviderSettings
+from .errors import ProviderRejected, ProviderUnavailable
+
+USER_AGENT = "insightly-connect/0.1"
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    access_token: str
+    token_type: str = "Bearer"
+    refresh_token: str | None = None
+    expires_in: int | None = None
+    scope: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __repr__(self) -> str:  # never print a token
+        return f"TokenSet(token_type={self.token_type!r}, expires_in={self.expires_in}, scope={self.scope!r})"
+
+    @classmethod
+    def from_response(cls, body: dict[str, Any]) -> TokenSet:
+        access_token = body.get("access_token")
+        if not isinstance(access_token, str) or not access_token:
+            raise ProviderUnavailable("the provider's token answer has no access_token")
+        expires_in = body.get("expires_in")
+        try:
+            expires_in = int(expires_in) if expires_in is not None else None
+        except (TypeError, ValueError):
+            expires_in = None
+        refresh_token = body.get("refresh_token")
+        return cls(
+            access_token=access_token,
+            token_type=str(body.get("token_type") or "Bearer"),
+            refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
+            expires_in=expires_in,
+            scope=body.get("scope") if isinstance(body.get("scope"), str) else None,
+        )
+
+
+def _retry_after(response: requests.Response) -> int | None:
+    value = response.headers.get("Retry-After", "")
+    return int(value) if value.isdigit() else None
+
+
+class ProviderClient:
+    def __init__(self, settings: ProviderSettings, *, timeout: tuple[float, float] = (3.05, 8.0),
+                 session: requests.Session | None = None):
+        self.settings = settings
+        self._timeout = timeout
+        self._session = session
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:  # reused across warm invocations for keep-alive
+            self._session = requests.Session()
+            self._session.headers["User-Agent"] = USER_AGENT
+        return self._session
+
+    def authorization_url(self, *, client_id: str, redirect_uri: str, state: str,
+                          code_challenge: str | None) -> str:
+        params = {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri, "state": state}
+        if self.settings.scopes:
+            params["scope"] = self.settings.scopes
+        if code_challenge:
+            params.update(code_challenge=code_challenge, code_challenge_method="S256")
+        parts = urlsplit(self.settings.authorize_url)
+        query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+    # -- token endpoint --------------------------------------------------------------
+
+    def exchange_code(self, creds: ClientCredentials, *, code: str, redirect_uri: str,
+                      code_verifier: str | None) -> TokenSet:
+        form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+        if code_verifier:
+            form["code_verifier"] = code_verifier
+        return TokenSet.from_response(self._token_call(creds, form))
+
+    def refresh(self, creds: ClientCredentials, refresh_token: str) -> TokenSet:
+        return TokenSet.from_response(
+            self._token_call(creds, {"grant_type": "refresh_token", "refresh_token": refresh_token})
+        )
+
+    def _token_call(self, creds: ClientCredentials, form: dict[str, str]) -> dict[str, Any]:
+        auth = None
+        if self.settings.token_auth_method == "client_secret_basic":
+            auth = (creds.client_id, creds.client_secret)
+        else:
+            form = {**form, "client_id": creds.client_id, "client_secret": creds.client_secret}
+        response = self._send("POST", self.settings.token_url, data=form, auth=auth)
+        return self._json_or_raise(response)
+
+    # -- API and revocation ------------------------------------------------------------
+
+    def fetch_user(self, access_token: str) -> dict[str, Any]:
+        response = self._send("GET", self.settings.userinfo_url,
+                              headers={"Authorization": f"Bearer {access_token}"})
+        return self._json_or_raise(response)
+
+    def revoke(self, creds: ClientCredentials, token: str, token_type_hint: str) -> None:
+        """RFC 7009 revocation. 200 means revoked (or already unknown to the provider)."""
+        form = {"token": token, "token_type_hint": token_type_hint}
+        auth = None
+        if self.settings.token_auth_method == "client_secret_basic":
+            auth = (creds.client_id, creds.client_secret)
+        else:
+            form.update(client_id=creds.client_id, client_secret=creds.client_secret)
+        response = self._send("POST", self.settings.revocation_url, data=form, auth=auth)
+        if response.status_code != 200:
+            self._json_or_raise(response)
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
+        headers = {"Accept": "application/json", **kwargs.pop("headers", {})}
+        try:
+            return self.session.request(method, url, headers=headers, timeout=self._timeout,
+                                        allow_redirects=False, **kwargs)
+        except requests.Timeout as exc:
+            raise ProviderUnavailable("the provider did not answer in time") from exc
+        except requests.RequestException as exc:
+            raise ProviderUnavailable("the provider could not be reached") from exc
+
+    @staticmethod
+    def _json_or_raise(response: requests.Response) -> dict[str, Any]:
+        status = response.status_code
+        if status == 429:
+            raise ProviderUnavailable("the provider is rate limiting", retry_after=_retry_after(response))
+        if status >= 500:
+            raise ProviderUnavailable(f"the provider answered {status}", retry_after=_retry_after(response))
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if 200 <= status < 300 and isinstance(body, dict):
+            return body
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, str) and error:
+            # Only the OAuth error code is kept: error_description is free text from
+            # the provider and may echo what we sent.
+            raise ProviderRejected(f"the provider refused: {error[:64]}", oauth_error=error[:64])
+        if status in (401, 403):
+            raise ProviderRejected(f"the provider answered {status}", oauth_error="unauthorized")
+        raise ProviderUnavailable(f"the provider gave an unexpected answer ({status})")

@@ -1,0 +1,43 @@
+"""The object graph of one container: built on first use from settings and boto3 clients,
+then reused while the container is warm. Tests call reset() to rebuild it."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from . import aws
+from .client_credentials import ClientCredentialSource
+from .config import settings
+from .connect_flow import ConnectFlow
+from .connections import ConnectionStore
+from .flowstore import FlowStore
+from .provider import ProviderClient
+from .tokens import TokenService
+from .vault import TokenVault
+
+
+@lru_cache(maxsize=1)
+def _shared():
+    cfg = settings()
+    return dict(
+        connections=ConnectionStore(aws.client("dynamodb"), cfg.connections_table, shards=cfg.due_index_shards),
+        vault=TokenVault(aws.client("kms"), cfg.token_key_id),
+        provider=ProviderClient(cfg.provider, timeout=(cfg.http_connect_timeout, cfg.http_read_timeout)),
+        credentials=ClientCredentialSource(cfg.client_secret_arn),
+    )
+
+
+@lru_cache(maxsize=1)
+def connect_flow() -> ConnectFlow:
+    return ConnectFlow(settings(), flows=FlowStore(aws.client("dynamodb"), settings().flow_table), **_shared())
+
+
+@lru_cache(maxsize=1)
+def token_service() -> TokenService:
+    return TokenService(settings(), **_shared())
+
+
+def reset() -> None:
+    for cached in (settings, _shared, connect_flow, token_service):
+        cached.cache_clear()
+    aws.reset()

@@ -1,0 +1,99 @@
+"""Test configuration: fake AWS credentials, no network but loopback, moto for AWS, and a
+fake Insightly behind `responses`. A test that tries to reach real AWS or the internet
+fails loudly at the socket."""
+
+import os
+import socket
+
+# Before anything imports boto3: no real credentials, no real config, a fixed region.
+os.environ.update({
+    "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "POWERTOOLS_TRACE_DISABLED": "1", "POWERTOOLS_SERVICE_NAME": "insightly-connect",
+    "POWERTOOLS_METRICS_NAMESPACE": "InsightlyConnect",
+})
+for leaked in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
+    os.environ.pop(leaked, None)
+
+import boto3  # noqa: E402
+import pytest  # noqa: E402
+import responses  # noqa: E402
+from aws_lambda_powertools.utilities import parameters  # noqa: E402
+from moto import mock_aws  # noqa: E402
+
+from broker import services  # noqa: E402
+from tests.support.fake_provider import FakeInsightly  # noqa: E402
+from tests.support.inprocess import InProcessBroker  # noqa: E402
+from tests.support.stack import Stack  # noqa: E402
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_only(sock, address):
+    host = address[0] if isinstance(address, tuple) else None
+    if host is not None and host not in ("127.0.0.1", "::1", "localhost"):
+        raise RuntimeError(f"tests may not open network connections (tried {address!r})")
+    return _real_connect(sock, address)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    monkeypatch.setattr(socket.socket, "connect", _loopback_only)
+
+
+TEST_PARAMETERS = {
+    "AllowedReturnOrigins": "https://app.example.com,http://localhost:8080",
+    "ProviderRevocationUrl": "https://api.insightly.com/v3.1/oauth2/revoke",
+}
+
+
+@pytest.fixture
+def provider():
+    return FakeInsightly()
+
+
+@pytest.fixture
+def stack(monkeypatch, provider):
+    """The template's tables, key and secret in moto, and the functions' environment set."""
+    with mock_aws():
+        session = boto3.Session()
+        built = Stack(parameters=TEST_PARAMETERS).provision(session)
+        # What a deployer does after `sam deploy`: put the real client credentials in.
+        session.client("secretsmanager").put_secret_value(
+            SecretId=built.refs["ClientSecret"],
+            SecretString=f'{{"client_id": "{provider.client_id}", "client_secret": "{provider.client_secret}"}}')
+        for key, value in built.function_environment("ConnectionsFunction").items():
+            monkeypatch.setenv(key, value)
+        services.reset()
+        parameters.clear_caches()
+        yield built
+        services.reset()
+        parameters.clear_caches()
+
+
+@pytest.fixture
+def http_provider(provider):
+    """The fake provider at the HTTP layer; any other outbound HTTP request fails."""
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        provider.install(mock)
+        yield provider
+
+
+@pytest.fixture
+def broker(stack, http_provider):
+    return InProcessBroker(stack, http_provider)
+
+
+@pytest.fixture
+def dynamodb(stack):
+    return boto3.client("dynamodb")
+
+
+def all_items(dynamodb, stack):
+    """Every item of every table of the stack (test inspection only; the broker never scans)."""
+    items = []
+    for logical in stack.of_type("AWS::DynamoDB::Table"):
+        items += dynamodb.scan(TableName=stack.refs[logical])["Items"]
+    return items

@@ -1,0 +1,180 @@
+"""FakeInsightly: an OAuth 2.0 authorization server and Users/Me API that behaves like the
+provider, with switches for the faults a real one shows. Pure logic: `install()` serves it
+through `responses` (no sockets); a local HTTP server can serve the same object."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
+
+import requests
+
+USER = {"USER_ID": 4242, "EMAIL_ADDRESS": "ada@example.com", "FIRST_NAME": "Ada", "LAST_NAME": "Lovelace",
+        "TIMEZONE_ID": "GMT Standard Time", "ADMINISTRATOR": True}
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@dataclass
+class FakeInsightly:
+    client_id: str = "test-client-id"
+    client_secret: str = "test-client-secret-value"
+    base_url: str = "https://api.insightly.com/v3.1"
+    access_ttl: int | None = 3600
+    rotate_refresh_tokens: bool = True
+    issue_refresh_tokens: bool = True
+    user: dict = field(default_factory=lambda: dict(USER))
+    calls: Counter = field(default_factory=Counter)
+    codes: dict = field(default_factory=dict)
+    refresh_tokens: dict = field(default_factory=dict)
+    access_tokens: dict = field(default_factory=dict)
+    issued: list = field(default_factory=list)  # every token string ever handed out
+    faults: deque = field(default_factory=deque)
+    revoked: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+
+    # -- switches ----------------------------------------------------------------------------
+
+    def fail_next(self, fault: str, times: int = 1) -> None:
+        """fault: '429', '500', 'timeout', 'invalid_grant', 'invalid_client' (token endpoint)."""
+        self.faults.extend([fault] * times)
+
+    # -- the person at the consent page --------------------------------------------------------
+
+    def approve(self, authorize_url: str) -> str:
+        """Approve the request; returns the callback URL the browser is sent to."""
+        params = self._authorize_params(authorize_url)
+        code = "code-" + secrets.token_urlsafe(16)
+        self.codes[code] = {"client_id": params["client_id"], "redirect_uri": params["redirect_uri"],
+                            "challenge": params.get("code_challenge"), "used": False}
+        self.issued.append(code)
+        return self._back(params, code=code, state=params["state"])
+
+    def deny(self, authorize_url: str) -> str:
+        params = self._authorize_params(authorize_url)
+        return self._back(params, error="access_denied", state=params["state"])
+
+    def _authorize_params(self, url: str) -> dict[str, str]:
+        parts = urlsplit(url)
+        assert f"{parts.scheme}://{parts.netloc}{parts.path}" == f"{self.base_url}/oauth2/authorize", url
+        params = dict(parse_qsl(parts.query))
+        assert params["response_type"] == "code" and params["client_id"] == self.client_id
+        return params
+
+    @staticmethod
+    def _back(params: dict[str, str], **answer: str) -> str:
+        return f"{params['redirect_uri']}?{urlencode(answer)}"
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def token_endpoint(self, form: dict[str, str], headers: dict[str, str]) -> tuple[int, dict, dict]:
+        with self._lock:
+            self.calls["token"] += 1
+            self.calls[form.get("grant_type", "?")] += 1
+            if self.faults:
+                fault = self.faults.popleft()
+                if fault == "timeout":
+                    raise requests.ReadTimeout("fake provider timed out")
+                if fault == "429":
+                    return 429, {"Retry-After": "7"}, {"error": "rate_limited"}
+                if fault == "500":
+                    return 500, {}, {"error": "server_error"}
+                return 400 if fault == "invalid_grant" else 401, {}, {"error": fault}
+            if not self._client_ok(form, headers):
+                return 401, {}, {"error": "invalid_client"}
+            if form.get("grant_type") == "authorization_code":
+                return self._exchange(form)
+            if form.get("grant_type") == "refresh_token":
+                return self._refresh(form)
+            return 400, {}, {"error": "unsupported_grant_type"}
+
+    def users_me(self, headers: dict[str, str]) -> tuple[int, dict, dict]:
+        self.calls["users_me"] += 1
+        token = headers.get("Authorization", "").removeprefix("Bearer ")
+        expires_at = self.access_tokens.get(token)
+        if expires_at is None or (expires_at and expires_at < time.time()):
+            return 401, {}, {"Message": "Unauthorized"}
+        return 200, {}, self.user
+
+    def revoke_endpoint(self, form: dict[str, str], headers: dict[str, str]) -> tuple[int, dict, dict]:
+        self.calls["revoke"] += 1
+        if not self._client_ok(form, headers):
+            return 401, {}, {"error": "invalid_client"}
+        self.revoked.append(form.get("token"))
+        self.refresh_tokens.pop(form.get("token"), None)
+        self.access_tokens.pop(form.get("token"), None)
+        return 200, {}, {}
+
+    # -- grant logic ---------------------------------------------------------------------------
+
+    def _client_ok(self, form: dict[str, str], headers: dict[str, str]) -> bool:
+        auth = headers.get("Authorization", "")
+        if auth.startswith("Basic "):
+            client_id, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+        else:
+            client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
+        return client_id == self.client_id and secrets.compare_digest(secret, self.client_secret)
+
+    def _exchange(self, form: dict[str, str]):
+        grant = self.codes.get(form.get("code", ""))
+        if grant is None or grant["used"] or grant["redirect_uri"] != form.get("redirect_uri"):
+            return 400, {}, {"error": "invalid_grant"}
+        grant["used"] = True
+        if grant["challenge"]:
+            verifier = form.get("code_verifier", "")
+            if _b64url(hashlib.sha256(verifier.encode()).digest()) != grant["challenge"]:
+                return 400, {}, {"error": "invalid_grant", "error_description": "PKCE verification failed"}
+        return 200, {}, self._issue()
+
+    def _refresh(self, form: dict[str, str]):
+        token = form.get("refresh_token", "")
+        if not self.refresh_tokens.get(token):
+            return 400, {}, {"error": "invalid_grant"}
+        if self.rotate_refresh_tokens:
+            self.refresh_tokens[token] = False
+        return 200, {}, self._issue(keep_refresh=None if self.rotate_refresh_tokens else token)
+
+    def _issue(self, keep_refresh: str | None = None) -> dict:
+        access = "at-" + secrets.token_urlsafe(24)
+        self.access_tokens[access] = time.time() + self.access_ttl if self.access_ttl else 0
+        self.issued.append(access)
+        body = {"access_token": access, "token_type": "Bearer"}
+        if self.access_ttl is not None:
+            body["expires_in"] = self.access_ttl
+        if self.issue_refresh_tokens and keep_refresh is None:
+            refresh = "rt-" + secrets.token_urlsafe(24)
+            self.refresh_tokens[refresh] = True
+            self.issued.append(refresh)
+            body["refresh_token"] = refresh
+        return body
+
+    @property
+    def current_refresh_tokens(self) -> list[str]:
+        return [t for t, live in self.refresh_tokens.items() if live]
+
+    # -- serving through `responses` -------------------------------------------------------------
+
+    def install(self, mock) -> FakeInsightly:
+        def adapt(handler, with_form=True):
+            def callback(request):
+                form = {k: v[0] for k, v in parse_qs(request.body or "").items()} if with_form else None
+                args = (form, dict(request.headers)) if with_form else (dict(request.headers),)
+                status, headers, body = handler(*args)
+                return status, {"Content-Type": "application/json", **headers}, json.dumps(body)
+            return callback
+
+        mock.add_callback("POST", f"{self.base_url}/oauth2/token", callback=adapt(self.token_endpoint))
+        mock.add_callback("POST", f"{self.base_url}/oauth2/revoke", callback=adapt(self.revoke_endpoint))
+        mock.add_callback("GET", f"{self.base_url}/Users/Me", callback=adapt(self.users_me, with_form=False))
+        return self

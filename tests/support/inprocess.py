@@ -1,0 +1,86 @@
+"""Call the real handlers in-process the way API Gateway would, and drive the OAuth flow."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from http.cookies import SimpleCookie
+from urllib.parse import parse_qsl, urlsplit
+
+from .fake_provider import FakeInsightly
+from .lambda_events import LambdaContext, http_event, iam_identity, load_handler, match_route
+from .stack import Stack
+
+RETURN_TO = "https://app.example.com/settings/integrations"
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict
+    cookies: list
+    body: str | None
+
+    @property
+    def json(self):
+        return json.loads(self.body) if self.body else None
+
+    @property
+    def location(self) -> str:
+        return self.headers.get("Location", "")
+
+    def cookie(self, name: str):
+        for raw in self.cookies:
+            jar = SimpleCookie()
+            jar.load(raw)
+            if name in jar:
+                return jar[name]
+        return None
+
+
+def query_of(url: str) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query, keep_blank_values=True))
+
+
+class InProcessBroker:
+    def __init__(self, stack: Stack, provider: FakeInsightly):
+        self.stack = stack
+        self.provider = provider
+        self.routes = stack.http_routes()
+
+    def call(self, method: str, path: str, *, query: str = "", body=None, cookies=None, signed: bool = True,
+             headers=None) -> Answer:
+        found = match_route(self.routes, method, path)
+        assert found, f"no route for {method} {path}"
+        route, params = found
+        if isinstance(body, dict):
+            body = json.dumps(body)
+        event = http_event(method, path, route=route, path_parameters=params, raw_query=query, body=body,
+                           cookies=cookies, headers=headers,
+                           iam_identity=iam_identity() if signed and route["auth"] == "AWS_IAM" else None)
+        return self.invoke(route["code_uri"], event)
+
+    def invoke(self, code_uri: str, event: dict) -> Answer:
+        raw = load_handler(code_uri).lambda_handler(event, LambdaContext())
+        return Answer(raw["statusCode"], raw.get("headers") or {}, raw.get("cookies") or [], raw.get("body"))
+
+    # -- the connect flow, step by step --------------------------------------------------------
+
+    def create_session(self, connection_id: str = "user-1", return_to: str = RETURN_TO) -> Answer:
+        return self.call("POST", "/connect-sessions", body={"connection_id": connection_id, "return_to": return_to})
+
+    def authorize(self, connect_url: str) -> Answer:
+        return self.call("GET", "/oauth/authorize", query=urlsplit(connect_url).query)
+
+    def callback(self, callback_url: str, cookie: str | None) -> Answer:
+        cookies = [f"ic_oauth_browser={cookie}"] if cookie else None
+        return self.call("GET", "/oauth/callback", query=urlsplit(callback_url).query, cookies=cookies)
+
+    def connect(self, connection_id: str = "user-1", *, approve: bool = True) -> Answer:
+        """Session -> authorize -> the person approves (or denies) -> callback."""
+        session = self.create_session(connection_id)
+        assert session.status == 201, session.body
+        redirect = self.authorize(session.json["connect_url"])
+        assert redirect.status == 302, redirect.body
+        back = (self.provider.approve if approve else self.provider.deny)(redirect.location)
+        return self.callback(back, redirect.cookie("ic_oauth_browser").value)
