@@ -1,0 +1,40 @@
+from broker.connect_flow import pkce_challenge, pkce_verifier
+from broker.requests_in import RANDOM_TOKEN
+from broker.tokens import expiry_and_due, sealed_fields
+from broker.provider import TokenSet
+
+
+def test_refresh_is_due_the_lead_time_before_expiry():
+    assert expiry_and_due(3600, True, now=1000, lead=300) == (4600, 4300)
+
+
+def test_short_lived_tokens_are_not_refreshed_before_half_their_life():
+    assert expiry_and_due(120, True, now=1000, lead=300) == (1120, 1060)
+
+
+def test_a_token_without_a_refresh_token_is_never_due():
+    assert expiry_and_due(3600, False, now=1000, lead=300) == (4600, None)
+
+
+def test_a_token_without_expiry_has_no_due_time():
+    assert expiry_and_due(None, True, now=1000, lead=300) == (None, None)
+
+
+def test_a_refresh_without_a_new_refresh_token_keeps_the_old_one():
+    sealed = sealed_fields(TokenSet(access_token="new-at"), {"refresh_token": "old-rt", "scope": "all"})
+    assert sealed == {"access_token": "new-at", "refresh_token": "old-rt", "token_type": "Bearer", "scope": "all"}
+
+
+def test_a_rotated_refresh_token_replaces_the_old_one():
+    sealed = sealed_fields(TokenSet(access_token="new-at", refresh_token="new-rt"), {"refresh_token": "old-rt"})
+    assert sealed["refresh_token"] == "new-rt"
+
+
+def test_pkce_verifier_is_valid_rfc7636_and_bound_to_cookie_and_state():
+    state, cookie = "s" * 43, "c" * 43
+    verifier = pkce_verifier(cookie, state)
+    assert 43 <= len(verifier) <= 128 and RANDOM_TOKEN.fullmatch(verifier)
+    assert verifier == pkce_verifier(cookie, state)
+    assert verifier != pkce_verifier("d" * 43, state) != pkce_verifier(cookie, "t" * 43)
+    # RFC 7636 appendix B example
+    assert pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
