@@ -97,3 +97,19 @@ def all_items(dynamodb, stack):
     for logical in stack.of_type("AWS::DynamoDB::Table"):
         items += dynamodb.scan(TableName=stack.refs[logical])["Items"]
     return items
+
+
+@pytest.fixture
+def captured_logs():
+    """Everything the broker logs, formatted exactly as Lambda would ship it (JSON lines)."""
+    import io
+    import logging
+
+    from broker.observability import logger
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logger.registered_formatter)
+    logger.addHandler(handler)
+    yield stream
+    logger.removeHandler(handler)

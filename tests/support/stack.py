@@ -119,6 +119,8 @@ class Stack:
         type_ = self.resources[logical]["Type"]
         if type_ == "AWS::IAM::Role" and attr == "Arn":
             return f"arn:aws:iam::{ACCOUNT_ID}:role/{self.name}-{logical}"
+        if attr == "Arn":  # a resource not created (yet): a recognisable stand-in
+            return f"arn:aws:unprovisioned:{self.region}:{ACCOUNT_ID}:{self.name}-{logical}"
         raise KeyError(f"no attribute {logical}.{attr} in this stack")
 
     def function_environment(self, logical: str) -> dict[str, str]:

@@ -1,7 +1,7 @@
 from broker.connect_flow import pkce_challenge, pkce_verifier
+from broker.provider import TokenSet
 from broker.requests_in import RANDOM_TOKEN
 from broker.tokens import expiry_and_due, sealed_fields
-from broker.provider import TokenSet
 
 
 def test_refresh_is_due_the_lead_time_before_expiry():
@@ -37,4 +37,6 @@ def test_pkce_verifier_is_valid_rfc7636_and_bound_to_cookie_and_state():
     assert verifier == pkce_verifier(cookie, state)
     assert verifier != pkce_verifier("d" * 43, state) != pkce_verifier(cookie, "t" * 43)
     # RFC 7636 appendix B example
-    assert pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk") == "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    rfc_verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+    rfc_challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+    assert pkce_challenge(rfc_verifier) == rfc_challenge

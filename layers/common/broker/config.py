@@ -97,7 +97,7 @@ class Settings:
                 authorize_url=need("PROVIDER_AUTHORIZE_URL"),
                 token_url=need("PROVIDER_TOKEN_URL"),
                 api_base_url=need("PROVIDER_API_BASE_URL"),
-                userinfo_path=env.get("PROVIDER_USERINFO_PATH", "/Users/Me"),
+                userinfo_path=env.get("PROVIDER_USER_INFO_PATH", "/Users/Me"),
                 revocation_url=env.get("PROVIDER_REVOCATION_URL", "").strip(),
                 scopes=" ".join(env.get("PROVIDER_SCOPES", "").split()),
                 use_pkce=flag("PROVIDER_USE_PKCE", "true"),

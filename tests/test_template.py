@@ -1,0 +1,126 @@
+"""The deployed shape: least privilege, the contract's routes and auth, template-driven config."""
+
+import json
+import re
+
+import pytest
+
+from tests.support.stack import Stack, load_template, parameter_env_name
+
+TEMPLATE = load_template()
+RESOURCES = TEMPLATE["Resources"]
+ROLES = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::IAM::Role"}
+FUNCTIONS = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::Serverless::Function"}
+
+
+def statements(document):
+    found = document.get("Statement", [])
+    return found if isinstance(found, list) else [found]
+
+
+def role_statements():
+    for role_name, role in ROLES.items():
+        for policy in role["Properties"].get("Policies", []):
+            for statement in statements(policy["PolicyDocument"]):
+                yield role_name, statement
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def test_every_function_has_its_own_role():
+    roles = [f["Properties"]["Role"]["Fn::GetAtt"][0] for f in FUNCTIONS.values()]
+    assert sorted(roles) == sorted(ROLES) and len(set(roles)) == len(roles)
+
+
+@pytest.mark.parametrize("role_name,statement", list(role_statements()))
+def test_no_role_statement_has_a_wildcard_resource_scan_or_kms(role_name, statement):
+    assert "*" not in json.dumps(statement.get("Resource")), f"{role_name}: wildcard resource"
+    actions = [a.lower() for a in as_list(statement["Action"])]
+    assert not any("*" in a for a in actions), f"{role_name}: wildcard action"
+    assert "dynamodb:scan" not in actions
+    assert not any(a.startswith("kms:") for a in actions), "KMS is granted in the key policy only"
+
+
+def test_no_sam_policy_templates_or_crud_policies():
+    text = json.dumps(TEMPLATE)
+    assert "CrudPolicy" not in text and "dynamodb:*" not in text.lower()
+    for function in FUNCTIONS.values():
+        assert "Policies" not in function["Properties"]
+
+
+def test_key_policy_grants_use_only_under_the_token_set_encryption_context():
+    key = RESOURCES["TokenKey"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    use_actions = {"kms:encrypt", "kms:decrypt", "kms:reencrypt*", "kms:generatedatakey*", "kms:*", "kms:create*"}
+    granted = {}
+    for statement in statements(key["KeyPolicy"]):
+        actions = {a.lower() for a in as_list(statement["Action"])}
+        principals = as_list(statement["Principal"]["AWS"])
+        if actions & use_actions:
+            condition = statement["Condition"]
+            assert condition["StringEquals"]["kms:EncryptionContext:purpose"] == "oauth2-token-set"
+            assert sorted(condition["ForAllValues:StringEquals"]["kms:EncryptionContextKeys"]) == [
+                "connection_id", "purpose"]
+            for principal in principals:
+                granted.setdefault(principal["Fn::GetAtt"][0], set()).update(actions)
+        else:
+            assert not any(a.startswith(("kms:encrypt", "kms:decrypt", "kms:generate", "kms:reencrypt"))
+                           or a in ("kms:*", "kms:create*", "kms:creategrant") for a in actions)
+    assert "AuthorizeRole" not in granted, "the authorize function must have no KMS access"
+    assert granted == {"CallbackRole": {"kms:encrypt"}, "ConnectionsRole": {"kms:decrypt"},
+                       "RefreshRole": {"kms:encrypt", "kms:decrypt"}, "SchedulerRole": {"kms:encrypt", "kms:decrypt"}}
+
+
+def test_routes_match_the_public_contract_with_iam_on_backend_routes():
+    routes = {(r["method"], r["path"]): (r["function"], r["auth"]) for r in Stack().http_routes()}
+    assert routes == {
+        ("POST", "/connect-sessions"): ("ConnectionsFunction", "AWS_IAM"),
+        ("GET", "/oauth/authorize"): ("AuthorizeFunction", "NONE"),
+        ("GET", "/oauth/callback"): ("CallbackFunction", "NONE"),
+        ("GET", "/connections/{connection_id}"): ("ConnectionsFunction", "AWS_IAM"),
+        ("GET", "/connections/{connection_id}/token"): ("RefreshFunction", "AWS_IAM"),
+        ("POST", "/connections/{connection_id}/refresh"): ("RefreshFunction", "AWS_IAM"),
+        ("DELETE", "/connections/{connection_id}"): ("ConnectionsFunction", "AWS_IAM"),
+    }
+
+
+def test_api_has_throttling_and_logs_no_bodies_or_query_strings():
+    api = RESOURCES["HttpApi"]["Properties"]
+    assert api["DefaultRouteSettings"]["ThrottlingBurstLimit"] and api["DefaultRouteSettings"]["ThrottlingRateLimit"]
+    log_format = api["AccessLogSettings"]["Format"]
+    assert not re.search(r"body|querystring|rawQuery|\$request\.", log_format, re.IGNORECASE)
+
+
+def test_data_tables_have_pitr_a_sparse_due_index_and_ttl():
+    connections = RESOURCES["ConnectionsTable"]["Properties"]
+    assert connections["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    [index] = connections["GlobalSecondaryIndexes"]
+    assert [k["AttributeName"] for k in index["KeySchema"]] == ["due_shard", "refresh_due_at"]
+    flow = RESOURCES["FlowTable"]["Properties"]
+    assert flow["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+
+
+def test_the_scheduler_runs_on_the_schedule_parameter():
+    [event] = RESOURCES["SchedulerFunction"]["Properties"]["Events"].values()
+    assert event["Type"] == "Schedule" and event["Properties"]["Schedule"] == {"Ref": "RefreshSchedule"}
+    assert TEMPLATE["Parameters"]["RefreshSchedule"]["Default"] == "rate(5 minutes)"
+
+
+def test_every_provider_and_flow_parameter_reaches_the_functions_by_its_env_name():
+    env = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    for name in TEMPLATE["Parameters"]:
+        if name.startswith(("Provider", "AllowedReturn", "Refresh", "DueIndex", "PublicBase")) \
+                and name != "RefreshSchedule":
+            assert env[parameter_env_name(name)] == {"Ref": name}, name
+
+
+def test_the_settings_loader_accepts_the_templates_environment():
+    from broker.config import Settings
+
+    stack = Stack()
+    settings = Settings.from_env(stack.function_environment("RefreshFunction"))
+    assert settings.provider.authorize_url == "https://api.insightly.com/v3.1/oauth2/authorize"
+    assert settings.provider.userinfo_url == "https://api.insightly.com/v3.1/Users/Me"
+    assert settings.due_index_shards == 8 and settings.cookie_secure is True
