@@ -1,0 +1,81 @@
+"""Every events/*.json (the `sam local invoke -e` payloads) is accepted by its handler.
+
+A file is named <function directory>[.<case>].json. Each test seeds what the event refers
+to (the session, the state and its browser cookie, the provider's code, a connection), so
+the payloads stay real requests, not just well-formed JSON."""
+
+import json
+import time
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import pytest
+
+from broker import services
+from broker.connect_flow import pkce_challenge, pkce_verifier
+from tests.integration.test_connect_flow import REDIRECT_URI
+from tests.integration.test_tokens import make_due
+from tests.support.inprocess import RETURN_TO
+from tests.support.lambda_events import LambdaContext, load_handler
+from tests.support.stack import ROOT, Stack
+
+EVENT_FILES = sorted((ROOT / "events").glob("*.json"))
+EXPECTED = {
+    "authorize": (302, "https://api.insightly.com/v3.1/oauth2/authorize?"),
+    "callback": (302, f"{RETURN_TO}?status=connected&connection_id=user-1"),
+    "callback.access-denied": (302, f"{RETURN_TO}?status=error&error=access_denied"),
+    "connections.create-session": (201, None),
+    "connections.get": (200, None),
+    "connections.delete": (204, None),
+    "refresh.token": (200, None),
+    "refresh.force": (200, None),
+}
+
+
+def test_every_event_file_is_covered():
+    assert {f.stem for f in EVENT_FILES} == set(EXPECTED) | {"scheduler"}
+
+
+def seed(broker, event):
+    """Put in place what the event's session, state, cookie and code stand for."""
+    flow = services.connect_flow()
+    query = dict(parse_qsl(event.get("rawQueryString", "")))
+    expires = int(time.time()) + 600
+    if "session" in query:
+        flow.flows.put_session(query["session"], connection_id="user-1", return_to=RETURN_TO, expires_at=expires)
+    if "state" in query:
+        cookie = event["cookies"][0].partition("=")[2]
+        flow.flows.put_state(query["state"], browser_secret=cookie, connection_id="user-1", return_to=RETURN_TO,
+                             expires_at=expires)
+        broker.provider.codes[query.get("code", "-")] = {
+            "client_id": broker.provider.client_id, "redirect_uri": REDIRECT_URI, "used": False,
+            "challenge": pkce_challenge(pkce_verifier(cookie, query["state"]))}
+
+
+@pytest.mark.parametrize("path", [f for f in EVENT_FILES if f.stem != "scheduler"], ids=lambda p: p.stem)
+def test_an_http_event_file_is_served_by_its_handler(broker, path: Path):
+    event = json.loads(path.read_text())
+    function_dir = path.stem.split(".")[0]
+    routes = {f"{r['method']} {r['path']}": r for r in Stack().http_routes()}
+    assert event["version"] == "2.0"
+    assert routes[event["routeKey"]]["code_uri"].rstrip("/") == f"functions/{function_dir}"
+    broker.connect("user-1")
+    seed(broker, event)
+
+    answer = broker.invoke(f"functions/{function_dir}/", event)
+
+    status, location = EXPECTED[path.stem]
+    assert answer.status == status, answer.body
+    if location:
+        assert answer.location.startswith(location)
+
+
+def test_the_schedule_event_file_runs_the_scheduler(broker, dynamodb, stack):
+    event = json.loads((ROOT / "events" / "scheduler.json").read_text())
+    assert event["source"] == "aws.events" and event["detail-type"] == "Scheduled Event"
+    broker.connect("user-1")
+    make_due(dynamodb, stack)
+
+    answer = load_handler("functions/scheduler/").lambda_handler(event, LambdaContext(timeout_seconds=300))
+
+    assert answer == {"outcomes": {"refreshed": 1}}
