@@ -187,3 +187,25 @@ def test_delete_still_deletes_when_revocation_fails(connected, dynamodb, stack, 
 
     assert connected.call("DELETE", "/connections/user-1").status == 204
     assert connection_item(dynamodb, stack) is None
+
+
+def test_a_passing_kms_fault_after_a_rotation_does_not_lose_the_new_refresh_token(connected, stack, monkeypatch):
+    from broker.errors import VaultUnavailable
+
+    vault = services.token_service().vault
+    real_seal, failures = vault.seal, []
+
+    def flaky_seal(connection_id, token_set):
+        if not failures:
+            failures.append(1)
+            raise VaultUnavailable("KMS hiccup")
+        return real_seal(connection_id, token_set)
+
+    monkeypatch.setattr(vault, "seal", flaky_seal)
+    monkeypatch.setattr(services.token_service(), "sleep", lambda seconds: None)
+
+    answer = connected.call("POST", "/connections/user-1/refresh")
+
+    assert answer.status == 200 and failures == [1]
+    _, sealed = stored_token_set(stack)
+    assert [sealed["refresh_token"]] == connected.provider.current_refresh_tokens

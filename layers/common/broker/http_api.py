@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 
 from .config import settings
+from .connect_flow import CALLBACK_PATH
 from .errors import BrokerError, ProviderUnavailable
 from .observability import logger
 
@@ -82,8 +84,4 @@ def cookie_value(event, name: str) -> str | None:
 
 def callback_path(event) -> str:
     """The callback's path under the public URL: the browser cookie is scoped to it."""
-    from urllib.parse import urlsplit
-
-    from .connect_flow import CALLBACK_PATH
-
     return urlsplit(base_url(event)).path.rstrip("/") + CALLBACK_PATH

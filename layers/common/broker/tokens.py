@@ -13,6 +13,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from .client_credentials import ClientCredentialSource
 from .config import Settings
 from .connections import ACTIVE, Connection, ConnectionStore, StaleWrite
@@ -86,8 +88,7 @@ class TokenService:
             "next_refresh_at": iso(conn.refresh_due_at) if conn.status == ACTIVE else None,
             "connected_at": iso(conn.connected_at),
             "created_at": iso(conn.created_at),
-            "last_error": ({**conn.last_error, "at": iso(int(conn.last_error["at"]))}
-                           if conn.last_error and conn.last_error.get("at") is not None else conn.last_error),
+            "last_error": {**conn.last_error, "at": iso(int(conn.last_error["at"]))} if conn.last_error else None,
         }
 
     def access_token(self, connection_id: str) -> dict[str, Any]:
@@ -173,10 +174,8 @@ class TokenService:
             except StaleWrite:
                 raise Conflict("the connection changed during the refresh; try again",
                                code="refresh_conflict") from None
-            except VaultUnavailable:
-                if attempt == 2:
-                    raise
-            except Exception:  # a DynamoDB fault: botocore already retried throttles
+            except (VaultUnavailable, ClientError, BotoCoreError):
+                # KMS or DynamoDB (botocore has already retried throttles): try the write again.
                 if attempt == 2:
                     raise
             self.sleep(0.1 * 2 ** attempt)
