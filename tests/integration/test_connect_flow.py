@@ -298,3 +298,35 @@ def test_the_broker_never_redirects_off_the_provider_or_allowed_origins(broker):
                  broker.connect("user-2").location, broker.connect("user-3", approve=False).location]
     for location in locations:
         assert location.startswith(("https://api.insightly.com/v3.1/oauth2/authorize?", RETURN_TO + "?"))
+
+
+def test_a_storage_fault_on_the_callback_returns_an_error_redirect(broker, dynamodb, stack, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    from broker import services
+
+    back, cookie = started(broker)
+
+    def unavailable(*args, **kwargs):
+        raise ClientError({"Error": {"Code": "InternalServerError", "Message": "boom"}}, "UpdateItem")
+
+    monkeypatch.setattr(services.connect_flow().connections, "save_connected", unavailable)
+
+    answer = broker.callback(back, cookie)
+
+    assert answer.location == f"{RETURN_TO}?status=error&error=storage_unavailable"
+    assert connection_item(dynamodb, stack) is None
+
+
+def test_a_misconfigured_client_secret_does_not_spend_the_connect_session(broker, dynamodb, stack):
+    import boto3
+    from aws_lambda_powertools.utilities import parameters
+
+    session = broker.create_session()
+    boto3.client("secretsmanager").put_secret_value(SecretId=stack.refs["ClientSecret"], SecretString="not json")
+    parameters.clear_caches()
+
+    failed = broker.authorize(session.json["connect_url"])
+
+    assert failed.status == 500 and failed.json["error"] == "internal_error"
+    assert flow_items(dynamodb, stack)[0]["flow_key"]["S"].startswith("session#")  # still there

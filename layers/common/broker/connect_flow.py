@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from . import requests_in
 from .client_credentials import ClientCredentialSource
 from .config import Settings
@@ -102,8 +104,8 @@ class ConnectFlow:
     def begin_authorization(self, raw_query: str | None, *, base_url: str) -> Redirect:
         params = requests_in.query_params(raw_query)
         token = requests_in.random_token(requests_in.single(params, "session", max_length=64), "session")
+        client_id = self.credentials.get().client_id  # before the session is spent: a bad secret burns nothing
         session = self.flows.consume_session(token, now=self._now())
-        client_id = self.credentials.get().client_id
         state, browser_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self.flows.put_state(state, browser_secret=browser_secret, connection_id=session.connection_id,
                              return_to=session.return_to, expires_at=self._now() + self.settings.flow_ttl_seconds)
@@ -126,11 +128,19 @@ class ConnectFlow:
         try:
             self._link(params, auth.connection_id, verifier=pkce_verifier(browser_secret, state),
                        redirect_uri=base_url + CALLBACK_PATH)
-        except BrokerError as exc:
-            logger.warning("connection failed", extra={"connection_id": auth.connection_id, "error": exc.code})
-            count("ConnectionsFailed")
-            return Redirect(with_query(auth.return_to, status="error", error=exc.code))
-        return Redirect(with_query(auth.return_to, status="connected", connection_id=auth.connection_id))
+        except (ClientError, BotoCoreError) as fault:
+            # The code is spent; send the person back with an answer rather than a bare 500.
+            # The type only: AWS error text may quote what was sent.
+            exc = BrokerError("the connection could not be stored", code="storage_unavailable")
+            logger.error("connection not stored",
+                         extra={"connection_id": auth.connection_id, "exception_type": type(fault).__name__})
+        except BrokerError as caught:
+            exc = caught
+        else:
+            return Redirect(with_query(auth.return_to, status="connected", connection_id=auth.connection_id))
+        logger.warning("connection failed", extra={"connection_id": auth.connection_id, "error": exc.code})
+        count("ConnectionsFailed")
+        return Redirect(with_query(auth.return_to, status="error", error=exc.code))
 
     def _link(self, params: dict[str, list[str]], connection_id: str, *, verifier: str, redirect_uri: str) -> None:
         error = requests_in.single(params, "error", required=False, max_length=128)
