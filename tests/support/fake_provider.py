@@ -1,6 +1,8 @@
 """FakeInsightly: an OAuth 2.0 authorization server and Users/Me API that behaves like the
 provider, with switches for the faults a real one shows. Pure logic: `install()` serves it
-through `responses` (no sockets); a local HTTP server can serve the same object."""
+through `responses` (no sockets); tests/local/standin.py serves the same object over HTTP.
+Every method that reads or changes state holds the lock: the stand-in calls it from many
+threads."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import requests
+
+FAULTS = ("429", "500", "timeout", "invalid_grant", "invalid_client")
+CONFIG_FIELDS = ("access_ttl", "rotate_refresh_tokens", "issue_refresh_tokens")
 
 USER = {"USER_ID": 4242, "EMAIL_ADDRESS": "ada@example.com", "FIRST_NAME": "Ada", "LAST_NAME": "Lovelace",
         "TIMEZONE_ID": "GMT Standard Time", "ADMINISTRATOR": True}
@@ -42,39 +47,96 @@ class FakeInsightly:
     revoked: list = field(default_factory=list)
 
     def __post_init__(self):
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     # -- switches ----------------------------------------------------------------------------
 
     def fail_next(self, fault: str, times: int = 1) -> None:
         """fault: '429', '500', 'timeout', 'invalid_grant', 'invalid_client' (token endpoint)."""
-        self.faults.extend([fault] * times)
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}")
+        with self._lock:
+            self.faults.extend([fault] * times)
+
+    def configure(self, **settings) -> dict:
+        """Change access_ttl, rotate_refresh_tokens or issue_refresh_tokens; returns them all."""
+        unknown = set(settings) - set(CONFIG_FIELDS)
+        if unknown:
+            raise ValueError(f"not a provider setting: {sorted(unknown)}")
+        with self._lock:
+            for name, value in settings.items():
+                setattr(self, name, value)
+            return {name: getattr(self, name) for name in CONFIG_FIELDS}
+
+    def reset(self, *, tokens: bool = False) -> None:
+        """Forget calls, pending faults and revocations; with tokens=True also every code and token."""
+        with self._lock:
+            self.calls.clear()
+            self.faults.clear()
+            self.revoked.clear()
+            if tokens:
+                self.codes.clear()
+                self.refresh_tokens.clear()
+                self.access_tokens.clear()
+                self.issued.clear()
+
+    def snapshot(self) -> dict:
+        """Counts only, never a token value: safe to show over HTTP."""
+        with self._lock:
+            return {"calls": dict(self.calls), "current_refresh_tokens": len(self.current_refresh_tokens),
+                    "revoked": len(self.revoked), "pending_faults": list(self.faults),
+                    "config": {name: getattr(self, name) for name in CONFIG_FIELDS}}
 
     # -- the person at the consent page --------------------------------------------------------
 
+    def authorize_error(self, params: dict[str, str]) -> str | None:
+        """Why an authorization request must not even be answered with a redirect, or None."""
+        if params.get("client_id") != self.client_id:
+            return "unknown client_id"
+        if params.get("response_type") != "code":
+            return "unsupported response_type (only 'code')"
+        redirect = urlsplit(params.get("redirect_uri", ""))
+        if redirect.scheme not in ("http", "https") or not redirect.netloc or redirect.fragment:
+            return "missing or invalid redirect_uri"
+        return None
+
     def approve(self, authorize_url: str) -> str:
         """Approve the request; returns the callback URL the browser is sent to."""
-        params = self._authorize_params(authorize_url)
-        code = "code-" + secrets.token_urlsafe(16)
-        self.codes[code] = {"client_id": params["client_id"], "redirect_uri": params["redirect_uri"],
-                            "challenge": params.get("code_challenge"), "used": False}
-        self.issued.append(code)
-        return self._back(params, code=code, state=params["state"])
+        return self.approve_params(self._authorize_params(authorize_url))
 
     def deny(self, authorize_url: str) -> str:
-        params = self._authorize_params(authorize_url)
-        return self._back(params, error="access_denied", state=params["state"])
+        return self.deny_params(self._authorize_params(authorize_url))
+
+    def approve_params(self, params: dict[str, str]) -> str:
+        """Approve from the authorization request's query parameters; returns the callback URL."""
+        self._check_authorize(params)
+        code = "code-" + secrets.token_urlsafe(16)
+        with self._lock:
+            self.codes[code] = {"client_id": params["client_id"], "redirect_uri": params["redirect_uri"],
+                                "challenge": params.get("code_challenge"), "used": False}
+            self.issued.append(code)
+        return self._back(params, code=code)
+
+    def deny_params(self, params: dict[str, str]) -> str:
+        self._check_authorize(params)
+        return self._back(params, error="access_denied")
+
+    def _check_authorize(self, params: dict[str, str]) -> None:
+        error = self.authorize_error(params)
+        if error:
+            raise ValueError(error)
 
     def _authorize_params(self, url: str) -> dict[str, str]:
         parts = urlsplit(url)
         assert f"{parts.scheme}://{parts.netloc}{parts.path}" == f"{self.base_url}/oauth2/authorize", url
-        params = dict(parse_qsl(parts.query))
-        assert params["response_type"] == "code" and params["client_id"] == self.client_id
-        return params
+        return dict(parse_qsl(parts.query))
 
     @staticmethod
     def _back(params: dict[str, str], **answer: str) -> str:
-        return f"{params['redirect_uri']}?{urlencode(answer)}"
+        if params.get("state") is not None:
+            answer["state"] = params["state"]
+        uri = params["redirect_uri"]
+        return f"{uri}{'&' if '?' in uri else '?'}{urlencode(answer)}"
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -100,31 +162,36 @@ class FakeInsightly:
             return 400, {}, {"error": "unsupported_grant_type"}
 
     def users_me(self, headers: dict[str, str]) -> tuple[int, dict, dict]:
-        self.calls["users_me"] += 1
-        token = headers.get("Authorization", "").removeprefix("Bearer ")
-        expires_at = self.access_tokens.get(token)
-        if expires_at is None or (expires_at and expires_at < time.time()):
-            return 401, {}, {"Message": "Unauthorized"}
-        return 200, {}, self.user
+        with self._lock:
+            self.calls["users_me"] += 1
+            token = headers.get("Authorization", "").removeprefix("Bearer ")
+            expires_at = self.access_tokens.get(token)
+            if expires_at is None or (expires_at and expires_at < time.time()):
+                return 401, {}, {"Message": "Unauthorized"}
+            return 200, {}, dict(self.user)
 
     def revoke_endpoint(self, form: dict[str, str], headers: dict[str, str]) -> tuple[int, dict, dict]:
-        self.calls["revoke"] += 1
-        if not self._client_ok(form, headers):
-            return 401, {}, {"error": "invalid_client"}
-        self.revoked.append(form.get("token"))
-        self.refresh_tokens.pop(form.get("token"), None)
-        self.access_tokens.pop(form.get("token"), None)
-        return 200, {}, {}
+        with self._lock:
+            self.calls["revoke"] += 1
+            if not self._client_ok(form, headers):
+                return 401, {}, {"error": "invalid_client"}
+            self.revoked.append(form.get("token"))
+            self.refresh_tokens.pop(form.get("token"), None)
+            self.access_tokens.pop(form.get("token"), None)
+            return 200, {}, {}
 
     # -- grant logic ---------------------------------------------------------------------------
 
     def _client_ok(self, form: dict[str, str], headers: dict[str, str]) -> bool:
         auth = headers.get("Authorization", "")
         if auth.startswith("Basic "):
-            client_id, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+            try:
+                client_id, _, secret = base64.b64decode(auth[6:], validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+                return False
         else:
             client_id, secret = form.get("client_id", ""), form.get("client_secret", "")
-        return client_id == self.client_id and secrets.compare_digest(secret, self.client_secret)
+        return client_id == self.client_id and secrets.compare_digest(secret.encode(), self.client_secret.encode())
 
     def _exchange(self, form: dict[str, str]):
         grant = self.codes.get(form.get("code", ""))
@@ -161,7 +228,8 @@ class FakeInsightly:
 
     @property
     def current_refresh_tokens(self) -> list[str]:
-        return [t for t, live in self.refresh_tokens.items() if live]
+        with self._lock:
+            return [t for t, live in self.refresh_tokens.items() if live]
 
     # -- serving through `responses` -------------------------------------------------------------
 

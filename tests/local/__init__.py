@@ -1,0 +1,18 @@
+"""The Docker-free local stack behind `make local` (`python -m tests.local`).
+
+aws.py (moto server + the template's resources), gateway.py (HTTP API with SigV4 in front
+of the real handlers), schedule.py (schedules and SQS event sources), standin.py (the
+Insightly stand-in), demo_app.py (a demo SaaS) and __main__.py (the orchestrator).
+
+    from tests.local import start_local_stack
+    local = start_local_stack()      # free ports; local.gateway_url, local.demo_url, ...
+    local.stop()
+"""
+
+
+def __getattr__(name):  # lazy: importing a submodule must not start importing all of them
+    if name in ("start_local_stack", "LocalStack"):
+        from tests.local import __main__ as orchestrator
+
+        return getattr(orchestrator, name)
+    raise AttributeError(name)

@@ -1,0 +1,265 @@
+"""Demo SaaS: the reference integration with Insightly Connect. Copy from this.
+
+A SaaS backend needs exactly four calls to the broker, each signed with SigV4 (the broker's
+backend routes use IAM auth):
+
+    POST   /connect-sessions            -> send the browser to connect_url
+    GET    /connections/{id}            -> status and the Insightly user (never a token)
+    GET    /connections/{id}/token      -> a valid access token, refreshed by the broker if due
+    DELETE /connections/{id}            -> revoke and forget
+
+The broker sends the browser back to `return_to` with `?status=connected` or
+`?status=error&error=<code>`. `return_to` must be on the broker's AllowedReturnOrigins.
+
+    app = DemoApp(broker_url="http://127.0.0.1:3000", provider_api_base=standin.base_url).start()
+    print(app.url)
+    app.stop()
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, quote, urlsplit
+
+import requests
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+TIMEOUT = (3.05, 30)  # a token call may include a refresh at the provider
+
+
+# -- the integration: what a SaaS backend does ---------------------------------------------------
+
+class BrokerClient:
+    """The broker's backend routes, called with SigV4-signed requests (service execute-api)."""
+
+    def __init__(self, url: str, region: str, credentials: Credentials):
+        self.url = url.rstrip("/")
+        self.region = region
+        self.credentials = credentials
+
+    def call(self, method: str, path: str, body: dict | None = None) -> requests.Response:
+        data = json.dumps(body) if body is not None else None
+        headers = {"Content-Type": "application/json"} if data else {}
+        request = AWSRequest(method=method, url=self.url + path, data=data, headers=headers)
+        SigV4Auth(self.credentials, "execute-api", self.region).add_auth(request)
+        return requests.request(method, request.url, data=data, headers=dict(request.headers), timeout=TIMEOUT)
+
+    def create_connect_session(self, connection_id: str, return_to: str) -> requests.Response:
+        return self.call("POST", "/connect-sessions", {"connection_id": connection_id, "return_to": return_to})
+
+    def connection(self, connection_id: str) -> requests.Response:
+        return self.call("GET", f"/connections/{quote(connection_id, safe='')}")
+
+    def token(self, connection_id: str) -> requests.Response:
+        return self.call("GET", f"/connections/{quote(connection_id, safe='')}/token")
+
+    def delete(self, connection_id: str) -> requests.Response:
+        return self.call("DELETE", f"/connections/{quote(connection_id, safe='')}")
+
+
+def broker_error(response: requests.Response) -> str:
+    """The broker's machine-readable error code ({"error": ..., "message": ...})."""
+    try:
+        return str(response.json().get("error") or response.status_code)
+    except (ValueError, AttributeError):
+        return str(response.status_code)
+
+
+# -- the web app ---------------------------------------------------------------------------------
+
+FLASH = {
+    "connected": "Insightly connected",
+    "disconnected": "Insightly disconnected",
+}
+DECLINED = "You declined access to Insightly. Nothing was connected."
+
+
+class DemoApp:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, broker_url: str = "http://127.0.0.1:3000",
+                 region: str = "us-east-1", *, provider_api_base: str = "https://api.insightly.com/v3.1",
+                 connection_id: str = "demo-user", access_key: str | None = None, secret_key: str | None = None,
+                 session_token: str | None = None):
+        # A deployed backend would use its role: botocore.session.Session().get_credentials().
+        credentials = Credentials(access_key or os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+                                  secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"), session_token)
+        self.broker = BrokerClient(broker_url, region, credentials)
+        self.provider_api_base = provider_api_base.rstrip("/")
+        self.connection_id = connection_id
+        self._server = ThreadingHTTPServer((host, port), _Handler)
+        self._server.daemon_threads = True
+        self._server.block_on_close = False
+        self._server.app = self
+        self.url = f"http://{host}:{self._server.server_address[1]}"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> DemoApp:
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"demo-app:{self.url}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+        self._server.server_close()
+
+    def __enter__(self) -> DemoApp:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- routes: each returns (status, headers, html) ---------------------------------------------
+
+    def home(self, query: dict[str, str]) -> tuple[int, dict, str]:
+        status, error = query.get("status"), query.get("error", "")
+        if status == "error":
+            message = DECLINED if error == "access_denied" else f"Connecting Insightly failed ({error[:100]})"
+        else:
+            message = FLASH.get(status or "", "")
+        return 200, {}, self.page(message)
+
+    def connect(self) -> tuple[int, dict, str]:
+        try:
+            answer = self.broker.create_connect_session(self.connection_id, return_to=self.url + "/")
+        except requests.RequestException:
+            return 502, {}, self.page("The connection broker is unreachable.")
+        if answer.status_code != 201:
+            return 502, {}, self.page(f"Could not start connecting Insightly ({broker_error(answer)})")
+        return 303, {"Location": answer.json()["connect_url"]}, ""
+
+    def call_insightly(self) -> tuple[int, dict, str]:
+        try:
+            answer = self.broker.token(self.connection_id)
+            if answer.status_code == 404:
+                return 409, {}, self.page("Connect Insightly first.")
+            if answer.status_code == 409:
+                return 409, {}, self.page("Insightly needs to be connected again.")
+            if answer.status_code != 200:
+                return 502, {}, self.page(f"The broker could not give a token ({broker_error(answer)})")
+            token = answer.json()["access_token"]
+            me = requests.get(f"{self.provider_api_base}/Users/Me", timeout=TIMEOUT,
+                              headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+        except requests.RequestException:
+            return 502, {}, self.page("The connection broker or Insightly is unreachable.")
+        if me.status_code != 200:
+            return 502, {}, self.page(f"Insightly answered {me.status_code}.")
+        user = me.json()
+        name = " ".join(str(user[k]) for k in ("FIRST_NAME", "LAST_NAME") if user.get(k))
+        return 200, {}, self.page("", call_result=f"Insightly says you are {name} ({user.get('EMAIL_ADDRESS', '')})")
+
+    def disconnect(self) -> tuple[int, dict, str]:
+        try:
+            answer = self.broker.delete(self.connection_id)
+        except requests.RequestException:
+            return 502, {}, self.page("The connection broker is unreachable.")
+        if answer.status_code not in (204, 404):
+            return 502, {}, self.page(f"Disconnecting failed ({broker_error(answer)})")
+        return 303, {"Location": "/?status=disconnected"}, ""
+
+    # -- the page --------------------------------------------------------------------------------
+
+    def connection_status(self) -> str:
+        try:
+            answer = self.broker.connection(self.connection_id)
+        except requests.RequestException:
+            return "Unknown: the connection broker is unreachable"
+        if answer.status_code == 404:
+            return "Not connected"
+        if answer.status_code != 200:
+            return f"Unknown ({broker_error(answer)})"
+        connection = answer.json()
+        user = connection.get("provider_user") or {}
+        who = " ".join(filter(None, [user.get("name"), f"({user['email']})" if user.get("email") else None]))
+        if connection.get("status") == "active":
+            return f"Connected as {who}" if who else "Connected"
+        if connection.get("status") == "needs_reauth":
+            return f"Needs to be connected again ({who})" if who else "Needs to be connected again"
+        return str(connection.get("status"))
+
+    def page(self, message: str, call_result: str = "") -> str:
+        e = html.escape
+        result = f'<p id="call-result" class="result">{e(call_result)}</p>' if call_result else ""
+        return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Demo SaaS</title>
+<meta name="viewport" content="width=device-width,initial-scale=1"><style>{STYLE}</style></head><body><main>
+<h1>Demo SaaS</h1>
+<div id="message" class="message" role="status">{e(message)}</div>
+<p>Insightly: <strong id="status">{e(self.connection_status())}</strong></p>
+{result}
+<div class="buttons">
+<form method="post" action="/connect"><button id="connect" type="submit">Connect Insightly</button></form>
+<form method="post" action="/call"><button id="call" type="submit">Call Insightly</button></form>
+<form method="post" action="/disconnect"><button id="disconnect" type="submit">Disconnect</button></form>
+</div></main></body></html>"""
+
+
+STYLE = """body{font-family:system-ui,sans-serif;background:#f4f6f8;color:#1f2933;margin:0}
+main{max-width:32rem;margin:4rem auto;background:#fff;border-radius:8px;padding:2rem;
+box-shadow:0 1px 4px rgba(0,0,0,.1)}h1{margin-top:0;font-size:1.4rem}.buttons{display:flex;gap:.75rem}
+button{font-size:1rem;padding:.6rem 1.1rem;border-radius:6px;border:1px solid #c5ccd3;background:#fff;cursor:pointer}
+#connect{background:#2563eb;border-color:#2563eb;color:#fff}.message:empty{display:none}
+.message{background:#eef4ff;border-radius:6px;padding:.6rem .9rem;margin-bottom:1rem}
+.result{background:#ecfdf3;border-radius:6px;padding:.6rem .9rem}"""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "DemoSaaS/1.0"
+    disable_nagle_algorithm = True
+
+    def do_GET(self):
+        path, _, query = self.path.partition("?")
+        if path != "/":
+            return self._send(404, {}, "Not found")
+        self._send(*self.server.app.home(dict(parse_qsl(query))))
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))  # the forms carry nothing
+        app = self.server.app
+        route = {"/connect": app.connect, "/call": app.call_insightly, "/disconnect": app.disconnect}
+        action = route.get(urlsplit(self.path).path)
+        if action is None:
+            return self._send(404, {}, "Not found")
+        self._send(*action())
+
+    def _send(self, status: int, headers: dict, body: str) -> None:
+        raw = body.encode()
+        self.send_response(status)
+        for name, value in {"Content-Type": "text/html; charset=utf-8", "Content-Length": str(len(raw)),
+                            "Cache-Control": "no-store", **headers}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, format, *args):  # quiet: the query carries nothing secret, but stay tidy
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The demo SaaS app for Insightly Connect")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--broker-url", default="http://127.0.0.1:3000")
+    parser.add_argument("--provider-api-base", default="https://api.insightly.com/v3.1")
+    args = parser.parse_args(argv)
+    app = DemoApp(args.host, args.port, args.broker_url, provider_api_base=args.provider_api_base).start()
+    print(f"Demo SaaS at {app.url}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.stop()
+
+
+if __name__ == "__main__":
+    main()

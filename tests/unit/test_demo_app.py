@@ -1,0 +1,208 @@
+"""The demo SaaS app against a tiny fake broker over loopback: signed calls, pages, messages."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from tests.local.demo_app import DECLINED, DemoApp
+
+ACCESS_TOKEN = "at-never-shown-to-the-browser"
+AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)"
+                  r"/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=(?P<signature>[0-9a-f]{64})$")
+CONNECTED = {"connection_id": "demo-user", "status": "active",
+             "provider_user": {"id": "4242", "email": "ada@example.com", "name": "Ada <Lovelace>"}}
+
+
+class FakeBroker:
+    """Answers from a table of (method, path) -> (status, body); records every request."""
+
+    def __init__(self):
+        self.answers: dict[tuple[str, str], tuple[int, dict | None]] = {}
+        self.requests: list[dict] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def handle_any(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fake.requests.append({"method": self.command, "path": self.path, "headers": self.headers,
+                                      "body": body, "url": fake.url + self.path})
+                status, answer = fake.answers.get((self.command, self.path), (404, {"error": "not_found"}))
+                if self.path == "/api/Users/Me":
+                    ok = self.headers["Authorization"] == f"Bearer {ACCESS_TOKEN}"
+                    ok = ok and self.headers["Accept"] == "application/json"
+                    status, answer = (200, answer) if ok else (401, {"Message": "Unauthorized"})
+                raw = json.dumps(answer).encode() if answer is not None else b""
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            do_GET = do_POST = do_DELETE = handle_any
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def broker_requests(self) -> list[dict]:
+        return [r for r in self.requests if not r["path"].startswith("/api/")]
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def broker():
+    fake = FakeBroker()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def demo(broker):
+    app = DemoApp(broker_url=broker.url, provider_api_base=broker.url + "/api").start()
+    yield app
+    app.stop()
+
+
+def assert_validly_signed(request: dict, secret: str = "testing", region: str = "us-east-1") -> None:
+    """Recompute the SigV4 signature with botocore from what arrived, as API Gateway would."""
+    headers = request["headers"]
+    found = AUTH.match(headers["Authorization"])
+    assert found, headers["Authorization"]
+    assert found["service"] == "execute-api" and found["region"] == region and found["key"] == "testing"
+    assert headers["X-Amz-Date"].startswith(found["date"])
+    signed = found["signed"].split(";")
+    assert {"host", "x-amz-date"} <= set(signed)
+    arrived = AWSRequest(method=request["method"], url=request["url"], data=request["body"] or None,
+                         headers={name: headers[name] for name in signed})
+    arrived.context["timestamp"] = headers["X-Amz-Date"]
+    signer = SigV4Auth(Credentials(found["key"], secret), found["service"], found["region"])
+    expected = signer.signature(signer.string_to_sign(arrived, signer.canonical_request(arrived)), arrived)
+    assert expected == found["signature"]
+
+
+def message_of(page: str) -> str:
+    return re.search(r'<div id="message"[^>]*>(.*?)</div>', page, re.S).group(1)
+
+
+def test_home_when_not_connected(broker, demo):
+    page = requests.get(demo.url + "/", timeout=5)
+    assert page.status_code == 200 and "<title>Demo SaaS</title>" in page.text
+    assert "Not connected" in page.text and message_of(page.text) == ""
+    for button in ("connect", "call", "disconnect"):
+        assert f'id="{button}"' in page.text
+    (call,) = broker.requests
+    assert (call["method"], call["path"]) == ("GET", "/connections/demo-user")
+    assert call["headers"]["Authorization"].startswith("AWS4-HMAC-SHA256") and call["headers"]["X-Amz-Date"]
+    assert_validly_signed(call)
+
+
+def test_home_when_connected_shows_the_insightly_user_escaped(broker, demo):
+    broker.answers[("GET", "/connections/demo-user")] = (200, CONNECTED)
+    page = requests.get(demo.url + "/", timeout=5).text
+    assert "Connected as Ada &lt;Lovelace&gt; (ada@example.com)" in page and "<Lovelace>" not in page
+
+
+def test_home_when_the_connection_needs_reauth(broker, demo):
+    broker.answers[("GET", "/connections/demo-user")] = (200, {**CONNECTED, "status": "needs_reauth"})
+    assert "Needs to be connected again" in requests.get(demo.url + "/", timeout=5).text
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("?status=connected&connection_id=demo-user", "Insightly connected"),
+    ("?status=error&error=access_denied", DECLINED),
+    ("?status=error&error=token_exchange_failed", "Connecting Insightly failed (token_exchange_failed)"),
+    ("?status=error&error=%3Cscript%3Ealert(1)%3C/script%3E", "Connecting Insightly failed (&lt;script&gt;alert(1)"
+                                                              "&lt;/script&gt;)"),
+    ("?status=disconnected", "Insightly disconnected"),
+    ("?status=%3Cb%3E", ""),
+])
+def test_flash_messages_after_returning_from_the_broker(demo, query, message):
+    page = requests.get(demo.url + "/" + query, timeout=5).text
+    assert message_of(page) == message and "<script>" not in page
+
+
+def test_connect_creates_a_signed_session_and_sends_the_browser_to_the_broker(broker, demo):
+    connect_url = broker.url + "/oauth/authorize?session=abc"
+    broker.answers[("POST", "/connect-sessions")] = (201, {"connect_url": connect_url,
+                                                           "expires_at": "2030-01-01T00:00:00Z"})
+    answer = requests.post(demo.url + "/connect", allow_redirects=False, timeout=5)
+    assert answer.status_code == 303 and answer.headers["Location"] == connect_url
+    (call,) = broker.requests
+    assert (call["method"], call["path"]) == ("POST", "/connect-sessions")
+    assert json.loads(call["body"]) == {"connection_id": "demo-user", "return_to": demo.url + "/"}
+    assert_validly_signed(call)  # the body is part of the signature
+
+
+def test_connect_shows_the_brokers_refusal(broker, demo):
+    broker.answers[("POST", "/connect-sessions")] = (400, {"error": "invalid_return_to", "message": "no"})
+    answer = requests.post(demo.url + "/connect", allow_redirects=False, timeout=5)
+    assert answer.status_code == 502 and "(invalid_return_to)" in message_of(answer.text)
+
+
+def test_call_gets_a_token_from_the_broker_and_calls_insightly_with_it(broker, demo):
+    broker.answers[("GET", "/connections/demo-user/token")] = (200, {
+        "connection_id": "demo-user", "access_token": ACCESS_TOKEN, "token_type": "Bearer", "expires_at": None})
+    broker.answers[("GET", "/api/Users/Me")] = (200, {"USER_ID": 4242, "FIRST_NAME": "Ada", "LAST_NAME": "Lovelace",
+                                                      "EMAIL_ADDRESS": "ada@example.com"})
+    answer = requests.post(demo.url + "/call", timeout=5)
+    assert answer.status_code == 200
+    result = re.search(r'id="call-result"[^>]*>(.*?)</p>', answer.text).group(1)
+    assert result == "Insightly says you are Ada Lovelace (ada@example.com)"
+    assert ACCESS_TOKEN not in answer.text
+    token_call = next(r for r in broker.requests if r["path"] == "/connections/demo-user/token")
+    assert_validly_signed(token_call)
+    assert [r["path"] for r in broker.requests].count("/api/Users/Me") == 1
+
+
+@pytest.mark.parametrize(("status", "error", "message"), [
+    (404, "not_found", "Connect Insightly first."),
+    (409, "needs_reauth", "Insightly needs to be connected again."),
+    (502, "provider_unavailable", "The broker could not give a token (provider_unavailable)")])
+def test_call_explains_why_there_is_no_token(broker, demo, status, error, message):
+    broker.answers[("GET", "/connections/demo-user/token")] = (status, {"error": error, "message": "x"})
+    answer = requests.post(demo.url + "/call", timeout=5)
+    assert message_of(answer.text) == message and 'id="call-result"' not in answer.text
+
+
+def test_disconnect_deletes_signed_and_redirects(broker, demo):
+    broker.answers[("DELETE", "/connections/demo-user")] = (204, None)
+    answer = requests.post(demo.url + "/disconnect", allow_redirects=False, timeout=5)
+    assert answer.status_code == 303 and answer.headers["Location"] == "/?status=disconnected"
+    (call,) = broker.requests
+    assert call["method"] == "DELETE"
+    assert_validly_signed(call)
+
+
+def test_an_unreachable_broker_is_a_message_not_a_crash():
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    with DemoApp(broker_url=f"http://127.0.0.1:{closed_port}") as app:
+        assert "broker is unreachable" in requests.get(app.url + "/", timeout=5).text
+        answer = requests.post(app.url + "/connect", allow_redirects=False, timeout=5)
+        assert answer.status_code == 502 and "unreachable" in message_of(answer.text)
+
+
+def test_a_tampered_request_fails_the_signature_check(broker, demo):
+    requests.get(demo.url + "/", timeout=5)
+    (call,) = broker.requests
+    with pytest.raises(AssertionError):
+        assert_validly_signed({**call, "path": "/connections/someone-else",
+                               "url": broker.url + "/connections/someone-else"})

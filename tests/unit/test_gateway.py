@@ -1,0 +1,382 @@
+"""The local gateway: routes, SigV4 like API Gateway's IAM authorizer, and the payload 2.0
+event and response translation, over real HTTP against moto in server mode.
+
+No test here uses the in-process `stack` fixture (mock_aws patches botocore globally)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import http.client
+import json
+import threading
+from urllib.parse import urlsplit
+
+import botocore.auth
+import pytest
+import requests
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+
+from tests.local.aws import MotoServer, provision, put_client_credentials, session_for
+from tests.local.gateway import (
+    BAD_SIGNATURE,
+    UNKNOWN_KEY,
+    AccessDenied,
+    Gateway,
+    SigV4Verifier,
+    _FunctionPool,
+    build_event,
+    http_response,
+    match,
+)
+from tests.support.stack import Stack
+
+# `sam local generate-event apigateway http-api-proxy` (SAM CLI 1.170.0), the reference shape.
+SAM_HTTP_API_EVENT = {
+    "version": "2.0", "routeKey": "$default", "rawPath": "/path/to/resource",
+    "rawQueryString": "parameter1=value1&parameter1=value2&parameter2=value", "cookies": ["cookie1", "cookie2"],
+    "headers": {"Header1": "value1", "Header2": "value1,value2"},
+    "queryStringParameters": {"parameter1": "value1,value2", "parameter2": "value"},
+    "requestContext": {
+        "accountId": "123456789012", "apiId": "api-id",
+        "authentication": {"clientCert": {"clientCertPem": "CERT_CONTENT", "subjectDN": "www.example.com",
+                                          "issuerDN": "Example issuer",
+                                          "serialNumber": "a1:a1:a1:a1:a1:a1:a1:a1:a1:a1:a1:a1:a1:a1:a1:a1",
+                                          "validity": {"notBefore": "May 28 12:30:02 2019 GMT",
+                                                       "notAfter": "Aug  5 09:36:04 2021 GMT"}}},
+        "authorizer": {"jwt": {"claims": {"claim1": "value1", "claim2": "value2"}, "scopes": ["scope1", "scope2"]}},
+        "domainName": "id.execute-api.us-east-1.amazonaws.com", "domainPrefix": "id",
+        "http": {"method": "POST", "path": "/path/to/resource", "protocol": "HTTP/1.1", "sourceIp": "192.168.0.1/32",
+                 "userAgent": "agent"},
+        "requestId": "id", "routeKey": "$default", "stage": "$default", "time": "12/Mar/2020:19:03:58 +0000",
+        "timeEpoch": 1583348638390,
+    },
+    "body": "eyJ0ZXN0IjoiYm9keSJ9", "pathParameters": {"parameter1": "value1"}, "isBase64Encoded": True,
+    "stageVariables": {"stageVariable1": "value1", "stageVariable2": "value2"},
+}
+# Present only for mTLS custom domains and configured stage variables; the template has neither.
+NOT_CONFIGURED = {"stageVariables"}
+NOT_CONFIGURED_CONTEXT = {"authentication"}
+IAM_IDENTITY_KEYS = {"accessKey", "accountId", "callerId", "cognitoIdentity", "principalOrgId", "userArn", "userId"}
+
+
+@pytest.fixture(scope="module")
+def gateway():
+    """moto server + the template's resources + the gateway, on free loopback ports."""
+    with MotoServer(port=0) as moto:
+        stack = Stack(parameters={"AllowedReturnOrigins": "http://127.0.0.1:8080"})
+        session = session_for(moto.url)
+        provision(stack, session)
+        put_client_credentials(stack, session, "test-client-id", "test-client-secret-value")
+        # Gateway.start() sets the functions' environment (AWS_ENDPOINT_URL too) and resets the
+        # broker's cached clients; stop() puts os.environ back.
+        with Gateway(stack, port=0, credentials={"testing": "testing"},
+                     env={"AWS_ENDPOINT_URL": moto.url}, access_log=False) as running:
+            yield running
+
+
+def signed(method: str, url: str, body: bytes | None = None, *, key: str = "testing", secret: str = "testing",
+           headers: dict | None = None, region: str = "us-east-1") -> dict:
+    request = AWSRequest(method=method, url=url, data=body, headers=headers or {})
+    SigV4Auth(Credentials(key, secret), "execute-api", region).add_auth(request)
+    return dict(request.headers)
+
+
+def call(gateway, method: str, path: str, body: dict | None = None, sign: bool = True, **sign_kwargs):
+    url = gateway.url + path
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"} if data else {}
+    if sign:
+        headers = signed(method, url, data, headers=headers, **sign_kwargs)
+    return requests.request(method, url, data=data, headers=headers, timeout=10)
+
+
+class Capture:
+    """Stands in for a function's app.py: records events, answers what it is told."""
+
+    def __init__(self, answer=None, fail=False):
+        self.events, self.answer, self.fail = [], answer, fail
+
+    def lambda_handler(self, event, context):
+        self.events.append(event)
+        if self.fail:
+            raise RuntimeError("boom")
+        return self.answer if self.answer is not None else {"statusCode": 200, "body": "{}"}
+
+
+@pytest.fixture
+def capture(gateway, monkeypatch):
+    """Swap the ConnectionsFunction and AuthorizeFunction handlers for one Capture."""
+    stub = Capture()
+
+    class Pool:
+        def acquire(self):
+            return stub
+
+        def release(self, module):
+            pass
+
+    for logical in ("ConnectionsFunction", "AuthorizeFunction"):
+        monkeypatch.setitem(gateway._pools, logical, Pool())
+    return stub
+
+
+# -- SigV4 on backend routes -----------------------------------------------------------------
+
+def test_an_unsigned_backend_call_is_forbidden(gateway):
+    answer = call(gateway, "POST", "/connect-sessions", {"connection_id": "u1"}, sign=False)
+    assert answer.status_code == 403
+    assert answer.json() == {"message": "Forbidden"}
+
+
+def test_a_call_signed_with_the_wrong_secret_is_forbidden(gateway):
+    answer = call(gateway, "POST", "/connect-sessions", {"connection_id": "u1"}, secret="not-the-secret")
+    assert answer.status_code == 403
+    assert answer.json() == {"message": BAD_SIGNATURE}
+
+
+def test_an_unknown_access_key_is_forbidden(gateway):
+    answer = call(gateway, "GET", "/connections/u1", key="AKIDUNKNOWN")
+    assert (answer.status_code, answer.json()) == (403, {"message": UNKNOWN_KEY})
+
+
+def test_a_body_changed_after_signing_is_forbidden(gateway):
+    url = gateway.url + "/connect-sessions"
+    body = json.dumps({"connection_id": "u1", "return_to": "http://127.0.0.1:8080/"}).encode()
+    headers = signed("POST", url, body, headers={"Content-Type": "application/json"})
+    answer = requests.post(url, data=body.replace(b"u1", b"u2"), headers=headers, timeout=10)
+    assert (answer.status_code, answer.json()) == (403, {"message": BAD_SIGNATURE})
+
+
+def test_a_stale_signature_is_forbidden(gateway, monkeypatch):
+    old = dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(minutes=6)
+    monkeypatch.setattr(botocore.auth, "get_current_datetime", lambda: old)
+    answer = call(gateway, "GET", "/connections/u1")
+    assert answer.status_code == 403
+    assert answer.json()["message"].startswith("Signature expired:")
+
+
+def test_a_signature_for_another_region_is_forbidden(gateway):
+    answer = call(gateway, "GET", "/connections/u1", region="eu-west-1")
+    assert answer.status_code == 403
+    assert "valid region" in answer.json()["message"]
+
+
+def test_a_correctly_signed_call_creates_a_connect_session(gateway):
+    answer = call(gateway, "POST", "/connect-sessions",
+                  {"connection_id": "user-1", "return_to": "http://127.0.0.1:8080/settings"})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["connect_url"].startswith(gateway.url + "/oauth/authorize?session=")
+
+
+def test_signed_calls_with_encoded_paths_and_queries_verify(gateway):
+    answer = call(gateway, "GET", "/connections/user%40example.com?b=2&a=1&a=0")
+    assert answer.status_code == 404, answer.text  # reached the function: no such connection
+    assert answer.json()["error"]
+
+
+def test_a_public_route_needs_no_signature(gateway):
+    answer = requests.get(gateway.url + "/oauth/authorize?session=not-a-session", timeout=10)
+    assert 400 <= answer.status_code < 500
+    assert "error" in answer.json()  # the broker's own error, not the gateway's
+
+
+def test_an_unknown_route_is_not_found(gateway):
+    assert requests.get(gateway.url + "/nothing-here", timeout=10).json() == {"message": "Not Found"}
+    wrong_method = requests.put(gateway.url + "/oauth/authorize", timeout=10)
+    assert (wrong_method.status_code, wrong_method.json()) == (404, {"message": "Not Found"})
+
+
+# -- the event ---------------------------------------------------------------------------------
+
+def _raw_request(gateway, method: str, target: str, headers: list[tuple[str, str]], body: bytes = b""):
+    parts = urlsplit(gateway.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    connection.putrequest(method, target)
+    for name, value in headers:
+        connection.putheader(name, value)
+    connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders(body)
+    answer = connection.getresponse()
+    result = answer.status, answer.getheaders(), answer.read()
+    connection.close()
+    return result
+
+
+def test_the_event_has_the_http_api_payload_2_shape(gateway, capture):
+    body = json.dumps({"hello": "world"}).encode()
+    target = "/connections/a%40b?x=1&x=2&y=%20z&empty="
+    headers = list(signed("GET", gateway.url + target, body, headers={"Content-Type": "application/json"}).items())
+    headers += [("Cookie", "a=1; b=2"), ("Cookie", "c=3"), ("X-Thing", "one"), ("X-Thing", "two"),
+                ("User-Agent", "gateway-test")]
+    status, _, _ = _raw_request(gateway, "GET", target, headers, body)
+    assert status == 200
+    event = capture.events[-1]
+
+    assert set(event) == set(SAM_HTTP_API_EVENT) - NOT_CONFIGURED
+    context = event["requestContext"]
+    reference = SAM_HTTP_API_EVENT["requestContext"]
+    assert set(context) == set(reference) - NOT_CONFIGURED_CONTEXT
+    assert set(context["http"]) == set(reference["http"])
+    for key in event:
+        assert type(event[key]) is type(SAM_HTTP_API_EVENT[key]), key
+    for key in context:
+        assert type(context[key]) is type(reference[key]), key
+    for key in context["http"]:
+        assert type(context["http"][key]) is type(reference["http"][key]), key
+
+    assert event["version"] == "2.0"
+    assert event["routeKey"] == context["routeKey"] == "GET /connections/{connection_id}"
+    assert event["rawPath"] == context["http"]["path"] == "/connections/a@b"  # HTTP API decodes the path
+    assert event["pathParameters"] == {"connection_id": "a@b"}
+    assert event["rawQueryString"] == "x=1&x=2&y=%20z&empty="
+    assert event["queryStringParameters"] == {"x": "1,2", "y": " z", "empty": ""}
+    assert event["cookies"] == ["a=1", "b=2", "c=3"]
+    assert "cookie" not in event["headers"]
+    assert all(name == name.lower() for name in event["headers"])
+    assert event["headers"]["x-thing"] == "one,two"
+    assert event["headers"]["host"] == context["domainName"] == urlsplit(gateway.url).netloc
+    assert event["headers"]["x-forwarded-proto"] == "http"
+    assert context["http"]["method"] == "GET" and context["http"]["userAgent"] == "gateway-test"
+    assert context["http"]["sourceIp"] == "127.0.0.1"
+    assert context["stage"] == "$default" and isinstance(context["timeEpoch"], int)
+    assert (event["body"], event["isBase64Encoded"]) == (body.decode(), False)
+    assert set(context["authorizer"]) == {"iam"}
+    assert set(context["authorizer"]["iam"]) == IAM_IDENTITY_KEYS
+    assert context["authorizer"]["iam"]["accessKey"] == "testing"
+
+
+def test_a_public_route_event_has_no_authorizer_and_a_binary_body_is_base64(gateway, capture):
+    payload = bytes(range(256))
+    status, _, _ = _raw_request(gateway, "GET", "/oauth/authorize?session=s",
+                                [("Content-Type", "application/octet-stream")], payload)
+    assert status == 200
+    event = capture.events[-1]
+    assert "authorizer" not in event["requestContext"]
+    assert "cookies" not in event and "pathParameters" not in event
+    assert event["isBase64Encoded"] is True
+    assert base64.b64decode(event["body"]) == payload
+
+
+def test_a_form_body_arrives_base64_encoded_like_http_api_sends_it(gateway, capture):
+    _raw_request(gateway, "GET", "/oauth/authorize", [("Content-Type", "application/x-www-form-urlencoded")],
+                 b"a=1&b=2")
+    event = capture.events[-1]
+    assert event["isBase64Encoded"] is True and base64.b64decode(event["body"]) == b"a=1&b=2"
+    assert "queryStringParameters" not in event and event["rawQueryString"] == ""
+
+
+# -- the response ------------------------------------------------------------------------------
+
+def test_each_cookie_comes_back_as_its_own_set_cookie_header(gateway, capture):
+    capture.answer = {"statusCode": 302, "headers": {"Location": "https://example.com/next"},
+                      "cookies": ["a=1; Path=/; HttpOnly", "b=2; Path=/oauth/callback; Max-Age=0"]}
+    status, headers, body = _raw_request(gateway, "GET", "/oauth/authorize?session=s", [])
+    assert status == 302
+    assert [v for k, v in headers if k.lower() == "set-cookie"] == capture.answer["cookies"]
+    assert ("Location", "https://example.com/next") in headers
+    assert body == b""
+
+
+def test_a_base64_response_body_is_decoded(gateway, capture):
+    capture.answer = {"statusCode": 200, "headers": {"Content-Type": "image/png"},
+                      "body": base64.b64encode(b"\x89PNG\x00\xff").decode(), "isBase64Encoded": True}
+    answer = requests.get(gateway.url + "/oauth/authorize", timeout=10)
+    assert answer.content == b"\x89PNG\x00\xff"
+    assert answer.headers["Content-Type"] == "image/png"
+
+
+def test_a_result_without_status_code_is_a_200_json_answer(gateway, capture):
+    capture.answer = {"hello": "world"}
+    answer = requests.get(gateway.url + "/oauth/authorize", timeout=10)
+    assert (answer.status_code, answer.json()) == (200, {"hello": "world"})
+
+
+def test_a_failing_handler_is_api_gateways_500(gateway, capture):
+    capture.fail = True
+    answer = requests.get(gateway.url + "/oauth/authorize", timeout=10)
+    assert (answer.status_code, answer.json()) == (500, {"message": "Internal Server Error"})
+
+
+# -- pieces ------------------------------------------------------------------------------------
+
+def test_the_functions_environment_is_set_for_the_local_http_stack(gateway):
+    assert gateway.env["PUBLIC_BASE_URL"] == gateway.url
+    assert gateway.env["COOKIE_SECURE"] == "false"
+    assert gateway.env["CONNECTIONS_TABLE"] == "insightly-connect-ConnectionsTable"
+    assert gateway.env["TOKEN_KEY_ID"].startswith("arn:aws:kms:us-east-1:123456789012:key/")
+    assert gateway.env["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+
+
+def test_routes_match_like_api_gateway():
+    routes = [{"method": "GET", "path": "/connections/{connection_id}", "function": "A"},
+              {"method": "GET", "path": "/connections/{connection_id}/token", "function": "B"},
+              {"method": "GET", "path": "/connections/special", "function": "C"},
+              {"method": "ANY", "path": "/files/{proxy+}", "function": "D"}]
+    assert match(routes, "GET", "/connections/x")[0]["function"] == "A"
+    assert match(routes, "GET", "/connections/x/token") == (routes[1], {"connection_id": "x"})
+    assert match(routes, "GET", "/connections/special")[0]["function"] == "C"
+    assert match(routes, "POST", "/files/a/b.txt") == (routes[3], {"proxy": "a/b.txt"})
+    assert match(routes, "POST", "/connections/x") is None
+
+
+def test_the_verifier_accepts_either_query_canonicalisation():
+    verifier = SigV4Verifier({"AK": "SK"}, "us-east-1")
+    host = [("Host", "127.0.0.1:3000")]  # what the HTTP client adds
+    url = "http://127.0.0.1:3000/connections/x?b=2&a=%7E1"
+    headers = list(signed("GET", url, key="AK", secret="SK").items()) + host
+    assert verifier.verify("GET", "/connections/x", "b=2&a=%7E1", headers, b"") == "AK"
+    # Signed by a client that canonicalises the query (sorted, unreserved characters decoded).
+    headers = list(signed("GET", "http://127.0.0.1:3000/connections/x?a=~1&b=2", key="AK", secret="SK").items())
+    assert verifier.verify("GET", "/connections/x", "b=2&a=%7E1", headers + host, b"") == "AK"
+    with pytest.raises(AccessDenied):
+        verifier.verify("GET", "/connections/y", "b=2&a=%7E1", headers + host, b"")
+    with pytest.raises(AccessDenied, match="Forbidden"):
+        verifier.verify("GET", "/connections/x", "", host, b"")
+
+
+def test_each_concurrent_invocation_gets_its_own_container():
+    pool = _FunctionPool("functions/connections/")
+    first, second = pool.acquire(), pool.acquire()
+    assert first is not second and first.app is not second.app
+    pool.release(first)
+    assert pool.acquire() is first
+
+
+def test_concurrent_requests_are_served_concurrently(gateway, monkeypatch):
+    inside = threading.Barrier(2, timeout=5)
+
+    class Slow:
+        def lambda_handler(self, event, context):
+            inside.wait()  # both requests are in a handler at the same time
+            return {"statusCode": 204}
+
+    class Pool:
+        def acquire(self):
+            return Slow()
+
+        def release(self, module):
+            pass
+
+    monkeypatch.setitem(gateway._pools, "AuthorizeFunction", Pool())
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(
+        requests.get(gateway.url + "/oauth/authorize", timeout=10).status_code)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [204, 204]
+
+
+def test_http_response_and_build_event_round_trip_without_a_server():
+    route = {"method": "POST", "path": "/connect-sessions", "function": "F", "auth": "AWS_IAM"}
+    event = build_event(route, {}, method="POST", raw_path="/connect-sessions", raw_query="", port=3000,
+                        headers=[("Host", "127.0.0.1:3000")], body=b"", source_ip="127.0.0.1")
+    assert "body" not in event and event["isBase64Encoded"] is False
+    assert "user-agent" not in event["headers"]
+    status, headers, body = http_response({"statusCode": 201, "headers": {"X": "1"}, "cookies": ["a=1"],
+                                           "body": "{}"})
+    assert (status, headers, body) == (201, [("X", "1"), ("Set-Cookie", "a=1")], b"{}")
