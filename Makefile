@@ -11,7 +11,7 @@ FAKE_AWS := AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_
             AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help install test lint validate build deploy local clean
+.PHONY: help install test chromium lint validate build deploy local clean
 
 help:
 	@echo "make test      create .venv if needed, install, run the test suite"
@@ -29,8 +29,18 @@ $(STAMP): pyproject.toml layers/common/requirements.txt
 	$(BIN)/python -m pip install --quiet -r layers/common/requirements.txt ".[dev]"
 	touch $@
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# The browser tests drive Debian's Chromium through Playwright (Playwright's own browser
+# download is not used). Installed here when missing and we may; otherwise a clear stop.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "The browser tests need Chromium: sudo apt-get install chromium (or your OS's package)"; exit 1; \
+	  fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -45,8 +55,10 @@ build: $(STAMP)
 deploy: build
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/sam deploy --guided
 
+# The schedule runs every 30 s locally (the template says 5 minutes) so refreshes of the
+# stand-in's 120 s tokens can be watched; LOCAL_SCHEDULE_SECONDS overrides it.
 local: $(STAMP)
-	PYTHONPATH=layers/common:. $(BIN)/python -m tests.local
+	LOCAL_SCHEDULE_SECONDS=$${LOCAL_SCHEDULE_SECONDS:-30} PYTHONPATH=layers/common:. $(BIN)/python -m tests.local
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache

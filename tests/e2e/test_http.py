@@ -1,0 +1,118 @@
+"""The public contract over real HTTP, through the SigV4-checking gateway, against the stand-in."""
+
+import time
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+import requests
+from botocore.credentials import Credentials
+
+from tests.local.demo_app import BrokerClient
+from tests.local.schedule import Scheduler
+
+
+def query(url: str) -> dict:
+    return dict(parse_qsl(urlsplit(url).query))
+
+pytestmark = pytest.mark.e2e
+
+
+def connect(local, backend, connection_id: str, *, decision: str = "approve") -> str:
+    """A browser's trip, hop by hop: connect URL -> broker -> stand-in consent -> callback."""
+    browser = requests.Session()
+    created = backend.create_connect_session(connection_id, local.demo_url + "/")
+    assert created.status_code == 201, created.text
+    to_provider = browser.get(created.json()["connect_url"], allow_redirects=False, timeout=10)
+    assert to_provider.status_code == 302 and to_provider.headers["Location"].startswith(local.provider_base_url)
+    consent = browser.get(to_provider.headers["Location"], timeout=10)
+    assert consent.status_code == 200 and 'id="approve"' in consent.text
+    params = query(to_provider.headers["Location"])
+    back = browser.post(f"{local.provider_base_url}/oauth2/authorize/decision",
+                        data={**params, "decision": decision}, allow_redirects=False, timeout=10)
+    assert back.status_code in (302, 303), back.text
+    landing = browser.get(back.headers["Location"], allow_redirects=False, timeout=20)
+    assert landing.status_code == 302
+    return landing.headers["Location"]
+
+
+def test_the_whole_contract_over_http(local, backend):
+    assert connect(local, backend, "http-user") == local.demo_url + "/?status=connected&connection_id=http-user"
+
+    status = backend.connection("http-user")
+    assert status.status_code == 200 and status.json()["provider_user"]["name"] == "Ada Lovelace"
+    token = backend.token("http-user")
+    assert token.status_code == 200
+    me = requests.get(f"{local.provider_base_url}/Users/Me", timeout=5,
+                      headers={"Authorization": f"Bearer {token.json()['access_token']}"})
+    assert me.status_code == 200 and me.json()["EMAIL_ADDRESS"] == "ada@example.com"
+    refreshed = backend.call("POST", "/connections/http-user/refresh")
+    assert refreshed.status_code == 200 and refreshed.json()["access_token"] != token.json()["access_token"]
+    assert backend.delete("http-user").status_code == 204
+    gone = backend.connection("http-user")
+    assert gone.status_code == 404 and gone.json()["error"] == "connection_not_found"
+
+
+def test_backend_routes_refuse_unsigned_and_badly_signed_calls(local):
+    unsigned = requests.post(f"{local.gateway_url}/connect-sessions", timeout=5,
+                             json={"connection_id": "x", "return_to": local.demo_url + "/"})
+    assert unsigned.status_code == 403
+    forged = BrokerClient(local.gateway_url, local.region, Credentials(local.access_key, "not-the-secret"))
+    assert forged.connection("x").status_code == 403
+    public = requests.get(f"{local.gateway_url}/oauth/authorize", timeout=5)
+    assert public.status_code == 400 and public.json()["error"] == "missing_session"
+
+
+def test_consent_denied_stores_nothing(local, backend):
+    denied = connect(local, backend, "denied-user", decision="deny")
+    assert denied == local.demo_url + "/?status=error&error=access_denied"
+    assert backend.connection("denied-user").status_code == 404
+
+
+def test_a_scheduled_refresh_rotates_tokens_while_the_app_keeps_working(local, backend, standin):
+    standin("POST", "config", {"access_ttl": 4})  # short-lived tokens: due after half their life
+    connect(local, backend, "demo-user")  # the demo app's own user
+    before, live_before = standin("GET", "state"), set(local.provider.current_refresh_tokens)
+
+    time.sleep(2.5)
+    assert Scheduler(local.stack).run_once() == {"outcomes": {"refreshed": 1}}
+
+    after = standin("GET", "state")
+    assert after["calls"]["refresh_token"] == before["calls"].get("refresh_token", 0) + 1
+    live_after = set(local.provider.current_refresh_tokens)
+    assert len(live_after) == len(live_before) and live_after != live_before  # rotated: the old one retired
+    assert backend.connection("demo-user").json()["last_refreshed_at"]
+    page = requests.post(f"{local.demo_url}/call", timeout=20)  # "Call Insightly" in the demo app
+    assert page.status_code == 200 and 'id="call-result"' in page.text and "ada@example.com" in page.text
+    assert backend.delete("demo-user").status_code == 204
+
+
+def test_fault_switches_produce_the_documented_outcomes(local, backend, standin):
+    connect(local, backend, "faulty-user")
+
+    standin("POST", "faults", {"fault": "429", "times": 1})
+    limited = backend.call("POST", "/connections/faulty-user/refresh")
+    assert limited.status_code == 503 and limited.json()["error"] == "provider_unavailable"
+    assert limited.headers["Retry-After"] == "7"
+
+    standin("POST", "faults", {"fault": "500", "times": 1})
+    assert backend.call("POST", "/connections/faulty-user/refresh").status_code == 503
+    assert backend.connection("faulty-user").json()["status"] == "active"  # transient: not marked
+
+    assert backend.call("POST", "/connections/faulty-user/refresh").status_code == 200  # recovers
+
+    standin("POST", "faults", {"fault": "invalid_grant", "times": 1})
+    dead = backend.call("POST", "/connections/faulty-user/refresh")
+    assert dead.status_code == 409 and dead.json()["error"] == "needs_reauth"
+    assert backend.connection("faulty-user").json()["status"] == "needs_reauth"
+
+
+def test_a_provider_that_never_answers_times_out_cleanly(local, backend, standin):
+    connect(local, backend, "slow-user")
+    standin("POST", "faults", {"fault": "timeout", "times": 1})
+
+    started = time.monotonic()
+    answer = backend.call("POST", "/connections/slow-user/refresh")
+
+    assert answer.status_code == 503 and answer.json()["error"] == "provider_unavailable"
+    assert time.monotonic() - started < 12  # the broker's own read timeout, not the provider's
+    assert backend.connection("slow-user").json()["status"] == "active"
