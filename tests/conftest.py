@@ -113,3 +113,28 @@ def captured_logs():
     logger.addHandler(handler)
     yield stream
     logger.removeHandler(handler)
+
+
+@pytest.fixture
+def lifecycle_events(stack):
+    """What a SaaS would see on the lifecycle bus: a rule sends every event to a queue."""
+    import json
+
+    sqs, events = boto3.client("sqs"), boto3.client("events")
+    queue_url = sqs.create_queue(QueueName="saas-lifecycle-events")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    bus = stack.refs["LifecycleBus"]
+    events.put_rule(Name="all-lifecycle", EventBusName=bus, EventPattern=json.dumps({"source": ["insightly-connect"]}))
+    events.put_targets(Rule="all-lifecycle", EventBusName=bus, Targets=[{"Id": "q", "Arn": queue_arn}])
+
+    def drain() -> list[dict]:
+        received = []
+        while True:
+            batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
+            if not batch:
+                return received
+            received += [json.loads(m["Body"]) for m in batch]
+            sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)])
+
+    return drain

@@ -70,7 +70,8 @@ def test_key_policy_grants_use_only_under_the_token_set_encryption_context():
                            or a in ("kms:*", "kms:create*", "kms:creategrant") for a in actions)
     assert "AuthorizeRole" not in granted, "the authorize function must have no KMS access"
     assert granted == {"CallbackRole": {"kms:encrypt"}, "ConnectionsRole": {"kms:decrypt"},
-                       "RefreshRole": {"kms:encrypt", "kms:decrypt"}, "SchedulerRole": {"kms:encrypt", "kms:decrypt"}}
+                       "RefreshRole": {"kms:encrypt", "kms:decrypt"},
+                       "RefreshWorkerRole": {"kms:encrypt", "kms:decrypt"}}  # the scheduler reads no token
 
 
 def test_routes_match_the_public_contract_with_iam_on_backend_routes():
@@ -111,8 +112,8 @@ def test_the_scheduler_runs_on_the_schedule_parameter():
 def test_every_provider_and_flow_parameter_reaches_the_functions_by_its_env_name():
     env = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     for name in TEMPLATE["Parameters"]:
-        if name.startswith(("Provider", "AllowedReturn", "Refresh", "DueIndex", "PublicBase")) \
-                and name != "RefreshSchedule":
+        if name.startswith(("Provider", "AllowedReturn", "Refresh", "DueIndex", "PublicBase", "KeepAlive",
+                            "ReauthAfter")) and name not in ("RefreshSchedule", "RefreshWorkerMaxConcurrency"):
             assert env[parameter_env_name(name)] == {"Ref": name}, name
 
 

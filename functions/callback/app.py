@@ -2,7 +2,7 @@
 
 from aws_lambda_powertools.logging import correlation_paths
 
-from broker import services
+from broker import deadline, services
 from broker.connect_flow import BROWSER_COOKIE
 from broker.http_api import base_url, browser_cookie, callback_path, cookie_value, create_app, redirect
 from broker.observability import logger, metrics, tracer
@@ -27,4 +27,5 @@ def callback():
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event, context):
+    deadline.start(context)
     return app.resolve(event, context)

@@ -3,7 +3,7 @@
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 
-from broker import requests_in, services
+from broker import deadline, requests_in, services
 from broker.http_api import NO_STORE, base_url, create_app, json_response
 from broker.observability import logger, metrics, tracer
 
@@ -32,4 +32,5 @@ def delete_connection(connection_id: str):
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)  # the response carries a connect URL
 def lambda_handler(event, context):
+    deadline.start(context)
     return app.resolve(event, context)

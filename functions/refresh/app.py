@@ -2,7 +2,7 @@
 
 from aws_lambda_powertools.logging import correlation_paths
 
-from broker import requests_in, services
+from broker import deadline, requests_in, services
 from broker.http_api import create_app, json_response
 from broker.observability import logger, metrics, tracer
 
@@ -23,4 +23,5 @@ def force_refresh(connection_id: str):
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)  # responses carry access tokens
 def lambda_handler(event, context):
+    deadline.start(context)
     return app.resolve(event, context)

@@ -35,3 +35,30 @@ def standin(local):
 def backend(local):
     """The SaaS backend: SigV4-signed calls with the local credentials."""
     return BrokerClient(local.gateway_url, local.region, Credentials(local.access_key, local.secret_key))
+
+
+@pytest.fixture(scope="module")
+def saas_events(local):
+    """The lifecycle events as a SaaS receives them: a rule on the bus feeding a queue."""
+    import json
+
+    sqs, events = local.session.client("sqs"), local.session.client("events")
+    queue_url = sqs.create_queue(QueueName="saas-lifecycle-events")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    bus = local.env["EVENT_BUS_NAME"]
+    events.put_rule(Name="saas", EventBusName=bus, EventPattern=json.dumps({"source": ["insightly-connect"]}))
+    events.put_targets(Rule="saas", EventBusName=bus, Targets=[{"Id": "q", "Arn": queue_arn}])
+
+    def drain(connection_id: str) -> list[str]:
+        """The detail-types received so far for one connection."""
+        found = []
+        while batch := sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", []):
+            for message in batch:
+                event = json.loads(message["Body"])
+                if event["detail"]["connection_id"] == connection_id:
+                    found.append(event["detail-type"])
+            sqs.delete_message_batch(QueueUrl=queue_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)])
+        return found
+
+    return drain

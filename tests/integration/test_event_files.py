@@ -33,7 +33,7 @@ EXPECTED = {
 
 
 def test_every_event_file_is_covered():
-    assert {f.stem for f in EVENT_FILES} == set(EXPECTED) | {"scheduler"}
+    assert {f.stem for f in EVENT_FILES} == set(EXPECTED) | {"scheduler", "worker"}
 
 
 def seed(broker, event):
@@ -52,7 +52,8 @@ def seed(broker, event):
             "challenge": pkce_challenge(pkce_verifier(cookie, query["state"]))}
 
 
-@pytest.mark.parametrize("path", [f for f in EVENT_FILES if f.stem != "scheduler"], ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [f for f in EVENT_FILES if f.stem not in ("scheduler", "worker")],
+                         ids=lambda p: p.stem)
 def test_an_http_event_file_is_served_by_its_handler(broker, path: Path):
     event = json.loads(path.read_text())
     function_dir = path.stem.split(".")[0]
@@ -78,4 +79,16 @@ def test_the_schedule_event_file_runs_the_scheduler(broker, dynamodb, stack):
 
     answer = load_handler("functions/scheduler/").lambda_handler(event, LambdaContext(timeout_seconds=300))
 
-    assert answer == {"outcomes": {"refreshed": 1}}
+    assert answer == {"enqueued": 1, "not_enqueued": 0}
+
+
+def test_the_queue_event_file_runs_the_worker(broker, dynamodb, stack):
+    event = json.loads((ROOT / "events" / "worker.json").read_text())
+    assert event["Records"][0]["eventSource"] == "aws:sqs"
+    broker.connect("user-1")
+    make_due(dynamodb, stack)
+
+    answer = load_handler("functions/worker/").lambda_handler(event, LambdaContext(timeout_seconds=30))
+
+    assert answer == {"batchItemFailures": []}
+    assert broker.provider.calls["refresh_token"] == 1

@@ -8,7 +8,8 @@ from tests.integration.test_tokens import make_due
 from tests.support.inprocess import query_of
 
 
-def test_no_token_code_verifier_or_secret_is_stored_or_logged(broker, dynamodb, stack, capfd, captured_logs):
+def test_no_token_code_verifier_or_secret_is_stored_logged_or_emitted(broker, dynamodb, stack, capfd, captured_logs,
+                                                                    lifecycle_events):
     provider = broker.provider
     seen_secrets = [provider.client_secret]
     answers = []
@@ -41,9 +42,13 @@ def test_no_token_code_verifier_or_secret_is_stored_or_logged(broker, dynamodb, 
     printed = capfd.readouterr()
     output = printed.out + printed.err + captured_logs.getvalue()
     assert '"connection_id":"user-1"' in output and "RefreshSucceeded" in output  # logs and metrics were captured
+    # nor in the lifecycle events the SaaS receives
+    events = json.dumps(lifecycle_events())
+    assert '"NeedsReauth"' in events and '"Connected"' in events
     # nor in error bodies
     errors = " ".join(a.body or "" for a in answers if a.status >= 400)
     for secret in seen_secrets:
         assert secret not in stored, "plaintext secret stored in DynamoDB"
         assert secret not in output, "plaintext secret in logs or metrics"
         assert secret not in errors, "plaintext secret in an error body"
+        assert secret not in events, "plaintext secret in a lifecycle event"

@@ -7,6 +7,7 @@ import pytest
 
 from broker import services
 from broker.connections import ConnectionStore, StaleWrite
+from broker.errors import ProviderRejected
 from tests.integration.test_connect_flow import assert_json_error, connection_item
 
 
@@ -78,19 +79,79 @@ def test_invalid_grant_marks_the_connection_needs_reauth_once(connected, dynamod
     assert connected.provider.calls["refresh_token"] == 1  # no further provider calls
 
 
-@pytest.mark.parametrize("fault,retry_after", [("429", "7"), ("500", None), ("timeout", None)])
-def test_a_transient_fault_fails_the_call_and_changes_no_credentials(connected, stack, fault, retry_after):
-    before, sealed_before = stored_token_set(stack)
+@pytest.fixture
+def no_waiting(monkeypatch):
+    """Backoff without the wait; the waits asked for are recorded."""
+    waits = []
+    monkeypatch.setattr(services.token_service(), "sleep", waits.append)
+    return waits
+
+
+@pytest.mark.parametrize("fault", ["500", "timeout"])
+def test_a_passing_fault_is_retried_within_the_call(connected, stack, no_waiting, fault):
     connected.provider.fail_next(fault)
+
+    answer = connected.call("POST", "/connections/user-1/refresh")
+
+    assert answer.status == 200 and connected.provider.calls["refresh_token"] == 2
+    after, sealed = stored_token_set(stack)
+    assert after.failure_count == 0 and [sealed["refresh_token"]] == connected.provider.current_refresh_tokens
+
+
+@pytest.mark.parametrize("fault,retry_after,calls", [("429", "7", 3), ("500", None, 3), ("timeout", None, 3)])
+def test_a_lasting_fault_fails_the_call_changes_no_credentials_and_cools_down(
+        connected, stack, no_waiting, fault, retry_after, calls):
+    before, sealed_before = stored_token_set(stack)
+    connected.provider.fail_next(fault, times=3)
 
     answer = connected.call("POST", "/connections/user-1/refresh")
 
     assert_json_error(answer, 503, "provider_unavailable")
     assert answer.headers.get("Retry-After") == retry_after
+    if retry_after:
+        assert min(no_waiting) >= int(retry_after)  # the provider's Retry-After was honoured
+    assert connected.provider.calls["refresh_token"] == calls
     after, sealed_after = stored_token_set(stack)
     assert after.status == "active" and after.version == before.version and after.lease_owner is None
     assert sealed_after == sealed_before and after.last_error["code"] == "provider_unavailable"
+    assert after.failure_count == 1 and after.refresh_due_at >= time.time() + 45  # cooled down
+    connected.provider.faults.clear()
     assert connected.call("POST", "/connections/user-1/refresh").status == 200  # and it recovers
+    assert stored_token_set(stack)[0].failure_count == 0
+
+
+def test_invalid_client_even_after_refetching_the_secret_needs_reauth(connected, stack):
+    connected.provider.fail_next("invalid_client", times=2)
+
+    answer = connected.call("POST", "/connections/user-1/refresh")
+
+    assert_json_error(answer, 409, "needs_reauth")
+    assert connected.provider.calls["refresh_token"] == 2  # once, then once more with a refetched secret
+    assert stored_token_set(stack)[0].status == "needs_reauth"
+
+
+def test_invalid_grant_after_a_lost_race_returns_the_winners_token(connected, stack, monkeypatch):
+    service = services.token_service()
+    real_refresh = service.provider.refresh
+
+    def the_other_refresher_wins_meanwhile(creds, refresh_token):
+        # While this call is on the wire, another refresher stores a newer token set (its
+        # lease had expired), and the provider has retired the refresh token this call used.
+        monkeypatch.setattr(service.provider, "refresh", real_refresh)
+        winner = service.connections.get("user-1")
+        sealed = {"access_token": "at-winner", "refresh_token": "rt-winner", "token_type": "Bearer"}
+        service.connections._update("user-1", sets={"credentials": service.vault.seal("user-1", sealed)},
+                                    extra_set="version = version + :one", extra_values={":one": 1},
+                                    remove=["lease_owner", "lease_until"])
+        assert winner.version + 1 == service.connections.get("user-1").version
+        raise ProviderRejected("the provider refused: invalid_grant", oauth_error="invalid_grant")
+
+    monkeypatch.setattr(service.provider, "refresh", the_other_refresher_wins_meanwhile)
+
+    answer = connected.call("POST", "/connections/user-1/refresh")
+
+    assert answer.status == 200 and answer.json["access_token"] == "at-winner"
+    assert stored_token_set(stack)[0].status == "active"  # a lost race, not a dead connection
 
 
 def test_invalid_client_refetches_the_rotated_secret_once(connected, stack):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from tests.local.aws import MotoServer, provision, put_client_credentials, session_for
+from tests.local.aws import MotoServer, put_client_credentials, session_for
 from tests.local.gateway import EnvironmentOverlay, Gateway, reset_broker
 from tests.local.schedule import Scheduler, SqsEventSource, schedulers, sqs_event_sources
 from tests.support.fake_provider import FakeInsightly
@@ -240,7 +240,7 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
         stack = Stack(name=stack_name, region=region, parameters={**defaults, **configured})
 
         session = session_for(moto.url, region)
-        provision(stack, session)
+        stack.provision(session)
         if local_provider is not None:
             client_id, client_secret = local_provider.provider.client_id, local_provider.provider.client_secret
         else:
@@ -294,7 +294,7 @@ def sam_env(stack: Stack, *, aws_endpoint_url: str, public_base_url: str = SAM_L
     for logical in stack.of_type("AWS::Serverless::Function"):
         env = stack.function_environment(logical)
         for key in ("PROVIDER_AUTHORIZE_URL", "PROVIDER_TOKEN_URL", "PROVIDER_API_BASE_URL",
-                    "PROVIDER_REVOCATION_URL"):
+                    "PROVIDER_REVOCATION_URL", "REFRESH_QUEUE_URL"):
             if env.get(key):
                 env[key] = _docker_url(env[key])
         env.update(AWS_ENDPOINT_URL=_docker_url(aws_endpoint_url), PUBLIC_BASE_URL=public_base_url,

@@ -116,28 +116,6 @@ class _EndpointSession:
         return self._session.resource(service, **kwargs)
 
 
-def provision(stack: Stack, session) -> Stack:
-    """The template's tables, key, alias and secret (Stack.provision), then its SQS queues."""
-    stack.provision(session)
-    sqs = None
-    for logical, resource in stack.of_type("AWS::SQS::Queue").items():
-        sqs = sqs or session.client("sqs")
-        props = stack.resolve(resource.get("Properties", {}))
-        name = props.get("QueueName") or f"{stack.name}-{logical}"
-        attributes = {key: str(props[key]) for key in ("VisibilityTimeout", "MessageRetentionPeriod",
-                                                        "DelaySeconds", "ReceiveMessageWaitTimeSeconds")
-                      if key in props}
-        if props.get("FifoQueue"):
-            attributes["FifoQueue"] = "true"
-        url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
-        arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        stack.refs[logical] = url
-        stack.attrs[(logical, "Arn")] = arn
-        stack.attrs[(logical, "QueueName")] = name
-        stack.attrs[(logical, "QueueUrl")] = url
-    return stack
-
-
 def client_credentials() -> tuple[str, str]:
     """OAUTH_CLIENT_ID / OAUTH_CLIENT_SECRET, else the stand-in's (FakeInsightly's) defaults."""
     defaults = FakeInsightly()
@@ -178,7 +156,7 @@ def start_local_aws(stack: Stack | None = None, *, host: str = "127.0.0.1", port
     server = MotoServer(host, port).start()
     try:
         session = session_for(server.url, stack.region)
-        provision(stack, session)
+        stack.provision(session)
         default_id, default_secret = client_credentials()
         put_client_credentials(stack, session, client_id or default_id, client_secret or default_secret)
     except BaseException:

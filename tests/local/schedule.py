@@ -267,6 +267,6 @@ class SqsEventSource:
 
 
 def sqs_event_sources(stack: Stack, sqs=None, **kwargs) -> list[SqsEventSource]:
-    """One SqsEventSource per SQS event in the template (the template has none yet)."""
+    """One SqsEventSource per SQS event in the template."""
     return [SqsEventSource(stack, logical, name, props, sqs, **kwargs)
             for logical, name, props in _events_of(stack, "SQS")]

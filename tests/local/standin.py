@@ -13,7 +13,7 @@ Routes (all under /v3.1, like the provider):
     GET  /Users/Me                    Bearer
 Switches for tests and the benchmark (JSON in, JSON out):
     POST /_control/faults   {"fault": "429"|"500"|"timeout"|"invalid_grant"|"invalid_client", "times": N}
-    POST /_control/config   any of latency_ms, access_ttl, rotate_refresh_tokens, issue_refresh_tokens,
+    POST /_control/config   any of latency_ms, access_ttl, retry_after, rotate_refresh_tokens, issue_refresh_tokens,
                             timeout_seconds
     GET  /_control/state    calls, current_refresh_tokens, revoked (counts only), pending_faults, config
     POST /_control/reset    counters, faults and config back to the start; {"tokens": true} also
@@ -277,7 +277,7 @@ class StandIn:
             return value
 
         unknown = set(data) - {"latency_ms", "timeout_seconds", "access_ttl", "rotate_refresh_tokens",
-                               "issue_refresh_tokens"}
+                               "issue_refresh_tokens", "retry_after"}
         if unknown:
             raise BadRequest(f"unknown settings: {', '.join(sorted(unknown))}")
         provider = {}
@@ -291,6 +291,8 @@ class StandIn:
                 if not isinstance(data[flag], bool):
                     raise BadRequest(f"{flag} must be true or false")
                 provider[flag] = data[flag]
+        if "retry_after" in data:
+            provider["retry_after"] = int(number("retry_after", data["retry_after"], 3600))
         latency = number("latency_ms", data["latency_ms"], 60_000) if "latency_ms" in data else self.latency_ms
         timeout = (number("timeout_seconds", data["timeout_seconds"], 600) if "timeout_seconds" in data
                    else self.timeout_seconds)

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 import requests
 
 FAULTS = ("429", "500", "timeout", "invalid_grant", "invalid_client")
-CONFIG_FIELDS = ("access_ttl", "rotate_refresh_tokens", "issue_refresh_tokens")
+CONFIG_FIELDS = ("access_ttl", "rotate_refresh_tokens", "issue_refresh_tokens", "retry_after")
 
 USER = {"USER_ID": 4242, "EMAIL_ADDRESS": "ada@example.com", "FIRST_NAME": "Ada", "LAST_NAME": "Lovelace",
         "TIMEZONE_ID": "GMT Standard Time", "ADMINISTRATOR": True}
@@ -37,6 +37,7 @@ class FakeInsightly:
     access_ttl: int | None = 3600
     rotate_refresh_tokens: bool = True
     issue_refresh_tokens: bool = True
+    retry_after: int = 7  # seconds, on the 429 fault
     user: dict = field(default_factory=lambda: dict(USER))
     calls: Counter = field(default_factory=Counter)
     codes: dict = field(default_factory=dict)
@@ -149,7 +150,7 @@ class FakeInsightly:
                 if fault == "timeout":
                     raise requests.ReadTimeout("fake provider timed out")
                 if fault == "429":
-                    return 429, {"Retry-After": "7"}, {"error": "rate_limited"}
+                    return 429, {"Retry-After": str(self.retry_after)}, {"error": "rate_limited"}
                 if fault == "500":
                     return 500, {}, {"error": "server_error"}
                 return 400 if fault == "invalid_grant" else 401, {}, {"error": fault}

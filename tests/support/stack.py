@@ -149,7 +149,8 @@ class Stack:
     # -- creating --------------------------------------------------------------------------
 
     def provision(self, session) -> Stack:
-        """Create the template's stateful resources through a boto3 session."""
+        """Create the template's stateful resources (tables, secrets, queues, event buses,
+        keys, aliases) through a boto3 session."""
         for logical, res in self.of_type("AWS::DynamoDB::Table").items():
             self._create_table(session.client("dynamodb"), logical, self.resolve(res["Properties"]))
         for logical, res in self.of_type("AWS::SecretsManager::Secret").items():
@@ -158,6 +159,11 @@ class Stack:
                 Name=f"{self.name}-{logical}", SecretString=props["SecretString"],
                 Description=props.get("Description", ""))
             self.refs[logical] = answer["ARN"]
+        self._create_queues(session)
+        for logical, res in self.of_type("AWS::Events::EventBus").items():
+            props = self.resolve(res["Properties"])
+            arn = session.client("events").create_event_bus(Name=props["Name"])["EventBusArn"]
+            self.refs[logical], self.attrs[(logical, "Arn")] = props["Name"], arn
         for logical, res in self.of_type("AWS::KMS::Key").items():
             kms = session.client("kms")
             props = self.resolve(res["Properties"])
@@ -171,6 +177,26 @@ class Stack:
             session.client("kms").create_alias(AliasName=props["AliasName"], TargetKeyId=props["TargetKeyId"])
             self.refs[logical] = props["AliasName"]
         return self
+
+    def _create_queues(self, session) -> None:
+        queues = self.of_type("AWS::SQS::Queue")
+        if not queues:
+            return
+        sqs = session.client("sqs")
+        for logical, res in queues.items():  # first all queues, then redrive (it names other queues)
+            props = self.resolve({k: v for k, v in res.get("Properties", {}).items() if k != "RedrivePolicy"})
+            name = props.get("QueueName") or f"{self.name}-{logical}"
+            attributes = {k: str(props[k]) for k in ("VisibilityTimeout", "MessageRetentionPeriod", "DelaySeconds",
+                                                     "ReceiveMessageWaitTimeSeconds") if k in props}
+            url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            self.refs[logical] = url
+            self.attrs.update({(logical, "Arn"): arn, (logical, "QueueName"): name, (logical, "QueueUrl"): url})
+        for logical, res in queues.items():
+            redrive = res.get("Properties", {}).get("RedrivePolicy")
+            if redrive:
+                sqs.set_queue_attributes(QueueUrl=self.refs[logical],
+                                         Attributes={"RedrivePolicy": json.dumps(self.resolve(redrive))})
 
     def _create_table(self, dynamodb, logical: str, props: dict[str, Any]) -> None:
         name = f"{self.name}-{logical}"

@@ -19,7 +19,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from tests.local.aws import MotoServer, provision, put_client_credentials, session_for
+from tests.local.aws import MotoServer, put_client_credentials, session_for
 from tests.local.gateway import (
     BAD_SIGNATURE,
     UNKNOWN_KEY,
@@ -68,7 +68,7 @@ def gateway():
     with MotoServer(port=0) as moto:
         stack = Stack(parameters={"AllowedReturnOrigins": "http://127.0.0.1:8080"})
         session = session_for(moto.url)
-        provision(stack, session)
+        stack.provision(session)
         put_client_credentials(stack, session, "test-client-id", "test-client-secret-value")
         # Gateway.start() sets the functions' environment (AWS_ENDPOINT_URL too) and resets the
         # broker's cached clients; stop() puts os.environ back.

@@ -7,7 +7,6 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from tests.local.aws import provision
 from tests.local.schedule import Scheduler, parse_rate, sqs_event_sources
 from tests.support.stack import ROOT, Stack
 
@@ -88,8 +87,10 @@ def test_a_failing_run_is_reported_and_the_next_one_still_happens():
 
 # -- SQS -------------------------------------------------------------------------------------
 
-def test_the_template_has_no_queue_event_sources_yet():
-    assert sqs_event_sources(Stack()) == []
+def test_the_refresh_worker_is_driven_from_its_queue():
+    [source] = sqs_event_sources(Stack())
+    assert source.function == "RefreshWorkerFunction"
+    assert source.batch_size == 10 and source.report_failures
 
 
 class Worker:
@@ -109,7 +110,7 @@ class Worker:
 def queue():
     with mock_aws():
         session = boto3.Session(region_name="us-east-1")
-        stack = provision(Stack(template=json.loads(json.dumps(WORKER_TEMPLATE))), session)
+        stack = Stack(template=json.loads(json.dumps(WORKER_TEMPLATE))).provision(session)
         yield stack, session.client("sqs")
 
 

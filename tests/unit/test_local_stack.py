@@ -35,8 +35,8 @@ def test_the_whole_stack_starts_connects_and_stops_cleanly(tmp_path):
                             data={**form, "decision": "approve"}, timeout=10)
         assert back.url.startswith(local.demo_url + "/?status=connected")
         assert "Connected as Ada Lovelace" in back.text
-        assert len(local.schedulers) == 1 and local.sqs_sources == []
-        assert local.schedulers[0].run_once() == {"outcomes": {}}  # nothing due yet
+        assert len(local.schedulers) == 1 and [s.function for s in local.sqs_sources] == ["RefreshWorkerFunction"]
+        assert local.schedulers[0].run_once() == {"enqueued": 0, "not_enqueued": 0}  # nothing due yet
 
         written = json.loads((tmp_path / "local-env.json").read_text())
         port = local.moto_url.rsplit(":", 1)[1]

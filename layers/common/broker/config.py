@@ -51,13 +51,19 @@ class Settings:
     due_index_shards: int
     public_base_url: str
     cookie_secure: bool
+    refresh_queue_url: str = ""
+    event_bus_name: str = ""
+    # Refresh at least this often (tokens without expires_in, refresh tokens that expire unused).
+    keep_alive_refresh_seconds: int = 604800
+    reauth_after_failing_days: int = 3
     # A token expiring within this many seconds is refreshed before it is handed out.
     token_skew_seconds: int = 60
     flow_ttl_seconds: int = 600
-    # Longer than the provider HTTP timeout, shorter than the function timeout.
-    lease_seconds: int = 12
+    # Longer than a provider call with its retries, shorter than the refresh functions'
+    # timeouts (RefreshFunction 25 s, RefreshWorkerFunction 30 s).
+    lease_seconds: int = 20
     http_connect_timeout: float = 3.05
-    http_read_timeout: float = 8.0
+    http_read_timeout: float = 6.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ = os.environ) -> Settings:
@@ -109,6 +115,10 @@ class Settings:
             due_index_shards=shards,
             public_base_url=env.get("PUBLIC_BASE_URL", "").strip().rstrip("/"),
             cookie_secure=flag("COOKIE_SECURE", "true"),
+            refresh_queue_url=env.get("REFRESH_QUEUE_URL", "").strip(),
+            event_bus_name=env.get("EVENT_BUS_NAME", "").strip(),
+            keep_alive_refresh_seconds=number("KEEP_ALIVE_REFRESH_SECONDS", "604800"),
+            reauth_after_failing_days=number("REAUTH_AFTER_FAILING_DAYS", "3"),
         )
 
 

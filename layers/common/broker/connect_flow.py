@@ -25,6 +25,7 @@ from .config import Settings
 from .connections import ConnectionStore
 from .errors import BrokerError, InvalidRequest, ProviderRejected, ProviderUnavailable
 from .flowstore import FlowStore
+from .lifecycle import CONNECTED, LifecycleEvents
 from .observability import count, logger
 from .provider import ProviderClient
 from .tokens import expiry_and_due, iso, sealed_fields
@@ -74,13 +75,14 @@ class Redirect:
 class ConnectFlow:
     def __init__(self, settings: Settings, *, flows: FlowStore, connections: ConnectionStore,
                  vault: TokenVault, provider: ProviderClient, credentials: ClientCredentialSource,
-                 clock: Callable[[], float] = time.time):
+                 events: LifecycleEvents | None = None, clock: Callable[[], float] = time.time):
         self.settings = settings
         self.flows = flows
         self.connections = connections
         self.vault = vault
         self.provider = provider
         self.credentials = credentials
+        self.events = events
         self.clock = clock
 
     def _now(self) -> int:
@@ -167,11 +169,14 @@ class ConnectFlow:
 
         now = self._now()
         expires_at, due = expiry_and_due(tokens.expires_in, bool(tokens.refresh_token), now,
-                                         self.settings.refresh_lead_seconds)
+                                         self.settings.refresh_lead_seconds,
+                                         keep_alive=self.settings.keep_alive_refresh_seconds)
         self.connections.save_connected(
             connection_id, credentials=self.vault.seal(connection_id, sealed_fields(tokens)),
             expires_at=expires_at, refresh_due_at=due, provider_user=user,
             scopes=tokens.scope if tokens.scope is not None else self.settings.provider.scopes, now=now,
         )
         count("ConnectionsCreated")
+        if self.events is not None:
+            self.events.emit(CONNECTED, connection_id=connection_id, status="active", reason=None, at=now)
         logger.info("connection linked", extra={"connection_id": connection_id})

@@ -47,6 +47,8 @@ class Connection:
     connected_at: int | None = None
     last_refreshed_at: int | None = None
     last_error: dict[str, Any] | None = None
+    failure_count: int = 0  # refresh failures in a row
+    first_failed_at: int | None = None
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Connection:
@@ -69,6 +71,8 @@ class Connection:
             connected_at=number("connected_at"),
             last_refreshed_at=number("last_refreshed_at"),
             last_error=dict(data["last_error"]) if data.get("last_error") else None,
+            failure_count=number("failure_count") or 0,
+            first_failed_at=number("first_failed_at"),
         )
 
 
@@ -100,7 +104,8 @@ class ConnectionStore:
             connection_id, sets=sets, due=(expires_at, refresh_due_at),
             extra_set="version = if_not_exists(version, :zero) + :one, created_at = if_not_exists(created_at, :now)",
             extra_values={":zero": 0, ":one": 1, ":now": now},
-            remove=["lease_owner", "lease_until", "last_error", "last_refreshed_at"],
+            remove=["lease_owner", "lease_until", "last_error", "last_refreshed_at", "failure_count",
+                    "first_failed_at"],
             return_new=True,
         )
         return int(answer["Attributes"]["version"]["N"])
@@ -124,7 +129,7 @@ class ConnectionStore:
             sets={"credentials": credentials, "last_refreshed_at": now, "updated_at": now},
             due=(expires_at, refresh_due_at),
             extra_set="version = version + :one",
-            remove=["lease_owner", "lease_until", "last_error"],
+            remove=["lease_owner", "lease_until", "last_error", "failure_count", "first_failed_at"],
             condition="version = :version AND lease_owner = :owner",
             extra_values={":version": connection.version, ":owner": owner, ":one": 1},
         )
@@ -139,6 +144,21 @@ class ConnectionStore:
             condition="version = :version",
             extra_values={":version": connection.version, ":one": 1},
         )
+
+    def record_failure(self, connection: Connection, *, owner: str, error: dict[str, Any], retry_at: int,
+                       now: int) -> None:
+        """A failed refresh: count it, and move the due time out (the cooldown) so a broken
+        connection is not retried on every scheduled run."""
+        with contextlib.suppress(StaleWrite):  # lease lost: the new holder's outcome stands
+            self._update(
+                connection.connection_id,
+                sets={"last_error": error, "failure_count": connection.failure_count + 1,
+                      "first_failed_at": connection.first_failed_at or now, "refresh_due_at": retry_at,
+                      "due_shard": due_shard(connection.connection_id, self._shards), "updated_at": now},
+                remove=["lease_owner", "lease_until"],
+                condition="lease_owner = :owner",
+                extra_values={":owner": owner},
+            )
 
     def release_lease(self, connection: Connection, *, owner: str, error: dict[str, Any]) -> None:
         # If the lease expired and someone else holds it now, it is theirs to release.

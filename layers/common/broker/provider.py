@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 
+from . import deadline
 from .client_credentials import ClientCredentials
 from .config import ProviderSettings
 from .errors import ProviderRejected, ProviderUnavailable
@@ -127,8 +128,14 @@ class ProviderClient:
 
     def _send(self, method: str, url: str, **kwargs) -> requests.Response:
         headers = {"Accept": "application/json", **kwargs.pop("headers", {})}
+        # Never wait past the function's own end: keep a second to record the outcome.
+        budget = deadline.seconds_left() - 1.0
+        if budget < 0.5:
+            raise ProviderUnavailable("no time left in this invocation to call the provider")
+        connect, read = self._timeout
+        timeout = (min(connect, budget), min(read, budget))
         try:
-            return self.session.request(method, url, headers=headers, timeout=self._timeout,
+            return self.session.request(method, url, headers=headers, timeout=timeout,
                                         allow_redirects=False, **kwargs)
         except requests.Timeout as exc:
             raise ProviderUnavailable("the provider did not answer in time") from exc

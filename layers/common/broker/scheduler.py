@@ -1,28 +1,47 @@
-"""The scheduled refresh: walk the due-time index shard by shard and refresh what is due."""
+"""The scheduled run: find what is due through the sparse, sharded index and hand the ids
+to the refresh queue. It reads no connection item and no token; workers do the refreshing,
+in parallel, at the concurrency the queue's event source allows."""
 
 from __future__ import annotations
 
-from collections import Counter
+import json
 from collections.abc import Callable
 
 from .connections import ConnectionStore
-from .observability import logger
-from .tokens import TokenService
+from .observability import count, logger
 
 # Stop taking new work with this much time left, so the run ends cleanly before its timeout.
-RESERVE_SECONDS = 30
+RESERVE_SECONDS = 10
+SQS_BATCH = 10
 
 
-def run_due_refreshes(store: ConnectionStore, tokens: TokenService, *, shards: int, now: int,
-                      seconds_left: Callable[[], float]) -> dict[str, int]:
-    outcomes: Counter[str] = Counter()
+def enqueue_due(store: ConnectionStore, sqs, queue_url: str, *, shards: int, now: int,
+                seconds_left: Callable[[], float]) -> dict[str, int]:
+    enqueued = failed = 0
+    batch: list[str] = []
+
+    def send() -> None:
+        nonlocal enqueued, failed
+        answer = sqs.send_message_batch(QueueUrl=queue_url, Entries=[
+            {"Id": str(i), "MessageBody": json.dumps({"connection_id": cid, "due_by": now})}
+            for i, cid in enumerate(batch)])
+        enqueued += len(answer.get("Successful", []))
+        failed += len(answer.get("Failed", []))  # still due: the next run enqueues them again
+        batch.clear()
+
     for shard in range(shards):
         for connection_id in store.due_connection_ids(shard, now=now):
+            batch.append(connection_id)
+            if len(batch) == SQS_BATCH:
+                send()
             if seconds_left() < RESERVE_SECONDS:
-                # Still due: the next run picks it up.
-                outcomes["deferred"] += 1
-                logger.warning("scheduled run out of time", extra={"outcomes": dict(outcomes)})
-                return dict(outcomes)
-            outcomes[tokens.refresh_if_due(connection_id)] += 1
-    logger.info("scheduled run finished", extra={"outcomes": dict(outcomes)})
-    return dict(outcomes)
+                logger.warning("scheduled run out of time; the rest stays due for the next run")
+                break
+        else:
+            continue
+        break
+    if batch:
+        send()
+    count("ConnectionsEnqueued", enqueued)
+    logger.info("scheduled run finished", extra={"enqueued": enqueued, "not_enqueued": failed})
+    return {"enqueued": enqueued, "not_enqueued": failed}

@@ -11,6 +11,7 @@ from .config import settings
 from .connect_flow import ConnectFlow
 from .connections import ConnectionStore
 from .flowstore import FlowStore
+from .lifecycle import LifecycleEvents
 from .provider import ProviderClient
 from .tokens import TokenService
 from .vault import TokenVault
@@ -24,6 +25,7 @@ def _shared():
         vault=TokenVault(aws.client("kms"), cfg.token_key_id),
         provider=ProviderClient(cfg.provider, timeout=(cfg.http_connect_timeout, cfg.http_read_timeout)),
         credentials=ClientCredentialSource(cfg.client_secret_arn),
+        events=LifecycleEvents(aws.client("events"), cfg.event_bus_name),
     )
 
 

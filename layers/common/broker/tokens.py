@@ -7,39 +7,76 @@ and on still holding the lease, so a stale writer never overwrites newer credent
 
 from __future__ import annotations
 
+import contextlib
+import random
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
 from .client_credentials import ClientCredentialSource
 from .config import Settings
 from .connections import ACTIVE, Connection, ConnectionStore, StaleWrite
-from .errors import BrokerError, Conflict, NotFound, ProviderRejected, VaultUnavailable
-from .observability import count, logger
+from .errors import (
+    BrokerError,
+    Conflict,
+    CredentialsUnreadable,
+    NotFound,
+    ProviderRejected,
+    ProviderUnavailable,
+    VaultUnavailable,
+)
+from .lifecycle import DELETED, RECOVERED, REFRESH_FAILED, LifecycleEvents
+from .lifecycle import NEEDS_REAUTH as NEEDS_REAUTH_EVENT
+from .observability import count, logger, metrics
 from .provider import ProviderClient, TokenSet
 from .vault import TokenVault
 
 REFRESHED, NOT_DUE, IN_PROGRESS, NEEDS_REAUTH, FAILED = "refreshed", "not_due", "in_progress", "needs_reauth", "failed"
+# OAuth answers that no retry will fix: the grant or the client is gone.
+TERMINAL_ERRORS = frozenset({"invalid_grant", "invalid_client"})
+MAX_PROVIDER_ATTEMPTS = 3
+PERSIST_SECONDS = 2  # time kept in the lease for storing the new token set
 
 
 def iso(epoch: int | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def expiry_and_due(expires_in: int | None, can_refresh: bool, now: int, lead: int, *, keep_alive: int = 0,
+                   jitter: Callable[[float, float], float] = random.uniform) -> tuple[int | None, int | None]:
+    """When the access token expires, and when the background refresh should renew it.
 
-def expiry_and_due(expires_in: int | None, can_refresh: bool, now: int, lead: int) -> tuple[int | None, int | None]:
-    """When the access token expires, and when the background refresh should renew it."""
-    if expires_in is None:
-        return None, None
-    expires_at = now + expires_in
+    Due = expiry - lead - a random spread (up to a tenth of the lifetime), so connections
+    made together do not all come due together; never before half the lifetime has
+    passed; and at least every `keep_alive` seconds, for tokens without expires_in and for
+    refresh tokens that expire when unused.
+    """
+    expires_at = None if expires_in is None else now + expires_in
     if not can_refresh:
         return expires_at, None
-    # Never due before half the lifetime has passed, so short-lived tokens don't churn.
-    return expires_at, max(now + expires_in // 2, expires_at - lead)
+    if expires_in is None:
+        return None, (now + keep_alive if keep_alive else None)
+    spread = int(jitter(0, min(lead, expires_in / 10)))
+    due = max(now + expires_in // 2, expires_at - lead - spread)
+    return expires_at, (min(due, now + keep_alive) if keep_alive else due)
+
+
+def backoff(attempt: int, *, base: float = 0.5, cap: float = 4.0,
+            jitter: Callable[[float, float], float] = random.uniform) -> float:
+    """Capped exponential backoff with full jitter."""
+    return jitter(0, min(cap, base * 2 ** attempt))
+
+
+def cooldown(failures: int, *, base: int = 60, cap: int = 3600,
+             jitter: Callable[[float, float], float] = random.uniform) -> int:
+    """How long a connection whose refresh keeps failing rests before the next try."""
+    return int(min(cap, base * 2 ** (failures - 1)) * jitter(0.8, 1.2))
 
 
 def sealed_fields(tokens: TokenSet, previous: dict | None = None) -> dict:
@@ -61,14 +98,20 @@ def error_record(exc: BrokerError, now: int) -> dict[str, Any]:
 class TokenService:
     def __init__(self, settings: Settings, *, connections: ConnectionStore, vault: TokenVault,
                  provider: ProviderClient, credentials: ClientCredentialSource,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+                 events: LifecycleEvents | None = None, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep,
+                 jitter: Callable[[float, float], float] = random.uniform):
         self.settings = settings
         self.connections = connections
         self.vault = vault
         self.provider = provider
         self.credentials = credentials
+        self.events = events
         self.clock = clock
         self.sleep = sleep
+        self.jitter = jitter
+        self._flights: dict[str, threading.Lock] = {}
+        self._flights_guard = threading.Lock()
 
     def _now(self) -> int:
         return int(self.clock())
@@ -88,25 +131,33 @@ class TokenService:
             "next_refresh_at": iso(conn.refresh_due_at) if conn.status == ACTIVE else None,
             "connected_at": iso(conn.connected_at),
             "created_at": iso(conn.created_at),
+            "failing_since": iso(conn.first_failed_at),
             "last_error": {**conn.last_error, "at": iso(int(conn.last_error["at"]))} if conn.last_error else None,
         }
 
     def access_token(self, connection_id: str) -> dict[str, Any]:
         """A token valid for at least the skew; refreshed first when it is not."""
         conn = self._active(connection_id)
-        if conn.expires_at is None or conn.expires_at - self.settings.token_skew_seconds > self._now():
+        if self._fresh(conn):
             return self._token_answer(conn, self.vault.open(connection_id, conn.credentials))
-        return self._refresh(conn, wait_for_winner=True)
+        with self._single_flight(connection_id) as waited:
+            if waited:  # another request in this container just refreshed it, most likely
+                conn = self._active(connection_id)
+                if self._fresh(conn):
+                    return self._token_answer(conn, self.vault.open(connection_id, conn.credentials))
+            return self._refresh(conn, wait_for_winner=True)
 
     def force_refresh(self, connection_id: str) -> dict[str, Any]:
-        return self._refresh(self._active(connection_id), wait_for_winner=True)
+        with self._single_flight(connection_id):
+            return self._refresh(self._active(connection_id), wait_for_winner=True)
 
     def refresh_if_due(self, connection_id: str) -> str:
-        """The scheduled path: refresh a connection the due index listed, if it still is due."""
+        """The background path: refresh a connection the due index listed, if it still is
+        due. Duplicate and late queue messages end here as not_due."""
         conn = self.connections.get(connection_id)
         if (conn is None or conn.status != ACTIVE or conn.refresh_due_at is None
                 or conn.refresh_due_at > self._now()):
-            return NOT_DUE  # the index is eventually consistent: it may lag a write
+            return NOT_DUE
         try:
             answer = self._refresh(conn, wait_for_winner=False)
         except BrokerError as exc:
@@ -119,52 +170,104 @@ class TokenService:
             self._revoke(conn)
         if self.connections.delete(connection_id):
             count("ConnectionsDeleted")
+            self._emit(DELETED, conn, status="deleted", reason="deleted_by_backend")
             logger.info("connection deleted", extra={"connection_id": connection_id})
 
     # -- refresh -----------------------------------------------------------------------------
 
+    def _fresh(self, conn: Connection) -> bool:
+        return conn.expires_at is None or conn.expires_at - self.settings.token_skew_seconds > self._now()
+
+    @contextlib.contextmanager
+    def _single_flight(self, connection_id: str) -> Iterator[bool]:
+        """One refresh per connection per container; yields whether this caller had to wait."""
+        with self._flights_guard:
+            lock = self._flights.setdefault(connection_id, threading.Lock())
+        waited = not lock.acquire(blocking=False)
+        if waited:
+            lock.acquire()
+        try:
+            yield waited
+        finally:
+            lock.release()
+            with self._flights_guard:  # forget idle locks: a worker sees many connections
+                if not lock.locked() and self._flights.get(connection_id) is lock:
+                    del self._flights[connection_id]
+
     def _refresh(self, conn: Connection, *, wait_for_winner: bool) -> dict[str, Any] | None:
+        started = time.monotonic()
         owner = uuid.uuid4().hex
         if not self.connections.acquire_lease(conn, owner=owner, now=self._now(),
                                               seconds=self.settings.lease_seconds):
+            count("RefreshLostRace")
             return self._await_winner(conn) if wait_for_winner else None
+        lease_end = started + self.settings.lease_seconds
         try:
             current = self.vault.open(conn.connection_id, conn.credentials)
             if not current.get("refresh_token"):
-                raise Conflict("this connection has no refresh token; reconnect it", code="not_refreshable")
-            tokens = self._call_refresh(current["refresh_token"])
+                raise ProviderRejected("this connection has no refresh token", oauth_error="no_refresh_token")
+            tokens = self._call_refresh(current["refresh_token"], lease_end)
         except ProviderRejected as exc:
-            count("RefreshFailed")
-            if exc.oauth_error == "invalid_grant":
-                return self._needs_reauth(conn, exc)
+            if exc.oauth_error in TERMINAL_ERRORS or exc.oauth_error == "no_refresh_token":
+                return self._terminal(conn, exc)
+            self._failed(conn, owner, exc)
+            raise
+        except CredentialsUnreadable as exc:
+            # Not the provider's fault and not transient: leave the item as it is.
             self.connections.release_lease(conn, owner=owner, error=error_record(exc, self._now()))
             raise
         except BrokerError as exc:
-            count("RefreshFailed")
-            self.connections.release_lease(conn, owner=owner, error=error_record(exc, self._now()))
+            self._failed(conn, owner, exc)
             raise
         sealed = sealed_fields(tokens, current)
         expires_at = self._persist(conn, owner, tokens, sealed)
         count("RefreshSucceeded")
+        metrics.add_metric(name="RefreshLatency", unit=MetricUnit.Milliseconds,
+                           value=(time.monotonic() - started) * 1000)
+        if conn.failure_count:
+            count("RefreshRecovered")
+            self._emit(RECOVERED, conn, status=ACTIVE, reason=(conn.last_error or {}).get("code"))
         logger.info("token refreshed", extra={"connection_id": conn.connection_id})
         return {"connection_id": conn.connection_id, "access_token": sealed["access_token"],
                 "token_type": sealed["token_type"], "expires_at": iso(expires_at)}
 
-    def _call_refresh(self, refresh_token: str) -> TokenSet:
-        try:
-            return self.provider.refresh(self.credentials.get(), refresh_token)
-        except ProviderRejected as exc:
-            if exc.oauth_error != "invalid_client":
-                raise
-            # The secret may have been rotated since it was cached: fetch it once more.
-            return self.provider.refresh(self.credentials.get(force_fetch=True), refresh_token)
+    def _call_refresh(self, refresh_token: str, lease_end: float) -> TokenSet:
+        """One refresh at the provider, retried on transient faults while the lease lasts."""
+        creds, refetched, attempt = self.credentials.get(), False, 0
+        while True:
+            called = time.monotonic()
+            try:
+                tokens = self.provider.refresh(creds, refresh_token)
+            except ProviderRejected as exc:
+                if exc.oauth_error != "invalid_client" or refetched:
+                    raise
+                # The secret may have been rotated since it was cached: fetch it once more.
+                creds, refetched = self.credentials.get(force_fetch=True), True
+                continue
+            except ProviderUnavailable as exc:
+                attempt += 1
+                wait = max(exc.retry_after or 0, backoff(attempt, jitter=self.jitter))
+                call_time = self.settings.http_connect_timeout + self.settings.http_read_timeout
+                # Retry only while the lease outlasts a whole further call and the write after
+                # it: the lease is what keeps a second refresher off the same refresh token.
+                if (attempt >= MAX_PROVIDER_ATTEMPTS
+                        or time.monotonic() + wait + call_time + PERSIST_SECONDS > lease_end):
+                    raise
+                count("ProviderRetries")
+                self.sleep(wait)
+                continue
+            finally:
+                metrics.add_metric(name="ProviderLatency", unit=MetricUnit.Milliseconds,
+                                   value=(time.monotonic() - called) * 1000)
+            return tokens
 
     def _persist(self, conn: Connection, owner: str, tokens: TokenSet, sealed: dict[str, Any]) -> int | None:
         """Store the new token set before anyone hears of it. The provider may already have
         retired the old refresh token, so a passing KMS or DynamoDB fault is retried."""
         now = self._now()
         expires_at, due = expiry_and_due(tokens.expires_in, bool(sealed["refresh_token"]), now,
-                                         self.settings.refresh_lead_seconds)
+                                         self.settings.refresh_lead_seconds,
+                                         keep_alive=self.settings.keep_alive_refresh_seconds, jitter=self.jitter)
         for attempt in range(3):
             try:
                 self.connections.save_refreshed(
@@ -177,18 +280,57 @@ class TokenService:
             except (VaultUnavailable, ClientError, BotoCoreError):
                 # KMS or DynamoDB (botocore has already retried throttles): try the write again.
                 if attempt == 2:
+                    logger.error("refreshed token set not stored", extra={"connection_id": conn.connection_id})
+                    count("RefreshNotStored")
                     raise
             self.sleep(0.1 * 2 ** attempt)
         return expires_at  # unreachable: the loop returns or raises
 
-    def _needs_reauth(self, conn: Connection, exc: ProviderRejected) -> None:
+    def _terminal(self, conn: Connection, exc: ProviderRejected) -> dict[str, Any]:
+        """invalid_grant, invalid_client (after a refetched secret), no refresh token."""
+        if exc.oauth_error == "invalid_grant":
+            # A newer token set stored meanwhile (another refresher, a re-connect) means this
+            # caller lost a race with a token that was already rotated: not a dead connection.
+            latest = self.connections.get(conn.connection_id)
+            if latest is not None and latest.version != conn.version:
+                count("RefreshLostRace")
+                if latest.status == ACTIVE and latest.credentials:
+                    return self._token_answer(latest, self.vault.open(latest.connection_id, latest.credentials))
+                raise Conflict("this connection needs to be re-authorized", code="needs_reauth")
+        self._needs_reauth(conn, exc.oauth_error, exc)
+
+    def _failed(self, conn: Connection, owner: str, exc: BrokerError) -> None:
+        """A transient failure: cool the connection down, tell the SaaS on the first one, and
+        give up on it after failing for days."""
+        now = self._now()
+        count("RefreshTransientFailure")
+        failing_for = now - (conn.first_failed_at or now)
+        if failing_for >= self.settings.reauth_after_failing_days * 86400:
+            with contextlib.suppress(Conflict):
+                self._needs_reauth(conn, "refresh_failing", exc)
+            return
+        retry_after = getattr(exc, "retry_after", None) or 0
+        retry_at = now + max(cooldown(conn.failure_count + 1, jitter=self.jitter), retry_after)
+        self.connections.record_failure(conn, owner=owner, error=error_record(exc, now), retry_at=retry_at, now=now)
+        if conn.failure_count == 0:
+            self._emit(REFRESH_FAILED, conn, status=ACTIVE, reason=exc.code)
+
+    def _needs_reauth(self, conn: Connection, reason: str, exc: BrokerError) -> None:
         try:
             self.connections.mark_needs_reauth(conn, error=error_record(exc, self._now()), now=self._now())
-            count("NeedsReauth")
-            logger.warning("connection needs re-authorization", extra={"connection_id": conn.connection_id})
         except StaleWrite:
             pass  # someone re-connected meanwhile: their credentials stand
-        raise Conflict("the provider revoked this connection's grant; reconnect it", code="needs_reauth")
+        else:
+            count("NeedsReauth")
+            self._emit(NEEDS_REAUTH_EVENT, conn, status=NEEDS_REAUTH, reason=reason)
+            logger.warning("connection needs re-authorization",
+                           extra={"connection_id": conn.connection_id, "reason": reason})
+        raise Conflict("the provider no longer accepts this connection's grant; reconnect it", code="needs_reauth")
+
+    def _emit(self, detail_type: str, conn: Connection, *, status: str, reason: str | None) -> None:
+        if self.events is not None:
+            self.events.emit(detail_type, connection_id=conn.connection_id, status=status, reason=reason,
+                             at=self._now())
 
     def _await_winner(self, conn: Connection) -> dict[str, Any]:
         """Another caller holds the lease: wait briefly for the token it stores."""
