@@ -45,9 +45,10 @@ def test_connect_call_decline_and_disconnect_in_a_browser(local, backend, page):
     page.screenshot(path=str(ARTIFACTS / "connected.png"))
 
     # Call Insightly: the demo backend gets a token from the broker and calls Users/Me
+    bearer_calls = local.provider.calls["users_me"]
     page.click("#call")
     expect(page.locator("#call-result")).to_contain_text("ada@example.com")
-    assert local.provider.access_tokens  # the stand-in saw a real Bearer call
+    assert local.provider.calls["users_me"] == bearer_calls + 1  # the stand-in saw the Bearer call
     version = backend.connection("demo-user").json()["connected_at"]
 
     # Decline on a second run: a friendly message, and nothing new stored

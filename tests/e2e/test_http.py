@@ -132,5 +132,5 @@ def test_a_provider_that_does_not_answer_is_timed_out_and_retried(local, backend
     answer = backend.call("POST", "/connections/slow-user/refresh")
 
     assert answer.status_code == 200  # the broker's own read timeout fired, and the retry got through
-    assert 6 <= time.monotonic() - started < 15
+    assert time.monotonic() - started < 15  # bounded by the broker's own timeouts, not the provider's
     assert standin("GET", "state")["calls"]["token"] == calls + 2
