@@ -2,7 +2,8 @@
 
 aws.py (moto server + the template's resources), gateway.py (HTTP API with SigV4 in front
 of the real handlers), schedule.py (schedules and SQS event sources), standin.py (the
-Insightly stand-in), demo_app.py (a demo SaaS) and __main__.py (the orchestrator).
+Insightly stand-in), demo_app.py (a demo SaaS), server.py (the run-an-HTTP-server-in-a-thread
+helper the stand-in, the demo app and the gateway share) and __main__.py (the orchestrator).
 
     from tests.local import start_local_stack
     local = start_local_stack()      # free ports; local.gateway_url, local.demo_url, ...

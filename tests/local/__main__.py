@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import warnings
@@ -32,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from tests.local.aws import MotoServer, put_client_credentials, session_for
+from tests.local.aws import MotoServer, client_credentials, put_client_credentials, session_for
 from tests.local.gateway import EnvironmentOverlay, Gateway, reset_broker
 from tests.local.schedule import Scheduler, SqsEventSource, schedulers, sqs_event_sources
 from tests.support.fake_provider import FakeInsightly
@@ -69,10 +68,6 @@ class LocalStack:
 
     @property
     def gateway_url(self) -> str:
-        return self.gateway.url
-
-    @property
-    def broker_url(self) -> str:
         return self.gateway.url
 
     @property
@@ -130,7 +125,8 @@ class LocalStack:
             row("Demo SaaS app", self.demo_url, "<- open this in a browser")
         row("Broker (gateway)", self.gateway_url,
             f"backend routes: SigV4, service execute-api, region {self.region}")
-        row("", f"access key {self.access_key} / secret {self.secret_key}")
+        secret = self.secret_key if self.secret_key == "testing" else "(from AWS_SECRET_ACCESS_KEY)"
+        row("", f"access key {self.access_key} / secret {secret}")
         if self.standin:
             row("Insightly stand-in", self.standin.base_url, f"client_id {client_id}")
         else:
@@ -167,10 +163,18 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
+def callback_uris(gateway_url: str, *, sam_local: bool = False) -> list[str]:
+    """The redirect URIs "registered" with the stand-in, as a real provider accepts only
+    registered ones: this gateway's /oauth/callback (on loopback by 127.0.0.1 and by
+    localhost) and, when the `sam local` env file is written, `sam local start-api`'s. A
+    PUBLIC_BASE_URL that does not lead to the gateway is then refused on the consent page."""
+    bases = [gateway_url]
+    parts = urlsplit(gateway_url)
+    if parts.hostname in ("127.0.0.1", "localhost"):
+        bases += [f"{parts.scheme}://{name}:{parts.port}" for name in ("127.0.0.1", "localhost")]
+    if sam_local:
+        bases.append(SAM_LOCAL_BASE_URL)
+    return [f"{base}/oauth/callback" for base in dict.fromkeys(bases)]
 
 
 def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_port: int = 0, gateway_port: int = 0,
@@ -188,7 +192,8 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
     (PROVIDER_TOKEN_URL, ...) and OAUTH_CLIENT_ID/OAUTH_CLIENT_SECRET/AWS_* are read only
     when given (main() passes os.environ; tests normally pass nothing). `standin`: None
     starts the stand-in unless the provider URLs are configured. `provider`: the
-    FakeInsightly the stand-in serves. `schedule_seconds`: the scheduler interval (None:
+    FakeInsightly the stand-in serves; unless it has `redirect_uris` already, they become
+    the gateway's callback (see `callback_uris`). `schedule_seconds`: the scheduler interval (None:
     LOCAL_SCHEDULE_SECONDS or the template's rate). `env_file`: where to write the
     `sam local --env-vars` file with this stack's real values (None: not written).
     """
@@ -206,13 +211,13 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
         standin = not ({"ProviderAuthorizeUrl", "ProviderTokenUrl"} & set(configured))
 
     started: list = []
+    # The credentials and region boto3 uses in this process; the endpoint (moto) is part of
+    # the functions' environment, which the gateway sets.
     overlay = EnvironmentOverlay({"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
                                   "AWS_DEFAULT_REGION": region, "AWS_REGION": region})
     try:
         moto = MotoServer(host, moto_port).start()
         started.append(moto)
-        # The in-process functions (and anything else using boto3 here) talk to moto only.
-        overlay.env["AWS_ENDPOINT_URL"] = moto.url
         overlay.apply()
 
         local_provider = None
@@ -225,11 +230,16 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
                 local_provider = StandIn.from_env(host, standin_port, environ)
             else:
                 local_provider = StandIn(host, standin_port)
-            local_provider.start()
             started.append(local_provider)
+            local_provider.start()
 
-        if demo and not demo_port:
-            demo_port = _free_port(host)
+        demo_app = None
+        if demo:  # bound now (its port is the allowed return origin); pointed at the gateway below
+            from tests.local.demo_app import DemoApp
+
+            demo_app = DemoApp(host, demo_port, region=region, access_key=access_key, secret_key=secret_key)
+            started.append(demo_app)
+            demo_port = urlsplit(demo_app.url).port
         defaults: dict[str, str] = {}
         if local_provider is not None:
             base = local_provider.base_url
@@ -244,14 +254,16 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
         if local_provider is not None:
             client_id, client_secret = local_provider.provider.client_id, local_provider.provider.client_secret
         else:
-            fake = FakeInsightly()
-            client_id = environ.get("OAUTH_CLIENT_ID") or fake.client_id
-            client_secret = environ.get("OAUTH_CLIENT_SECRET") or fake.client_secret
+            client_id, client_secret = client_credentials(environ)
         put_client_credentials(stack, session, client_id, client_secret)
 
+        # The in-process functions (and anything else using boto3 here) talk to moto only.
         gateway = Gateway(stack, host, gateway_port, credentials={access_key: secret_key}, region=region,
-                          env={"AWS_ENDPOINT_URL": moto.url}, access_log=access_log).start()
+                          env={"AWS_ENDPOINT_URL": moto.url}, access_log=access_log)
         started.append(gateway)
+        gateway.start()
+        if local_provider is not None and not local_provider.provider.redirect_uris:
+            local_provider.provider.redirect_uris = callback_uris(gateway.url, sam_local=env_file is not None)
 
         local = LocalStack(stack=stack, moto=moto, gateway=gateway, session=session, region=region,
                            access_key=access_key, secret_key=secret_key, standin=local_provider, _overlay=overlay)
@@ -260,12 +272,8 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
             started += [s.start() for s in local.schedulers]
         local.sqs_sources = sqs_event_sources(stack, session.client("sqs"))
         started += [s.start() for s in local.sqs_sources]
-        if demo:
-            from tests.local.demo_app import DemoApp
-
-            local.demo = DemoApp(host, demo_port, gateway.url, region, provider_api_base=local.provider_base_url,
-                                 access_key=access_key, secret_key=secret_key).start()
-            started.append(local.demo)
+        if demo_app is not None:
+            local.demo = demo_app.point_at(gateway.url, local.provider_base_url).start()
         if env_file is not None:
             local.env_file = write_sam_env_file(local, Path(env_file))
         return local

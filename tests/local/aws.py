@@ -12,7 +12,7 @@ import errno
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import boto3
 from moto.server import ThreadedMotoServer
@@ -31,16 +31,21 @@ class MotoServer:
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = DEFAULT_PORT, quiet: bool = True):
         self.host = host
-        if quiet:  # moto's werkzeug server logs every request on stderr otherwise
-            logging.getLogger("werkzeug").setLevel(logging.WARNING)
+        self.quiet = quiet
         self._server = _ThreadedServer(ip_address=host, port=port or 0, verbose=False)
         self._running = False
+        self._log_level: int | None = None
 
     def start(self) -> MotoServer:
         if not self._running:
+            if self.quiet:  # moto's werkzeug server logs every request on stderr otherwise; stop() puts it back
+                werkzeug = logging.getLogger("werkzeug")
+                self._log_level = werkzeug.level
+                werkzeug.setLevel(logging.WARNING)
             _reset_moto()
             self._server.start()
             if self._server.error is not None:
+                self._restore_log_level()
                 raise self._server.error
             self._running = True
         return self
@@ -50,6 +55,12 @@ class MotoServer:
             self._server.stop()
             self._running = False
             _reset_moto()
+            self._restore_log_level()
+
+    def _restore_log_level(self) -> None:
+        if self._log_level is not None:
+            logging.getLogger("werkzeug").setLevel(self._log_level)
+            self._log_level = None
 
     @property
     def port(self) -> int:
@@ -116,11 +127,13 @@ class _EndpointSession:
         return self._session.resource(service, **kwargs)
 
 
-def client_credentials() -> tuple[str, str]:
-    """OAUTH_CLIENT_ID / OAUTH_CLIENT_SECRET, else the stand-in's (FakeInsightly's) defaults."""
+def client_credentials(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """OAUTH_CLIENT_ID / OAUTH_CLIENT_SECRET from `environ` (default os.environ), else the
+    stand-in's (FakeInsightly's) defaults."""
+    env = os.environ if environ is None else environ
     defaults = FakeInsightly()
-    return (os.environ.get("OAUTH_CLIENT_ID") or defaults.client_id,
-            os.environ.get("OAUTH_CLIENT_SECRET") or defaults.client_secret)
+    return (env.get("OAUTH_CLIENT_ID") or defaults.client_id,
+            env.get("OAUTH_CLIENT_SECRET") or defaults.client_secret)
 
 
 def put_client_credentials(stack: Stack, session, client_id: str, client_secret: str) -> bool:
@@ -132,34 +145,3 @@ def put_client_credentials(stack: Stack, session, client_id: str, client_secret:
             SecretId=stack.refs[logical],
             SecretString=json.dumps({"client_id": client_id, "client_secret": client_secret}))
     return bool(secrets)
-
-
-@dataclass
-class LocalAws:
-    server: MotoServer
-    stack: Stack
-    session: object
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    def stop(self) -> None:
-        self.server.stop()
-
-
-def start_local_aws(stack: Stack | None = None, *, host: str = "127.0.0.1", port: int | None = DEFAULT_PORT,
-                    client_id: str | None = None, client_secret: str | None = None) -> LocalAws:
-    """Start moto, provision `stack` (default: the template with its defaults) into it and
-    put the OAuth client credentials into its secret."""
-    stack = stack or Stack()
-    server = MotoServer(host, port).start()
-    try:
-        session = session_for(server.url, stack.region)
-        stack.provision(session)
-        default_id, default_secret = client_credentials()
-        put_client_credentials(stack, session, client_id or default_id, client_secret or default_secret)
-    except BaseException:
-        server.stop()
-        raise
-    return LocalAws(server, stack, session)

@@ -23,13 +23,15 @@ import html
 import json
 import os
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import requests
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+
+from tests.local.server import ThreadedServer
 
 TIMEOUT = (3.05, 30)  # a token call may include a refresh at the provider
 
@@ -92,26 +94,25 @@ class DemoApp:
         self.broker = BrokerClient(broker_url, region, credentials)
         self.provider_api_base = provider_api_base.rstrip("/")
         self.connection_id = connection_id
-        self._server = ThreadingHTTPServer((host, port), _Handler)
-        self._server.daemon_threads = True
-        self._server.block_on_close = False
-        self._server.app = self
-        self.url = f"http://{host}:{self._server.server_address[1]}"
-        self._thread: threading.Thread | None = None
+        # Binds now, so the URL (and the return origin) is known before the broker exists.
+        self._server = ThreadedServer(host, port, _Handler, name="demo-app", app=self)
+        self.url = self._server.url
+
+    def point_at(self, broker_url: str, provider_api_base: str | None = None) -> DemoApp:
+        """Use this broker (and provider API): for an app built before the broker's URL was known."""
+        self.broker.url = broker_url.rstrip("/")
+        if provider_api_base is not None:
+            self.provider_api_base = provider_api_base.rstrip("/")
+        return self
 
     def start(self) -> DemoApp:
-        if self._thread is not None:
+        if self._server.running:
             raise RuntimeError("already started")
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"demo-app:{self.url}", daemon=True)
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-        self._server.server_close()
+        self._server.stop()
 
     def __enter__(self) -> DemoApp:
         return self.start()

@@ -4,7 +4,9 @@ For each request it does what API Gateway does: picks the route from template.ya
 (404 `{"message":"Not Found"}` when none matches), checks AWS SigV4 on AWS_IAM routes
 (403 with API Gateway's messages), builds the payload 2.0 event, invokes the function's
 real `lambda_handler` and turns the result back into an HTTP response (one `Set-Cookie`
-header per entry of `cookies`, base64 bodies decoded).
+header per entry of `cookies`, base64 bodies decoded). The `apigw-requestid` header, the
+access log and the event's requestContext.requestId carry the same id. Anything that goes
+wrong in the gateway itself is API Gateway's 500 `{"message":"Internal Server Error"}`.
 
 One process, one environment: every handler runs in this process, so the functions'
 environment variables are set in `os.environ` once, on `start()`, and put back on
@@ -12,37 +14,39 @@ environment variables are set in `os.environ` once, on `start()`, and put back o
 (Globals); `local_environment()` refuses a template where they differ. On top of the
 template's values the local stack sets PUBLIC_BASE_URL (the gateway's URL, unless a
 PublicBaseUrl is configured) and COOKIE_SECURE (false for a plain-http base URL, since a
-browser or client does not send a Secure cookie back over http).
+browser or client does not send a Secure cookie back over http). `stop()` first cuts
+every open connection (keep-alive ones and those with a request in progress) and waits
+for their threads, then puts os.environ back: nothing is answered from the restored
+environment.
 
 Concurrency: requests are handled concurrently, as Lambda scales out. Like Lambda, each
 concurrent invocation of a function gets its own "container": a separately imported copy
 of the function's app.py (Powertools' resolver keeps the current event on the module's
-`app` object, which must not be shared by two requests at once). The broker package, its
-boto3 clients and the Powertools logger/metrics are shared by all containers; boto3
-clients are thread-safe, and the logger/metrics only affect what is printed locally.
-The function timeout is not enforced (a thread cannot be stopped).
+`app` object, which must not be shared by two requests at once). The broker package and
+its boto3 clients (thread-safe) are shared by all containers. So are the Powertools
+Logger and Metrics, and that is NOT like Lambda: concurrent requests share one logger and
+one metrics object, so keys one invocation appends (correlation id, Lambda context
+fields) can appear in the log lines of another request running at the same time, and the
+metrics of concurrent invocations can be mixed up or flushed by the wrong invocation. It
+changes only what is printed locally, never a response; send requests one at a time when
+the per-request logs matter. The function timeout is not enforced (a thread cannot be
+stopped).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import hashlib
 import hmac
-import importlib.util
 import json
 import os
-import re
-import secrets
 import sys
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import quote, unquote, urlsplit
 
 from botocore.auth import SigV4Auth
@@ -50,8 +54,16 @@ from botocore.awsrequest import AWSRequest
 from botocore.compat import HTTPHeaders
 from botocore.credentials import Credentials
 
-from tests.support.lambda_events import LambdaContext, http_event, iam_identity, load_handler
-from tests.support.stack import ACCOUNT_ID, ROOT, Stack
+from tests.local.server import ThreadedServer
+from tests.support.lambda_events import (
+    http_event,
+    iam_identity,
+    lambda_context,
+    load_handler,
+    match_route,
+    new_request_id,
+)
+from tests.support.stack import Stack
 
 MAX_BODY = 10 * 1024 * 1024  # HTTP API payload limit
 SIGNATURE_MAX_SKEW = 300  # seconds, either way
@@ -59,12 +71,10 @@ SIGV4_FORMAT = "%Y%m%dT%H%M%SZ"
 
 NOT_FOUND = {"message": "Not Found"}
 FORBIDDEN = {"message": "Forbidden"}
+INTERNAL_ERROR = {"message": "Internal Server Error"}
 BAD_SIGNATURE = ("The request signature we calculated does not match the signature you provided. Check your AWS "
                  "Secret Access Key and signing method. Consult the service documentation for details.")
 UNKNOWN_KEY = "The security token included in the request is invalid."
-
-# Bodies API Gateway hands over as text; anything else arrives base64-encoded.
-_TEXT_TYPES = re.compile(r"^(text/.*|application/(json|xml|javascript|[\w.+-]+\+(json|xml)))$")
 
 
 # -- environment -------------------------------------------------------------------------------
@@ -119,42 +129,6 @@ def reset_broker() -> None:
     parameters.clear_caches()
 
 
-# -- routes --------------------------------------------------------------------------------------
-
-def _route_pattern(path: str) -> re.Pattern:
-    parts = []
-    for segment in path.strip("/").split("/"):
-        greedy = re.fullmatch(r"\{(\w+)\+\}", segment)
-        param = re.fullmatch(r"\{(\w+)\}", segment)
-        if greedy:
-            parts.append(f"(?P<{greedy.group(1)}>.+)")
-        elif param:
-            parts.append(f"(?P<{param.group(1)}>[^/]+)")
-        else:
-            parts.append(re.escape(segment))
-    return re.compile("/" + "/".join(parts))
-
-
-def match(routes: list[dict], method: str, path: str) -> tuple[dict, dict[str, str]] | None:
-    """The route API Gateway would pick: exact method (or ANY), most specific path first
-    (literal segments beat parameters, which beat greedy parameters), then $default."""
-    def specificity(route):
-        path = route["path"]
-        return ("+}" in path, path.count("{"), -len(path))
-
-    candidates = sorted((r for r in routes if r["path"] != "$default"), key=specificity)
-    for route in candidates:
-        if route["method"] not in (method, "ANY"):
-            continue
-        found = _route_pattern(route["path"]).fullmatch(path)
-        if found:
-            return route, found.groupdict()
-    for route in routes:
-        if route["path"] == "$default":
-            return route, {}
-    return None
-
-
 # -- SigV4 -----------------------------------------------------------------------------------
 
 class AccessDenied(Exception):
@@ -182,13 +156,16 @@ class _Recompute(SigV4Auth):
         return hashlib.sha256(request.body or b"").hexdigest()
 
 
-def _normalized_query(raw_query: str) -> str:
+def canonical_query(raw_query: str) -> str:
+    """The query string as SigV4 canonicalises it: every name and value decoded, then
+    encoded per RFC 3986 (unreserved characters as they are, everything else %XX), sorted by
+    name, then value. AWS checks the signature over this form only, whatever was sent."""
     pairs = []
     for pair in raw_query.split("&"):
         if pair:
             key, _, value = pair.partition("=")
-            pairs.append(f"{quote(unquote(key), safe='-_.~')}={quote(unquote(value), safe='-_.~')}")
-    return "&".join(pairs)
+            pairs.append((quote(unquote(key), safe="-_.~"), quote(unquote(value), safe="-_.~")))
+    return "&".join(f"{key}={value}" for key, value in sorted(pairs))
 
 
 class SigV4Verifier:
@@ -248,17 +225,18 @@ class SigV4Verifier:
         signed = [(name, values.get(name, [])) for name in signed_names]
         signer = _Recompute(Credentials(access_key, secret), self.service, self.region, signed)
         given = fields["Signature"].strip()
-        host = (values.get("host") or ["localhost"])[0]
-        # botocore signs the query as sent; other SDKs canonicalise it: accept either form.
-        for query in dict.fromkeys((raw_query, _normalized_query(raw_query))):
-            request = AWSRequest(method=method, url=f"http://{host}{raw_path}" + (f"?{query}" if query else ""),
-                                 data=body)
-            request.context["timestamp"] = timestamp
-            canonical = signer.canonical_request(request)
-            expected = signer.signature(signer.string_to_sign(request, canonical), request)
-            if hmac.compare_digest(expected, given):
-                return access_key
-        raise AccessDenied(BAD_SIGNATURE)
+        # The Host value is signed through the header list; the URL carries only the path and
+        # the canonical query (a Host header is never parsed as part of a URL).
+        query = canonical_query(raw_query)
+        path = raw_path if raw_path.startswith("/") else f"/{raw_path}"
+        request = AWSRequest(method=method, url=f"http://localhost{path}" + (f"?{query}" if query else ""),
+                             data=body)
+        request.context["timestamp"] = timestamp
+        canonical = signer.canonical_request(request)
+        expected = signer.signature(signer.string_to_sign(request, canonical), request)
+        if not hmac.compare_digest(expected, given):
+            raise AccessDenied(BAD_SIGNATURE)
+        return access_key
 
     @staticmethod
     def _timestamp(values: dict[str, list[str]]) -> str | None:
@@ -295,55 +273,17 @@ class SigV4Verifier:
 
 # -- event and response translation ---------------------------------------------------------
 
-def is_text(content_type: str | None) -> bool:
-    return bool(content_type) and bool(_TEXT_TYPES.match(content_type.split(";")[0].strip().lower()))
-
-
 def build_event(route: dict, path_parameters: dict[str, str], *, method: str, raw_path: str, raw_query: str,
                 headers: list[tuple[str, str]], body: bytes, source_ip: str, port: int,
-                identity: dict | None = None, protocol: str = "HTTP/1.1", api_id: str = "local") -> dict:
-    """The payload 2.0 event API Gateway sends for this request.
-
-    Headers are lower-cased and repeated ones joined with commas; the Cookie header becomes
-    the `cookies` array; rawQueryString is as sent, queryStringParameters decoded with
-    repeated keys comma-joined; rawPath and pathParameters are URL-decoded (HTTP API decodes
-    the path); a body that is not text (by Content-Type) arrives base64-encoded."""
-    joined: dict[str, str] = {}
-    cookies: list[str] = []
-    for name, value in headers:
-        name = name.lower()
-        if name == "cookie":
-            cookies += [c.strip() for c in value.split(";") if c.strip()]
-        else:
-            joined[name] = f"{joined[name]},{value}" if name in joined else value
-    host = joined.get("host", f"127.0.0.1:{port}")
-    joined.setdefault("host", host)
-    joined.setdefault("x-forwarded-for", source_ip)
-    joined.setdefault("x-forwarded-port", str(port))
-    joined.setdefault("x-forwarded-proto", "http")
-    joined["x-amzn-trace-id"] = f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)}"
-
-    text_body = None
-    if body and is_text(joined.get("content-type")):
-        try:
-            text_body = body.decode("utf-8")
-        except UnicodeDecodeError:
-            text_body = None
-    event = http_event(method, unquote(raw_path), route=route, path_parameters=path_parameters or None,
-                       raw_query=raw_query, headers=joined, cookies=cookies or None,
-                       body=text_body, domain=host, iam_identity=identity, source_ip=source_ip)
-    if body and text_body is None:
-        event["body"], event["isBase64Encoded"] = base64.b64encode(body).decode(), True
-    if "user-agent" not in joined:
-        event["headers"].pop("user-agent", None)
-    context = event["requestContext"]
-    context["apiId"] = api_id
-    context["domainPrefix"] = host.split(":")[0].split(".")[0]
-    context["http"]["protocol"] = protocol
-    context["http"]["userAgent"] = joined.get("user-agent", "")
-    if route["path"] == "$default":
-        event["routeKey"] = context["routeKey"] = "$default"
-    return event
+                identity: dict | None = None, protocol: str = "HTTP/1.1", api_id: str = "local",
+                request_id: str | None = None) -> dict:
+    """The payload 2.0 event API Gateway sends for this request: `http_event` with the
+    headers as sent, the path URL-decoded (HTTP API decodes it), this gateway's address as
+    the domain when no Host header came and x-forwarded-* for plain http on `port`."""
+    return http_event(method, unquote(raw_path), route=route, path_parameters=path_parameters or None,
+                      raw_query=raw_query, headers=headers, body=body, domain=f"127.0.0.1:{port}",
+                      iam_identity=identity, source_ip=source_ip, request_id=request_id, api_id=api_id,
+                      protocol=protocol, user_agent=None, port=port, scheme="http")
 
 
 def http_response(result) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -381,20 +321,11 @@ class _FunctionPool:
             if self._idle:
                 return self._idle.pop()
             number, self._count = self._count, self._count + 1
-            return load_handler(self.code_uri) if number == 0 else self._fresh(number)
+            return load_handler(self.code_uri, copy=number)
 
     def release(self, module) -> None:
         with self._lock:
             self._idle.append(module)
-
-    def _fresh(self, number: int):
-        path = ROOT / self.code_uri / "app.py"
-        name = f"handler_{Path(self.code_uri).name}__container{number}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        return module
 
 
 # -- the server ------------------------------------------------------------------------------
@@ -415,34 +346,33 @@ class Gateway:
         self.verifier = SigV4Verifier(credentials if credentials is not None else {"testing": "testing"}, region)
         self.access_log = access_log
         self._pools = {route["function"]: _FunctionPool(route["code_uri"]) for route in self.routes}
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
-        self._server.daemon_threads = True
-        self.host, self.port = host, self._server.server_address[1]
-        self.env = local_environment(stack, public_base_url=self.url, extra=env)
+        # Everything that can refuse the configuration runs before the socket is bound.
+        self.env = local_environment(stack, public_base_url=f"http://{host}:{port}", extra=env)
+        self._server = ThreadedServer(host, port, self._handler_class(), name="gateway", app=self,
+                                      poll_interval=0.1)
+        self.host, self.port = host, self._server.port
+        if self.port != port:  # port 0: the base URL is known only now
+            self.env = local_environment(stack, public_base_url=self.url, extra=env)
         self._overlay = EnvironmentOverlay(self.env)
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> Gateway:
-        if self._thread is None:
+        if not self._server.running:
             self._overlay.apply()
             reset_broker()
-            self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
-                                            name="gateway", daemon=True)
-            self._thread.start()
+            self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
+        """Stop serving, cut open connections and wait for them, then put os.environ back."""
+        running = self._server.running
+        self._server.stop()
+        if running:
             self._overlay.restore()
             reset_broker()
-        self._server.server_close()
 
     def __enter__(self) -> Gateway:
         return self.start()
@@ -453,11 +383,13 @@ class Gateway:
     # -- one request -------------------------------------------------------------------------
 
     def handle(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, source_ip: str,
-               protocol: str = "HTTP/1.1") -> tuple[int, list[tuple[str, str]], bytes, str]:
-        """Status, headers, body and the route key (for the access log) for one request."""
+               protocol: str = "HTTP/1.1", request_id: str | None = None,
+               ) -> tuple[int, list[tuple[str, str]], bytes, str]:
+        """Status, headers, body and the route key (for the access log) for one request;
+        `request_id` becomes the event's requestContext.requestId."""
         parts = urlsplit(target)
         raw_path, raw_query = parts.path or "/", parts.query
-        found = match(self.routes, method, unquote(raw_path))
+        found = match_route(self.routes, method, unquote(raw_path))
         if found is None:
             return (*_json(404, NOT_FOUND), "-")
         route, params = found
@@ -471,26 +403,20 @@ class Gateway:
             identity = iam_identity(access_key)
         event = build_event(route, params, method=method, raw_path=raw_path, raw_query=raw_query,
                             headers=headers, body=body, source_ip=source_ip, port=self.port,
-                            identity=identity, protocol=protocol)
+                            identity=identity, protocol=protocol, request_id=request_id)
         return (*self.invoke(route["function"], event), key)
 
     def invoke(self, logical: str, event: dict) -> tuple[int, list[tuple[str, str]], bytes]:
         pool = self._pools[logical]
-        props = self.stack.resources[logical]["Properties"]
-        defaults = self.stack.template.get("Globals", {}).get("Function", {})
-        name = f"{self.stack.name}-{logical}"
-        context = LambdaContext(
-            function_name=name, memory_limit_in_mb=int(props.get("MemorySize", defaults.get("MemorySize", 128))),
-            invoked_function_arn=f"arn:aws:lambda:{self.region}:{ACCOUNT_ID}:function:{name}",
-            aws_request_id=str(uuid.uuid4()),
-            timeout_seconds=float(props.get("Timeout", defaults.get("Timeout", 3))))
+        context = lambda_context(self.stack, logical)
         module = pool.acquire()
         try:
             result = module.lambda_handler(event, context)
             return http_response(result)
         except Exception:
+            # What Lambda writes to the function's log: the function's own traceback.
             print(f"[gateway] {logical} failed:\n{traceback.format_exc()}", file=sys.stderr)
-            return _json(500, {"message": "Internal Server Error"})
+            return _json(500, INTERNAL_ERROR)
         finally:
             pool.release(module)
 
@@ -499,21 +425,18 @@ class Gateway:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            timeout = 60
+            timeout = 60  # an idle keep-alive connection frees its thread after this long (or on stop())
 
             def _serve(self):
-                request_id = base64.b32encode(secrets.token_bytes(10)).decode().rstrip("=")
+                request_id = new_request_id()
                 try:
-                    body = self._read_body()
-                except _TooLarge:
-                    status, headers, data, key = *_json(413, {"message": "Request Entity Too Large"}), "-"
-                    self.close_connection = True
-                except (ValueError, binascii.Error):
-                    status, headers, data, key = *_json(400, {"message": "Bad Request"}), "-"
-                    self.close_connection = True
-                else:
-                    status, headers, data, key = gateway.handle(self.command, self.path, list(self.headers.items()),
-                                                                body, self.client_address[0], self.request_version)
+                    status, headers, data, key = self._answer(request_id)
+                except Exception as error:  # the gateway's own failure: API Gateway's 500, never a hang-up
+                    # Only the type: a traceback's values can be codes, tokens or signatures.
+                    print(f"[gateway] {self.command} failed in the gateway: {type(error).__name__}",
+                          file=sys.stderr, flush=True)
+                    status, headers, data, key = *_json(500, INTERNAL_ERROR), "-"
+                    self.close_connection = True  # the request may not have been read to its end
                 self.send_response(status)
                 for name, value in headers:
                     if name.lower() not in ("content-length", "connection", "transfer-encoding"):
@@ -528,6 +451,18 @@ class Gateway:
                     stream = sys.stderr if gateway.access_log is True else gateway.access_log
                     print(json.dumps({"requestId": request_id, "ip": self.client_address[0], "routeKey": key,
                                       "status": str(status)}), file=stream, flush=True)
+
+            def _answer(self, request_id: str) -> tuple[int, list[tuple[str, str]], bytes, str]:
+                try:
+                    body = self._read_body()
+                except _TooLarge:
+                    self.close_connection = True
+                    return (*_json(413, {"message": "Request Entity Too Large"}), "-")
+                except ValueError:  # a bad Content-Length or chunk size
+                    self.close_connection = True
+                    return (*_json(400, {"message": "Bad Request"}), "-")
+                return gateway.handle(self.command, self.path, list(self.headers.items()), body,
+                                      self.client_address[0], self.request_version, request_id=request_id)
 
             def _read_body(self) -> bytes:
                 if "chunked" in self.headers.get("Transfer-Encoding", "").lower():

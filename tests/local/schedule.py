@@ -27,7 +27,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 
-from tests.support.lambda_events import LambdaContext, load_handler
+from tests.support.lambda_events import function_setting, lambda_context, load_handler
 from tests.support.stack import ACCOUNT_ID, Stack
 
 _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -39,20 +39,6 @@ def parse_rate(expression: str) -> float:
     if not found or int(found.group(1)) < 1:
         raise ValueError(f"not a rate() schedule expression: {expression!r} (set LOCAL_SCHEDULE_SECONDS)")
     return int(found.group(1)) * _UNITS[found.group(2)]
-
-
-def _function_defaults(stack: Stack, logical: str, key: str, default):
-    props = stack.resources[logical]["Properties"]
-    return props.get(key, stack.template.get("Globals", {}).get("Function", {}).get(key, default))
-
-
-def _context(stack: Stack, logical: str) -> LambdaContext:
-    name = f"{stack.name}-{logical}"
-    return LambdaContext(function_name=name,
-                         memory_limit_in_mb=int(_function_defaults(stack, logical, "MemorySize", 128)),
-                         invoked_function_arn=f"arn:aws:lambda:{stack.region}:{ACCOUNT_ID}:function:{name}",
-                         aws_request_id=str(uuid.uuid4()),
-                         timeout_seconds=float(_function_defaults(stack, logical, "Timeout", 3)))
 
 
 def _events_of(stack: Stack, type_: str) -> list[tuple[str, str, dict]]:
@@ -108,7 +94,8 @@ class Scheduler:
         """One scheduled invocation now (also what the thread does on every tick)."""
         with self._lock:
             try:
-                result = self._load(self._code_uri).lambda_handler(self.event(), _context(self.stack, self.function))
+                handler = self._load(self._code_uri)
+                result = handler.lambda_handler(self.event(), lambda_context(self.stack, self.function))
             except Exception:
                 self.last_error = traceback.format_exc()
                 print(f"[scheduler] {self.function} failed:\n{self.last_error}", file=sys.stderr)
@@ -136,7 +123,7 @@ class Scheduler:
         if self._thread is not None:
             # A run in progress finishes (it is bounded by the function's timeout).
             self._thread.join(timeout if timeout is not None else
-                              float(_function_defaults(self.stack, self.function, "Timeout", 3)) + 5)
+                              float(function_setting(self.stack, self.function, "Timeout", 3)) + 5)
             self._thread = None
 
 
@@ -216,7 +203,7 @@ class SqsEventSource:
         self.invocations += 1
         try:
             result = self._load(self._code_uri).lambda_handler(self.event(messages),
-                                                               _context(self.stack, self.function))
+                                                               lambda_context(self.stack, self.function))
         except Exception:
             print(f"[sqs] {self.function} failed, the batch returns to the queue:\n{traceback.format_exc()}",
                   file=sys.stderr)
@@ -261,7 +248,7 @@ class SqsEventSource:
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(self.wait_seconds + float(_function_defaults(self.stack, self.function,
+            self._thread.join(self.wait_seconds + float(function_setting(self.stack, self.function,
                                                                            "Timeout", 3)) + 5)
             self._thread = None
 

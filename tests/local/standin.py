@@ -31,12 +31,13 @@ import json
 import logging
 import os
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import requests
 from requests.structures import CaseInsensitiveDict
 
+from tests.local.server import ThreadedServer
 from tests.support.fake_provider import FAULTS, FakeInsightly
 
 API_PREFIX = "/v3.1"
@@ -44,21 +45,12 @@ MAX_BODY = 64 * 1024
 log = logging.getLogger("insightly_connect.standin")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    app: StandIn
-
-    def handle_error(self, request, client_address):  # a caller that hung up is no error
-        log.debug("connection from %s ended early", client_address, exc_info=True)
-
-
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "InsightlyStandIn/1.0"
-    timeout = 30  # an idle keep-alive connection frees its thread after this long
+    timeout = 30  # an idle keep-alive connection frees its thread after this long (or on stop())
     disable_nagle_algorithm = True  # headers and body are separate writes: no 40 ms delayed-ACK stall
-    server: _Server
+    server: ThreadedServer
 
     def do_GET(self):
         self.server.app._dispatch(self, "GET")
@@ -83,14 +75,13 @@ class StandIn:
         self.provider = provider or FakeInsightly()
         self.latency_ms = float(latency_ms)
         self.timeout_seconds = float(timeout_seconds)
-        self._server = _Server((host, port), _Handler)  # binds now, so the URL is known before start()
-        self._server.app = self
-        self.url = f"http://{host}:{self._server.server_address[1]}"
+        # Binds now, so the URL is known before start().
+        self._server = ThreadedServer(host, port, _Handler, name="standin", app=self)
+        self.url = self._server.url
         self.base_url = self.url + API_PREFIX
         self.provider.base_url = self.base_url
         self._initial = {**self.provider.configure(), **self._own_config()}
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
         self._routes = {
             ("GET", "/oauth2/authorize"): self._consent_page,
             ("POST", "/oauth2/authorize/decision"): self._decision,
@@ -116,19 +107,15 @@ class StandIn:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> StandIn:
-        if self._thread is not None:
+        if self._server.running or self._stopping.is_set():
             raise RuntimeError("already started (a stand-in runs once)")
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"standin:{self.url}", daemon=True)
-        self._thread.start()
+        self._server.start()
         return self
 
     def stop(self) -> None:
+        """Stop serving and cut every open connection, keep-alive or mid-request."""
         self._stopping.set()  # wakes handlers held by latency or a timeout fault
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-        self._server.server_close()
+        self._server.stop()
 
     def __enter__(self) -> StandIn:
         return self.start()

@@ -38,6 +38,8 @@ class FakeInsightly:
     rotate_refresh_tokens: bool = True
     issue_refresh_tokens: bool = True
     retry_after: int = 7  # seconds, on the 429 fault
+    # The registered redirect URIs; None or empty accepts any http(s) URI (the in-process tests).
+    redirect_uris: list[str] | None = None
     user: dict = field(default_factory=lambda: dict(USER))
     calls: Counter = field(default_factory=Counter)
     codes: dict = field(default_factory=dict)
@@ -99,6 +101,8 @@ class FakeInsightly:
         redirect = urlsplit(params.get("redirect_uri", ""))
         if redirect.scheme not in ("http", "https") or not redirect.netloc or redirect.fragment:
             return "missing or invalid redirect_uri"
+        if self.redirect_uris and params["redirect_uri"] not in self.redirect_uris:
+            return "redirect_uri is not registered for this client"
         return None
 
     def approve(self, authorize_url: str) -> str:

@@ -55,6 +55,9 @@ class InProcessBroker:
         route, params = found
         if isinstance(body, dict):
             body = json.dumps(body)
+        if body is not None and not any(name.lower() == "content-type" for name in headers or {}):
+            # The SaaS backend sends JSON; HTTP API would base64-encode a body without a text type.
+            headers = {**(headers or {}), "Content-Type": "application/json"}
         event = http_event(method, path, route=route, path_parameters=params, raw_query=query, body=body,
                            cookies=cookies, headers=headers,
                            iam_identity=iam_identity() if signed and route["auth"] == "AWS_IAM" else None)

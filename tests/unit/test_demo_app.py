@@ -206,3 +206,17 @@ def test_a_tampered_request_fails_the_signature_check(broker, demo):
     with pytest.raises(AssertionError):
         assert_validly_signed({**call, "path": "/connections/someone-else",
                                "url": broker.url + "/connections/someone-else"})
+
+
+def test_an_app_built_before_the_broker_is_pointed_at_it(broker):
+    app = DemoApp()  # bound now: its URL is known before the broker's
+    try:
+        assert app.url.startswith("http://127.0.0.1:")
+        app.point_at(broker.url + "/", broker.url + "/api").start()
+        broker.answers[("GET", "/connections/demo-user")] = (200, CONNECTED)
+        assert "Connected as Ada &lt;Lovelace&gt;" in requests.get(app.url + "/", timeout=5).text
+        assert_validly_signed(broker.requests[-1])
+    finally:
+        app.stop()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(app.url + "/", timeout=2)

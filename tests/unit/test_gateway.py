@@ -6,8 +6,10 @@ No test here uses the in-process `stack` fixture (mock_aws patches botocore glob
 from __future__ import annotations
 
 import base64
+import copy
 import datetime as dt
 import http.client
+import io
 import json
 import threading
 from urllib.parse import urlsplit
@@ -28,10 +30,11 @@ from tests.local.gateway import (
     SigV4Verifier,
     _FunctionPool,
     build_event,
+    canonical_query,
     http_response,
-    match,
 )
-from tests.support.stack import Stack
+from tests.support.lambda_events import http_event, match_route
+from tests.support.stack import ACCOUNT_ID, Stack, load_template
 
 # `sam local generate-event apigateway http-api-proxy` (SAM CLI 1.170.0), the reference shape.
 SAM_HTTP_API_EVENT = {
@@ -194,7 +197,7 @@ def test_an_unknown_route_is_not_found(gateway):
 def _raw_request(gateway, method: str, target: str, headers: list[tuple[str, str]], body: bytes = b""):
     parts = urlsplit(gateway.url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
-    connection.putrequest(method, target)
+    connection.putrequest(method, target, skip_host=any(name.lower() == "host" for name, _ in headers))
     for name, value in headers:
         connection.putheader(name, value)
     connection.putheader("Content-Length", str(len(body)))
@@ -300,6 +303,55 @@ def test_a_failing_handler_is_api_gateways_500(gateway, capture):
     assert (answer.status_code, answer.json()) == (500, {"message": "Internal Server Error"})
 
 
+def test_a_signed_request_with_an_unparseable_host_is_answered(gateway, capture):
+    # The Host value is signed as a header; it is never parsed as part of a URL.
+    url = gateway.url + "/connections/x"
+    headers = list(signed("GET", url, headers={"Host": "["}).items())
+    assert ("Host", "[") in headers
+    status, _, body = _raw_request(gateway, "GET", "/connections/x", headers)
+    assert status == 200, body
+    assert capture.events[-1]["headers"]["host"] == "["
+    # Signed for the real host, sent with another one: refused, not dropped.
+    headers = [(k, v) for k, v in signed("GET", url).items()] + [("Host", "[")]
+    status, _, body = _raw_request(gateway, "GET", "/connections/x", headers)
+    assert (status, json.loads(body)) == (403, {"message": BAD_SIGNATURE})
+
+
+def test_an_unexpected_gateway_error_is_a_500_and_logs_only_its_type(gateway, monkeypatch, capsys):
+    def explode(*args, **kwargs):
+        raise ValueError("secret-detail-that-must-not-be-logged")
+
+    monkeypatch.setattr(gateway, "handle", explode)
+    answer = requests.get(gateway.url + "/oauth/authorize?code=abc", timeout=10)
+    assert (answer.status_code, answer.json()) == (500, {"message": "Internal Server Error"})
+    assert answer.headers["apigw-requestid"]
+    logged = capsys.readouterr().err
+    assert "ValueError" in logged and "secret-detail" not in logged and "Traceback" not in logged
+
+
+def test_the_request_id_is_the_same_in_header_event_and_access_log(gateway, capture, monkeypatch):
+    log = io.StringIO()
+    monkeypatch.setattr(gateway, "access_log", log)
+    answer = requests.get(gateway.url + "/oauth/authorize?session=s", timeout=10)
+    request_id = answer.headers["apigw-requestid"]
+    assert capture.events[-1]["requestContext"]["requestId"] == request_id
+    entries = []
+    for _ in range(200):  # the access log line is written just after the answer
+        entries = [json.loads(line) for line in log.getvalue().splitlines()]
+        if any(entry["requestId"] == request_id for entry in entries):
+            break
+        threading.Event().wait(0.01)
+    assert {"requestId": request_id, "ip": "127.0.0.1", "routeKey": "GET /oauth/authorize",
+            "status": "200"} in entries
+
+
+def test_the_callers_ip_is_appended_to_x_forwarded_for(gateway, capture):
+    requests.get(gateway.url + "/oauth/authorize", headers={"X-Forwarded-For": "198.51.100.7"}, timeout=10)
+    assert capture.events[-1]["headers"]["x-forwarded-for"] == "198.51.100.7, 127.0.0.1"
+    requests.get(gateway.url + "/oauth/authorize", timeout=10)
+    assert capture.events[-1]["headers"]["x-forwarded-for"] == "127.0.0.1"
+
+
 # -- pieces ------------------------------------------------------------------------------------
 
 def test_the_functions_environment_is_set_for_the_local_http_stack(gateway):
@@ -315,22 +367,40 @@ def test_routes_match_like_api_gateway():
               {"method": "GET", "path": "/connections/{connection_id}/token", "function": "B"},
               {"method": "GET", "path": "/connections/special", "function": "C"},
               {"method": "ANY", "path": "/files/{proxy+}", "function": "D"}]
-    assert match(routes, "GET", "/connections/x")[0]["function"] == "A"
-    assert match(routes, "GET", "/connections/x/token") == (routes[1], {"connection_id": "x"})
-    assert match(routes, "GET", "/connections/special")[0]["function"] == "C"
-    assert match(routes, "POST", "/files/a/b.txt") == (routes[3], {"proxy": "a/b.txt"})
-    assert match(routes, "POST", "/connections/x") is None
+    assert match_route(routes, "GET", "/connections/x")[0]["function"] == "A"
+    assert match_route(routes, "GET", "/connections/x/token") == (routes[1], {"connection_id": "x"})
+    assert match_route(routes, "GET", "/connections/special")[0]["function"] == "C"
+    assert match_route(routes, "POST", "/files/a/b.txt") == (routes[3], {"proxy": "a/b.txt"})
+    assert match_route(routes, "POST", "/connections/x") is None
+    catch_all = {"method": "ANY", "path": "$default", "function": "E"}
+    assert match_route([*routes, catch_all], "POST", "/connections/x") == (catch_all, {})
 
 
-def test_the_verifier_accepts_either_query_canonicalisation():
+@pytest.mark.parametrize("any_first", [True, False])
+def test_an_exact_method_beats_any_on_the_same_path_whatever_the_order(any_first):
+    exact = {"method": "GET", "path": "/items/{id}", "function": "Exact"}
+    anything = {"method": "ANY", "path": "/items/{id}", "function": "Any"}
+    routes = [anything, exact] if any_first else [exact, anything]
+    assert match_route(routes, "GET", "/items/7") == (exact, {"id": "7"})
+    assert match_route(routes, "DELETE", "/items/7") == (anything, {"id": "7"})
+
+
+def test_the_canonical_query_is_decoded_re_encoded_and_sorted():
+    assert canonical_query("b=2&a=%7E1&a=0&c") == "a=0&a=~1&b=2&c="
+    assert canonical_query("q=a b&r=%2f&s=x+y") == "q=a%20b&r=%2F&s=x%2By"
+    assert canonical_query("") == ""
+
+
+def test_the_verifier_checks_the_signature_over_the_canonical_query_only():
     verifier = SigV4Verifier({"AK": "SK"}, "us-east-1")
     host = [("Host", "127.0.0.1:3000")]  # what the HTTP client adds
-    url = "http://127.0.0.1:3000/connections/x?b=2&a=%7E1"
-    headers = list(signed("GET", url, key="AK", secret="SK").items()) + host
-    assert verifier.verify("GET", "/connections/x", "b=2&a=%7E1", headers, b"") == "AK"
-    # Signed by a client that canonicalises the query (sorted, unreserved characters decoded).
+    # Signed over the canonical query, sent in another order and encoding: AWS accepts it.
     headers = list(signed("GET", "http://127.0.0.1:3000/connections/x?a=~1&b=2", key="AK", secret="SK").items())
     assert verifier.verify("GET", "/connections/x", "b=2&a=%7E1", headers + host, b"") == "AK"
+    # Signed over the query as sent (%7E kept, not re-encoded): not the canonical form, refused.
+    as_sent = list(signed("GET", "http://127.0.0.1:3000/connections/x?b=2&a=%7E1", key="AK", secret="SK").items())
+    with pytest.raises(AccessDenied, match="signature we calculated"):
+        verifier.verify("GET", "/connections/x", "b=2&a=%7E1", as_sent + host, b"")
     with pytest.raises(AccessDenied):
         verifier.verify("GET", "/connections/y", "b=2&a=%7E1", headers + host, b"")
     with pytest.raises(AccessDenied, match="Forbidden"):
@@ -380,3 +450,39 @@ def test_http_response_and_build_event_round_trip_without_a_server():
     status, headers, body = http_response({"statusCode": 201, "headers": {"X": "1"}, "cookies": ["a=1"],
                                            "body": "{}"})
     assert (status, headers, body) == (201, [("X", "1"), ("Set-Cookie", "a=1")], b"{}")
+
+
+def test_http_event_applies_http_apis_content_type_rule_to_any_body():
+    route = {"method": "POST", "path": "/connect-sessions", "function": "F", "auth": "AWS_IAM"}
+    as_json = http_event("POST", "/connect-sessions", route=route, body='{"a": 1}',
+                         headers={"Content-Type": "application/json; charset=utf-8"}, request_id="RID")
+    assert (as_json["body"], as_json["isBase64Encoded"]) == ('{"a": 1}', False)
+    assert as_json["requestContext"]["requestId"] == "RID"
+    assert as_json["requestContext"]["accountId"] == ACCOUNT_ID
+    untyped = http_event("POST", "/connect-sessions", route=route, body='{"a": 1}')
+    assert untyped["isBase64Encoded"] is True and base64.b64decode(untyped["body"]) == b'{"a": 1}'
+    not_utf8 = http_event("POST", "/connect-sessions", route=route, body=b"\xff",
+                          headers={"Content-Type": "text/plain"})
+    assert not_utf8["isBase64Encoded"] is True
+    sent = http_event("GET", "/x", route={"method": "ANY", "path": "/{proxy+}"}, user_agent=None,
+                      headers=[("Cookie", "a=1"), ("X-Forwarded-For", "198.51.100.7"), ("X-Thing", "1"),
+                               ("x-thing", "2")])
+    assert sent["routeKey"] == "ANY /{proxy+}" and sent["cookies"] == ["a=1"]
+    assert sent["headers"]["x-thing"] == "1,2" and "user-agent" not in sent["headers"]
+    assert sent["headers"]["x-forwarded-for"] == "198.51.100.7, 203.0.113.10"
+    assert sent["requestContext"]["http"]["userAgent"] == ""
+
+
+def test_a_configuration_error_binds_no_socket(monkeypatch):
+    import tests.local.gateway as gateway_module
+
+    template = copy.deepcopy(load_template())
+    function = next(v for v in template["Resources"].values() if v["Type"] == "AWS::Serverless::Function")
+    function["Properties"]["Environment"] = {"Variables": {"POWERTOOLS_SERVICE_NAME": "another-name"}}
+
+    def no_binding(*args, **kwargs):
+        raise AssertionError("bound a socket before the configuration was checked")
+
+    monkeypatch.setattr(gateway_module, "ThreadedServer", no_binding)
+    with pytest.raises(ValueError, match="functions disagree"):
+        Gateway(Stack(template=template), port=0)

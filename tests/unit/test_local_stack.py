@@ -2,18 +2,24 @@
 
 import html
 import json
+import logging
 import os
 import re
 import threading
+import time
+from urllib.parse import urlsplit
 
 import pytest
 import requests
+from botocore.credentials import Credentials
 
 from tests.local import start_local_stack
+from tests.local.demo_app import BrokerClient
 
 
 def test_the_whole_stack_starts_connects_and_stops_cleanly(tmp_path):
     before_env, before_threads = dict(os.environ), set(threading.enumerate())
+    werkzeug_level = logging.getLogger("werkzeug").level
     local = start_local_stack(schedule_seconds=3600, env_file=tmp_path / "local-env.json",
                               RefreshLeadSeconds="120")
     try:
@@ -35,6 +41,9 @@ def test_the_whole_stack_starts_connects_and_stops_cleanly(tmp_path):
                             data={**form, "decision": "approve"}, timeout=10)
         assert back.url.startswith(local.demo_url + "/?status=connected")
         assert "Connected as Ada Lovelace" in back.text
+        # The browser's keep-alive connections to the gateway and the stand-in are open now.
+        assert browser.get(local.gateway_url + "/nothing-here", timeout=10).status_code == 404
+        assert browser.get(local.standin_url + "/_control/state", timeout=10).status_code == 200
         assert len(local.schedulers) == 1 and [s.function for s in local.sqs_sources] == ["RefreshWorkerFunction"]
         assert local.schedulers[0].run_once() == {"enqueued": 0, "not_enqueued": 0}  # nothing due yet
 
@@ -45,11 +54,65 @@ def test_the_whole_stack_starts_connects_and_stops_cleanly(tmp_path):
     finally:
         local.stop()
     assert dict(os.environ) == before_env
-    leftovers = [t for t in set(threading.enumerate()) - before_threads if t.is_alive() and not t.daemon]
+    assert logging.getLogger("werkzeug").level == werkzeug_level  # moto's quiet logging is undone
+    # Every thread the stack started ends (they are all daemons: being a daemon proves nothing).
+    deadline = time.monotonic() + 5
+    for thread in set(threading.enumerate()) - before_threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    leftovers = [t.name for t in set(threading.enumerate()) - before_threads if t.is_alive()]
     assert leftovers == []
-    for url in (local.gateway_url, local.demo_url, local.moto_url):
+    for url in (local.gateway_url, local.demo_url, local.moto_url, local.standin_url):
         with pytest.raises(requests.ConnectionError):
             requests.get(url, timeout=2)
+    # A keep-alive connection opened before stop() is cut too: no answer from a stopped stack.
+    for url in (local.gateway_url + "/nothing-here", local.standin_url + "/_control/state"):
+        with pytest.raises(requests.ConnectionError):
+            browser.get(url, timeout=2)
+
+
+def test_the_stand_in_accepts_only_the_gateways_callback_as_redirect_uri():
+    local = start_local_stack(demo=False, schedule=False)
+    try:
+        callback = f"{local.gateway_url}/oauth/callback"
+        assert callback in local.provider.redirect_uris
+        assert local.env["PUBLIC_BASE_URL"] + "/oauth/callback" in local.provider.redirect_uris
+        params = {"response_type": "code", "client_id": local.provider.client_id, "state": "s"}
+        consent = f"{local.standin.base_url}/oauth2/authorize"
+        assert requests.get(consent, params={**params, "redirect_uri": callback}, timeout=10).status_code == 200
+        wrong = requests.get(consent, params={**params, "redirect_uri": "http://127.0.0.1:1/oauth/callback"},
+                             timeout=10)
+        assert wrong.status_code == 400 and "not registered" in wrong.text
+    finally:
+        local.stop()
+
+
+def test_a_wrong_public_base_url_is_caught_on_the_consent_page():
+    local = start_local_stack(demo=False, schedule=False, PublicBaseUrl="https://broker.example.com",
+                              AllowedReturnOrigins="http://127.0.0.1:8080")
+    try:
+        assert local.env["PUBLIC_BASE_URL"] == "https://broker.example.com"
+        signed = BrokerClient(local.gateway_url, local.region, Credentials(local.access_key, local.secret_key))
+        session = signed.create_connect_session("user-1", "http://127.0.0.1:8080/")
+        assert session.status_code == 201, session.text
+        # The connect URL names the wrong host; the same path on the gateway gets to the redirect.
+        connect_path = urlsplit(session.json()["connect_url"])
+        redirect = requests.get(f"{local.gateway_url}{connect_path.path}?{connect_path.query}",
+                                allow_redirects=False, timeout=10)
+        assert redirect.status_code == 302
+        assert "redirect_uri=https%3A%2F%2Fbroker.example.com%2Foauth%2Fcallback" in redirect.headers["Location"]
+        consent = requests.get(redirect.headers["Location"], timeout=10)
+        assert consent.status_code == 400 and "not registered" in consent.text
+    finally:
+        local.stop()
+
+
+def test_the_summary_shows_only_the_default_secret():
+    local = start_local_stack(demo=False, schedule=False, standin=False, secret_key="not-the-default")
+    try:
+        assert "not-the-default" not in local.summary()
+        assert "(from AWS_SECRET_ACCESS_KEY)" in local.summary()
+    finally:
+        local.stop()
 
 
 def test_a_configured_provider_starts_no_stand_in():

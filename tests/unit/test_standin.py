@@ -132,6 +132,28 @@ def test_an_invalid_request_gets_a_400_page_and_no_redirect(standin, bad):
     assert forged.status_code == 400 and "Location" not in forged.headers
 
 
+def test_only_registered_redirect_uris_are_accepted_once_some_are_registered(standin):
+    elsewhere = "http://127.0.0.1:3001/oauth/callback"
+    standin.provider.redirect_uris = [REDIRECT_URI]
+    assert consent(standin, authorize_params(standin.provider)).status_code == 200
+    page = consent(standin, authorize_params(standin.provider, redirect_uri=elsewhere))
+    assert page.status_code == 400 and "not registered" in page.text
+    forged = requests.post(f"{standin.base_url}/oauth2/authorize/decision", allow_redirects=False, timeout=5,
+                           data={**authorize_params(standin.provider, redirect_uri=elsewhere), "decision": "approve"})
+    assert forged.status_code == 400 and "Location" not in forged.headers
+    standin.provider.redirect_uris = []  # none registered: any http(s) URI, as the in-process tests use
+    assert consent(standin, authorize_params(standin.provider, redirect_uri=elsewhere)).status_code == 200
+
+
+def test_stop_cuts_keep_alive_connections():
+    server = StandIn(provider=FakeInsightly()).start()
+    session = requests.Session()
+    assert session.get(f"{server.url}/_control/state", timeout=5).status_code == 200
+    server.stop()
+    with pytest.raises(requests.ConnectionError):
+        session.get(f"{server.url}/_control/state", timeout=2)
+
+
 def test_the_python_api_still_approves_a_url(standin):
     url = f"{standin.base_url}/oauth2/authorize?{urlencode(authorize_params(standin.provider))}"
     assert "code=" in standin.provider.approve(url) and "error=access_denied" in standin.provider.deny(url)
