@@ -11,7 +11,7 @@ FAKE_AWS := AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_
             AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help install test chromium lint validate build deploy local clean
+.PHONY: help install test chromium lint validate build deploy local bench clean
 
 help:
 	@echo "make test      create .venv if needed, install, run the test suite"
@@ -20,6 +20,7 @@ help:
 	@echo "make build     sam build (no Docker, no python3.12 needed)"
 	@echo "make deploy    sam build && sam deploy --guided (uses your AWS credentials)"
 	@echo "make local     the Docker-free local stack"
+	@echo "make bench     benchmarks on loopback (BENCH_ARGS=--quick); results in .bench/"
 
 install: $(STAMP)
 
@@ -59,6 +60,11 @@ deploy: build
 # stand-in's 120 s tokens can be watched; LOCAL_SCHEDULE_SECONDS overrides it.
 local: $(STAMP)
 	LOCAL_SCHEDULE_SECONDS=$${LOCAL_SCHEDULE_SECONDS:-30} PYTHONPATH=layers/common:. $(BIN)/python -m tests.local
+
+# Loopback only, about 2 minutes on 2 cores; writes .bench/results.json and .bench/throughput.png.
+# Options: BENCH_ARGS="--quick --latency-ms 100 --connections 160" (see BENCHMARKS.md).
+bench: $(STAMP)
+	PYTHONPATH=layers/common:. $(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache

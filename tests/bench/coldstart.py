@@ -1,0 +1,110 @@
+"""Cold start: importing each functions/<name>/app.py in a fresh interpreter.
+
+Lambda's Init phase imports the handler module in a new process; that import is the part
+of a cold start this code controls. Each sample is a new `python -c PROBE` process that
+times `import app` (perf_counter around the import only, so interpreter start-up is not in
+it) and, the same way in the same run, a bare `import boto3`: the bound a handler's import
+could approach, since every function needs boto3 anyway. Samples are interleaved
+(boto3, then every function, per round) after one discarded round that fills __pycache__;
+the figure is the median, and the ratio is median / median of `import boto3`. One more
+probe imports the refresh function with POWERTOOLS_TRACE_DISABLED=1: the X-Ray share.
+
+Environment of a sample: the function's environment from template.yaml (Stack().
+function_environment: table names, key, queue, ...), fake AWS credentials with config files
+pointed at /dev/null, PYTHONPATH = the layer (layers/common), and what Lambda sets that
+changes what an import does: LAMBDA_TASK_ROOT and AWS_LAMBDA_FUNCTION_NAME. With them
+Powertools' Tracer is ON (POWERTOOLS_TRACE_DISABLED is not set), as in Lambda with
+`Tracing: Active`: it imports the X-Ray SDK and patches botocore, requests and httplib at
+import. The X-Ray SDK also touches /tmp/.aws-xray/initialized, as it does in Lambda. The
+probe replaces socket connect/sendto with a function that raises before importing, so an
+import that tried the network (X-Ray daemon, AWS) would fail the benchmark, not reach out.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from tests.support.stack import ROOT, Stack
+
+PROBE = r"""
+import socket, sys, time
+def refuse(*args, **kwargs):
+    raise OSError("cold start probe: no network during the import")
+socket.socket.connect = socket.socket.connect_ex = socket.socket.sendto = refuse
+if sys.argv[2]:
+    sys.path.insert(0, sys.argv[2])
+started = time.perf_counter()
+__import__(sys.argv[1])
+print("IMPORT_SECONDS", time.perf_counter() - started, len(sys.modules))
+"""
+
+
+def environment(stack: Stack, logical: str) -> dict[str, str]:
+    code_dir = ROOT / stack.resources[logical]["Properties"]["CodeUri"]
+    env = {k: v for k, v in stack.function_environment(logical).items() if v != ""}
+    env.update({
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+        "PYTHONPATH": str(ROOT / "layers" / "common"),
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": stack.region, "AWS_REGION": stack.region, "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "LAMBDA_TASK_ROOT": str(code_dir), "AWS_LAMBDA_FUNCTION_NAME": f"{stack.name}-{logical}",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512", "AWS_XRAY_DAEMON_ADDRESS": "127.0.0.1:2000",
+        "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
+    })
+    return env
+
+
+def sample(module: str, path: str, env: dict[str, str]) -> tuple[float, float, int]:
+    """Import seconds, whole-process seconds and modules loaded, for one fresh interpreter."""
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", PROBE, module, path], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    process = time.perf_counter() - began
+    line = next((x for x in done.stdout.splitlines() if x.startswith("IMPORT_SECONDS")), None)
+    if done.returncode or line is None:
+        raise RuntimeError(f"importing {module} from {path or 'site-packages'} failed:\n{done.stderr[-2000:]}")
+    _, seconds, modules = line.split()
+    return float(seconds), process, int(modules)
+
+
+def measure(*, samples: int) -> dict:
+    stack = Stack()
+    functions = {logical: res["Properties"]["CodeUri"].strip("/").split("/")[-1]
+                 for logical, res in sorted(stack.of_type("AWS::Serverless::Function").items())}
+    probes = {"import boto3": ("boto3", "", environment(stack, next(iter(functions))))}
+    for logical, name in functions.items():
+        probes[name] = ("app", str(ROOT / "functions" / name), environment(stack, logical))
+    # What X-Ray costs at import: the on-demand token route once more with the tracer off.
+    probes["refresh, no X-Ray"] = ("app", str(ROOT / "functions" / "refresh"),
+                                   {**environment(stack, "RefreshFunction"), "POWERTOOLS_TRACE_DISABLED": "1"})
+    taken: dict[str, list] = {name: [] for name in probes}
+    for round_ in range(samples + 1):
+        for name, (module, path, env) in probes.items():
+            measured = sample(module, path, env)
+            if round_:  # the first round compiles bytecode: discarded
+                taken[name].append(measured)
+    figures = {}
+    for name, values in taken.items():
+        figures[name] = {"import_ms": round(statistics.median(v[0] for v in values) * 1000, 1),
+                         "min_import_ms": round(min(v[0] for v in values) * 1000, 1),
+                         "process_ms": round(statistics.median(v[1] for v in values) * 1000, 1),
+                         "modules": values[-1][2], "samples_ms": [round(v[0] * 1000, 1) for v in values]}
+    base = figures["import boto3"]["import_ms"]
+    for figure in figures.values():
+        figure["ratio_to_boto3"] = round(figure["import_ms"] / base, 2)
+    return {"samples": samples, "tracer": "on (LAMBDA_TASK_ROOT set, POWERTOOLS_TRACE_DISABLED unset)",
+            "figures": figures}
+
+
+def table(r: dict) -> str:
+    lines = [f"{'module':<17}  {'import ms':>9}  {'x boto3':>7}  {'min ms':>6}  {'process ms':>10}  {'modules':>7}"
+             f"   (median of {r['samples']}; tracer {r['tracer'].split()[0]}; bound ~1x: boto3 is imported anyway)"]
+    for name, f in r["figures"].items():
+        lines.append(f"{name:<17}  {f['import_ms']:>9.0f}  {f['ratio_to_boto3']:>7.2f}  {f['min_import_ms']:>6.0f}  "
+                     f"{f['process_ms']:>10.0f}  {f['modules']:>7}")
+    return "\n".join(lines)
