@@ -4,18 +4,15 @@ ledger, the broker in-process under moto, realistic connection items, and SQS ev
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import os
 import socket
-import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import boto3
 import responses
@@ -29,6 +26,7 @@ from tests.local.aws import put_client_credentials
 from tests.local.gateway import EnvironmentOverlay, reset_broker
 from tests.support.fake_provider import FakeInsightly
 from tests.support.inprocess import InProcessBroker
+from tests.support.lambda_events import load_handler
 from tests.support.stack import ROOT, Stack
 
 RESULTS_DIR = ROOT / ".bench"
@@ -226,13 +224,7 @@ def sqs_event(connection_ids: list[str], due_by: int) -> dict:
 def worker_container(number: int):
     """A separately imported copy of functions/worker/app.py: its own BatchProcessor, as one
     Lambda container has (the broker package and its clients stay shared in this process)."""
-    name = f"bench_worker_container{number}"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(ROOT, "functions", "worker", "app.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_handler("functions/worker/", copy=number + 1)
 
 
 def now() -> int:
