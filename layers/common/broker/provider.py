@@ -97,13 +97,7 @@ class ProviderClient:
         )
 
     def _token_call(self, creds: ClientCredentials, form: dict[str, str]) -> dict[str, Any]:
-        auth = None
-        if self.settings.token_auth_method == "client_secret_basic":
-            auth = (creds.client_id, creds.client_secret)
-        else:
-            form = {**form, "client_id": creds.client_id, "client_secret": creds.client_secret}
-        response = self._send("POST", self.settings.token_url, data=form, auth=auth)
-        return self._json_or_raise(response)
+        return self._json_or_raise(self._authenticated_post(self.settings.token_url, creds, form))
 
     # -- API and revocation ------------------------------------------------------------
 
@@ -114,17 +108,19 @@ class ProviderClient:
 
     def revoke(self, creds: ClientCredentials, token: str, token_type_hint: str) -> None:
         """RFC 7009 revocation. 200 means revoked (or already unknown to the provider)."""
-        form = {"token": token, "token_type_hint": token_type_hint}
-        auth = None
-        if self.settings.token_auth_method == "client_secret_basic":
-            auth = (creds.client_id, creds.client_secret)
-        else:
-            form.update(client_id=creds.client_id, client_secret=creds.client_secret)
-        response = self._send("POST", self.settings.revocation_url, data=form, auth=auth)
+        response = self._authenticated_post(self.settings.revocation_url, creds,
+                                            {"token": token, "token_type_hint": token_type_hint})
         if response.status_code != 200:
             self._json_or_raise(response)
 
     # -- plumbing ----------------------------------------------------------------------
+
+    def _authenticated_post(self, url: str, creds: ClientCredentials, form: dict[str, str]) -> requests.Response:
+        """A form POST with client authentication in the configured way (RFC 6749 2.3.1)."""
+        if self.settings.token_auth_method == "client_secret_basic":
+            return self._send("POST", url, data=form, auth=(creds.client_id, creds.client_secret))
+        return self._send("POST", url, data={**form, "client_id": creds.client_id,
+                                             "client_secret": creds.client_secret})
 
     def _send(self, method: str, url: str, **kwargs) -> requests.Response:
         headers = {"Accept": "application/json", **kwargs.pop("headers", {})}
