@@ -231,3 +231,17 @@ def load_handler(code_uri: str, copy: int = 0):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+class RecordingHandler:
+    """Stands in for a function's app.py in tests: records every event and answers `answer`
+    (a value, or a function of the event), or raises when `fail` is set."""
+
+    def __init__(self, answer=None, fail: bool = False):
+        self.events, self.answer, self.fail = [], answer, fail
+
+    def lambda_handler(self, event, context):
+        self.events.append(event)
+        if self.fail:
+            raise RuntimeError("boom")
+        return self.answer(event) if callable(self.answer) else self.answer

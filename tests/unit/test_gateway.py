@@ -33,7 +33,7 @@ from tests.local.gateway import (
     canonical_query,
     http_response,
 )
-from tests.support.lambda_events import http_event, match_route
+from tests.support.lambda_events import RecordingHandler, http_event, match_route
 from tests.support.stack import ACCOUNT_ID, Stack, load_template
 
 # `sam local generate-event apigateway http-api-proxy` (SAM CLI 1.170.0), the reference shape.
@@ -96,23 +96,10 @@ def call(gateway, method: str, path: str, body: dict | None = None, sign: bool =
     return requests.request(method, url, data=data, headers=headers, timeout=10)
 
 
-class Capture:
-    """Stands in for a function's app.py: records events, answers what it is told."""
-
-    def __init__(self, answer=None, fail=False):
-        self.events, self.answer, self.fail = [], answer, fail
-
-    def lambda_handler(self, event, context):
-        self.events.append(event)
-        if self.fail:
-            raise RuntimeError("boom")
-        return self.answer if self.answer is not None else {"statusCode": 200, "body": "{}"}
-
-
 @pytest.fixture
 def capture(gateway, monkeypatch):
-    """Swap the ConnectionsFunction and AuthorizeFunction handlers for one Capture."""
-    stub = Capture()
+    """Swap the ConnectionsFunction and AuthorizeFunction handlers for one RecordingHandler."""
+    stub = RecordingHandler(answer={"statusCode": 200, "body": "{}"})
 
     class Pool:
         def acquire(self):

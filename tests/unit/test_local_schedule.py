@@ -8,6 +8,7 @@ import pytest
 from moto import mock_aws
 
 from tests.local.schedule import Scheduler, parse_rate, sqs_event_sources
+from tests.support.lambda_events import RecordingHandler
 from tests.support.stack import ROOT, Stack
 
 WORKER_TEMPLATE = {
@@ -93,19 +94,6 @@ def test_the_refresh_worker_is_driven_from_its_queue():
     assert source.batch_size == 10 and source.report_failures
 
 
-class Worker:
-    def __init__(self, answer=None, fail=False):
-        self.events, self.answer, self.fail = [], answer, fail
-
-    def lambda_handler(self, event, context):
-        self.events.append(event)
-        if self.fail:
-            raise RuntimeError("boom")
-        if callable(self.answer):
-            return self.answer(event)
-        return self.answer
-
-
 @pytest.fixture
 def queue():
     with mock_aws():
@@ -135,7 +123,7 @@ def test_batches_of_batch_size_and_only_the_failures_stay(queue):
         return {"batchItemFailures": [{"itemIdentifier": r["messageId"]}
                                       for r in event["Records"] if r["body"] == "bad"]}
 
-    worker = Worker(answer=fail_bad)
+    worker = RecordingHandler(answer=fail_bad)
     source = source_with(stack, sqs, worker)
     assert (source.batch_size, source.report_failures) == (3, True)
     assert source.poll_once() == 3
@@ -155,7 +143,7 @@ def test_a_failing_handler_deletes_nothing(queue):
     url = stack.refs["WorkQueue"]
     for body in ("a", "b"):
         sqs.send_message(QueueUrl=url, MessageBody=body)
-    assert source_with(stack, sqs, Worker(fail=True)).poll_once() == 2
+    assert source_with(stack, sqs, RecordingHandler(fail=True)).poll_once() == 2
     assert remaining(sqs, url) == 2
 
 
@@ -163,7 +151,8 @@ def test_a_malformed_failure_list_fails_the_whole_batch(queue):
     stack, sqs = queue
     url = stack.refs["WorkQueue"]
     sqs.send_message(QueueUrl=url, MessageBody="a")
-    source_with(stack, sqs, Worker(answer={"batchItemFailures": [{"itemIdentifier": "not-in-batch"}]})).poll_once()
+    malformed = {"batchItemFailures": [{"itemIdentifier": "not-in-batch"}]}
+    source_with(stack, sqs, RecordingHandler(answer=malformed)).poll_once()
     assert remaining(sqs, url) == 1
 
 
@@ -171,7 +160,7 @@ def test_without_report_batch_item_failures_the_response_is_ignored(queue):
     stack, sqs = queue
     url = stack.refs["WorkQueue"]
     sqs.send_message(QueueUrl=url, MessageBody="a")
-    source = source_with(stack, sqs, Worker(answer={"batchItemFailures": [{"itemIdentifier": "x"}]}))
+    source = source_with(stack, sqs, RecordingHandler(answer={"batchItemFailures": [{"itemIdentifier": "x"}]}))
     source.report_failures = False
     source.poll_once()
     assert remaining(sqs, url) == 0
@@ -179,7 +168,7 @@ def test_without_report_batch_item_failures_the_response_is_ignored(queue):
 
 def test_the_polling_thread_starts_and_stops(queue):
     stack, sqs = queue
-    worker = Worker()
+    worker = RecordingHandler()
     source = source_with(stack, sqs, worker).start()
     sqs.send_message(QueueUrl=stack.refs["WorkQueue"], MessageBody="a")
     for _ in range(200):
