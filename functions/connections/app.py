@@ -4,7 +4,7 @@ from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 
 from broker import deadline, requests_in, services
-from broker.http_api import NO_STORE, base_url, create_app, json_response
+from broker.http_api import NO_STORE, base_url, create_app, json_response, request_body
 from broker.observability import logger, metrics, tracer
 
 app = create_app()
@@ -13,7 +13,7 @@ app = create_app()
 @app.post("/connect-sessions")
 def create_connect_session():
     event = app.current_event
-    session = services.connect_flow().create_session(event.decoded_body, base_url=base_url(event))
+    session = services.connect_flow().create_session(request_body(event), base_url=base_url(event))
     return json_response(201, session)
 
 

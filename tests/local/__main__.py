@@ -259,7 +259,8 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
 
         # The in-process functions (and anything else using boto3 here) talk to moto only.
         gateway = Gateway(stack, host, gateway_port, credentials={access_key: secret_key}, region=region,
-                          env={"AWS_ENDPOINT_URL": moto.url}, access_log=access_log)
+                          env={"AWS_ENDPOINT_URL": moto.url, "ALLOW_LOOPBACK_HTTP_PROVIDER": "true"},
+                          access_log=access_log)
         started.append(gateway)
         gateway.start()
         if local_provider is not None and not local_provider.provider.redirect_uris:
@@ -306,6 +307,7 @@ def sam_env(stack: Stack, *, aws_endpoint_url: str, public_base_url: str = SAM_L
             if env.get(key):
                 env[key] = _docker_url(env[key])
         env.update(AWS_ENDPOINT_URL=_docker_url(aws_endpoint_url), PUBLIC_BASE_URL=public_base_url,
+                   ALLOW_LOOPBACK_HTTP_PROVIDER="true",  # the stand-in is plain http on this machine
                    COOKIE_SECURE="true" if public_base_url.startswith("https://") else "false")
         content[logical] = env
     return content

@@ -1,3 +1,5 @@
+import base64
+
 import pytest
 
 from broker import requests_in
@@ -66,3 +68,35 @@ def test_error_messages_never_echo_the_rejected_value():
     with pytest.raises(InvalidRequest) as caught:
         requests_in.random_token(secretish, "state")
     assert "SECRET" not in caught.value.message
+
+
+def test_unknown_json_fields_are_refused_without_naming_them():
+    body = '{"a": 1, "<script>alert(1)</script>": 2, "ya29.a0AfH6SM-token": 3}'
+    with pytest.raises(InvalidRequest) as caught:
+        requests_in.json_object(body, allowed={"a"}, required={"a"})
+    assert caught.value.code == "invalid_body"
+    assert "unknown field" in caught.value.message
+    assert "script" not in caught.value.message and "ya29" not in caught.value.message
+
+
+@pytest.mark.parametrize("body,base64_encoded", [
+    (base64.b64encode(b'{"a": "\xff\xfe"}').decode(), True),  # not UTF-8
+    (base64.b64encode('{"a": "é"}'.encode("latin-1")).decode(), True),
+    ("not base64 at all!", True),
+    (base64.b64encode(b"x" * (requests_in.MAX_BODY + 1)).decode(), True),
+    ('{"a": "\\ud800"}', False),  # an escaped lone surrogate is no text
+])
+def test_a_body_that_is_not_utf8_json_is_invalid_body(body, base64_encoded):
+    with pytest.raises(InvalidRequest) as caught:
+        requests_in.json_object(requests_in.body_text(body, base64_encoded=base64_encoded),
+                                allowed={"a"}, required={"a"})
+    assert caught.value.code == "invalid_body"
+
+
+@pytest.mark.parametrize("body,base64_encoded", [
+    ('{"a": "é"}', False),
+    (base64.b64encode('{"a": "é"}'.encode()).decode(), True),
+])
+def test_utf8_json_is_read_whether_or_not_base64_encoded(body, base64_encoded):
+    text = requests_in.body_text(body, base64_encoded=base64_encoded)
+    assert requests_in.json_object(text, allowed={"a"}, required={"a"}) == {"a": "é"}

@@ -63,3 +63,14 @@ def test_sam_local_can_set_the_aws_endpoint(template, monkeypatch):
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", "")
     assert boto3.client("dynamodb", region_name="eu-west-1").meta.endpoint_url == "https://dynamodb.eu-west-1.amazonaws.com"
+
+
+def test_the_functions_in_a_container_accept_the_local_stand_in_and_deployed_ones_would_not(template, env_file):
+    from broker.config import Settings
+    from broker.errors import ConfigurationError
+
+    assert template["Globals"]["Function"]["Environment"]["Variables"]["ALLOW_LOOPBACK_HTTP_PROVIDER"] == "false"
+    for variables in env_file.values():
+        assert Settings.from_env(variables).provider.token_url.startswith("http://host.docker.internal:9000/")
+        with pytest.raises(ConfigurationError):
+            Settings.from_env({**variables, "ALLOW_LOOPBACK_HTTP_PROVIDER": "false"})

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
@@ -18,8 +20,47 @@ def _origin(url: str) -> str:
     except ValueError:
         parts, port = None, None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
-        raise ConfigurationError(f"ALLOWED_RETURN_ORIGINS: not an http(s) origin: {url!r}")
+        raise ConfigurationError("ALLOWED_RETURN_ORIGINS: one entry is not an http(s) origin")
     return origin_of(parts.scheme, parts.hostname, port)
+
+
+# What a container of the local stack calls this machine's loopback (`sam local`).
+_LOCAL_HOSTS = frozenset({"localhost", "host.docker.internal"})
+
+
+def _ip_literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    try:  # the resolver also takes 127.1, 0x7f.0.0.1 and 2130706433 as IPv4 addresses
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def _provider_url(name: str, url: str, *, allow_loopback_http: bool) -> str:
+    """An https URL of a public host: the broker sends the client secret and tokens there, so
+    no other scheme, no private, loopback, link-local or reserved address (e.g. the instance
+    metadata service), no user info, no fragment. The local stack and tests may allow http
+    to this machine (ALLOW_LOOPBACK_HTTP_PROVIDER); nothing else."""
+    refused = ConfigurationError(f"{name} must be an https URL of a public host, without user info or fragment")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a garbage port
+    except ValueError:
+        raise refused from None
+    host = (parts.hostname or "").rstrip(".")
+    if (not host or parts.username is not None or parts.password is not None or parts.fragment
+            or "\\" in url or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url)):
+        raise refused
+    ip = _ip_literal(host)
+    local = host in _LOCAL_HOSTS or host.endswith(".localhost") or (ip is not None and ip.is_loopback)
+    if allow_loopback_http and local and parts.scheme in ("http", "https"):
+        return url
+    if parts.scheme != "https" or local or (ip is not None and (not ip.is_global or ip.is_multicast)):
+        raise refused
+    return url
 
 
 @dataclass(frozen=True)
@@ -76,7 +117,7 @@ class Settings:
         def flag(name: str, default: str) -> bool:
             value = env.get(name, default).strip().lower()
             if value not in ("true", "false"):
-                raise ConfigurationError(f"{name} must be true or false, not {value!r}")
+                raise ConfigurationError(f"{name} must be true or false")
             return value == "true"
 
         def number(name: str, default: str) -> int:
@@ -87,24 +128,30 @@ class Settings:
 
         method = env.get("PROVIDER_TOKEN_AUTH_METHOD", "client_secret_post").strip()
         if method not in ("client_secret_basic", "client_secret_post"):
-            raise ConfigurationError(f"PROVIDER_TOKEN_AUTH_METHOD {method!r} is not supported")
+            raise ConfigurationError("PROVIDER_TOKEN_AUTH_METHOD must be client_secret_basic or client_secret_post")
         origins = frozenset(
             _origin(o) for o in env.get("ALLOWED_RETURN_ORIGINS", "").split(",") if o.strip()
         )
         shards = number("DUE_INDEX_SHARDS", "8")
         if not 1 <= shards <= 64:
             raise ConfigurationError("DUE_INDEX_SHARDS must be between 1 and 64")
+        loopback_http = flag("ALLOW_LOOPBACK_HTTP_PROVIDER", "false")
+
+        def provider_url(name: str, *, required: bool = True) -> str:
+            value = need(name) if required else env.get(name, "").strip()
+            return _provider_url(name, value, allow_loopback_http=loopback_http) if value else ""
+
         return cls(
             connections_table=need("CONNECTIONS_TABLE"),
             flow_table=need("FLOW_TABLE"),
             token_key_id=env.get("TOKEN_KEY_ID", "").strip(),
             client_secret_arn=need("CLIENT_SECRET_ARN"),
             provider=ProviderSettings(
-                authorize_url=need("PROVIDER_AUTHORIZE_URL"),
-                token_url=need("PROVIDER_TOKEN_URL"),
-                api_base_url=need("PROVIDER_API_BASE_URL"),
+                authorize_url=provider_url("PROVIDER_AUTHORIZE_URL"),
+                token_url=provider_url("PROVIDER_TOKEN_URL"),
+                api_base_url=provider_url("PROVIDER_API_BASE_URL"),
                 userinfo_path=env.get("PROVIDER_USER_INFO_PATH", "/Users/Me"),
-                revocation_url=env.get("PROVIDER_REVOCATION_URL", "").strip(),
+                revocation_url=provider_url("PROVIDER_REVOCATION_URL", required=False),
                 scopes=" ".join(env.get("PROVIDER_SCOPES", "").split()),
                 use_pkce=flag("PROVIDER_USE_PKCE", "true"),
                 token_auth_method=method,

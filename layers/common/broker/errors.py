@@ -20,6 +20,9 @@ class BrokerError(Exception):
 
 
 class ConfigurationError(BrokerError):
+    """A setting of the deployment is wrong. The message names the setting, never its value;
+    callers get only the code (http_api)."""
+
     status = 500
     code = "misconfigured"
 

@@ -9,9 +9,10 @@ from urllib.parse import urlsplit
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 
+from . import requests_in
 from .config import settings
 from .connect_flow import CALLBACK_PATH
-from .errors import BrokerError, ProviderUnavailable
+from .errors import BrokerError, ConfigurationError, ProviderUnavailable
 from .observability import logger
 
 # Tokens pass through these responses: nothing may cache them, nothing may leak a Referer.
@@ -38,6 +39,10 @@ def create_app() -> APIGatewayHttpResolver:
 
     @app.exception_handler(BrokerError)
     def _domain_error(exc: BrokerError) -> Response:
+        if isinstance(exc, ConfigurationError):
+            # Callers learn nothing about the deployment; the operator's log names the setting.
+            logger.error("the broker is misconfigured", extra={"error": exc.code, "detail": exc.message})
+            return error_response(exc.status, exc.code, "the broker is misconfigured")
         headers = {}
         if isinstance(exc, ProviderUnavailable) and exc.retry_after:
             headers["Retry-After"] = str(exc.retry_after)
@@ -56,6 +61,12 @@ def create_app() -> APIGatewayHttpResolver:
         return error_response(500, "internal_error", "the broker hit an unexpected error")
 
     return app
+
+
+def request_body(event) -> str | None:
+    """The request's body as text, for every JSON route (instead of Powertools' decoded_body,
+    which fails with a 500 on a base64 body that is not UTF-8)."""
+    return requests_in.body_text(event.get("body"), base64_encoded=bool(event.get("isBase64Encoded")))
 
 
 def base_url(event) -> str:
