@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_lambda_powertools.utilities import parameters
-
+from . import aws
 from .errors import ConfigurationError
 
 # Long enough that warm invocations make no Secrets Manager call, short enough that a
@@ -23,7 +22,7 @@ class ClientCredentials:
 
 
 class ClientCredentialSource:
-    def __init__(self, secret_arn: str, fetch=parameters.get_secret):
+    def __init__(self, secret_arn: str, fetch=aws.get_secret):
         self._arn = secret_arn
         self._fetch = fetch
 
