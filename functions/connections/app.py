@@ -28,7 +28,7 @@ def delete_connection(connection_id: str):
     return Response(status_code=204, headers=NO_STORE)
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)  # the response carries a connect URL
 def lambda_handler(event, context):

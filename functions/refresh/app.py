@@ -19,7 +19,7 @@ def force_refresh(connection_id: str):
     return json_response(200, services.token_service().force_refresh(requests_in.connection_id(connection_id)))
 
 
-@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)  # responses carry access tokens
 def lambda_handler(event, context):

@@ -8,7 +8,7 @@ from broker.observability import logger, metrics, tracer
 from broker.scheduler import enqueue_due
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event, context):

@@ -29,7 +29,7 @@ def refresh_one(record: SQSRecord) -> str:
     return outcome
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event, context):
