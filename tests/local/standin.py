@@ -5,19 +5,34 @@
     ...
     standin.stop()
 
-Routes (all under /v3.1, like the provider):
+Routes under /v3.1 (OAuth, like the provider):
     GET  /oauth2/authorize            consent page with "Approve" and "Deny"
     POST /oauth2/authorize/decision   302 back to redirect_uri with code+state or error=access_denied
     POST /oauth2/token                authorization_code and refresh_token grants (Basic or post auth)
     POST /oauth2/revoke               RFC 7009
-    GET  /Users/Me                    Bearer
+The API, Bearer under /v3.1 and API key (Basic key:"") under /{pod}/v3.1, so the API-key
+URL template is http://127.0.0.1:PORT/{pod}/v3.1 (`standin.api_url_template`):
+    GET  /Users/Me
+    GET  /Contacts?top=&skip=&count_total=true   (count_total adds X-Total-Count)
+    POST /Contacts                    JSON contact, answered with CONTACT_ID
+    GET  /Contacts/{id}
+    Every authenticated answer has X-RateLimit-Limit/-Remaining (a daily counter per account);
+    past the limit: 429 with Retry-After. A key answers only on its own pod.
 Switches for tests and the benchmark (JSON in, JSON out):
     POST /_control/faults   {"fault": "429"|"500"|"timeout"|"invalid_grant"|"invalid_client", "times": N}
+                            at the token endpoint, or with "on": "api" {"fault": "429"|"500"|"timeout"}
+                            at the API routes (both kinds)
+    POST /_control/api-keys {"pod": "na1", "daily_limit"?: N, "user"?: {...Users/Me fields}}: a new
+                            account with a key -> {"account", "api_key", "pod", "api_url"}
+    POST /_control/api-keys/regenerate  {"account": id} -> {"account", "api_key"}; the old key is revoked
+    POST /_control/quota    {"account": id|"oauth", "remaining"?: N, "limit"?: N} -> {"limit", "remaining"}
     POST /_control/config   any of latency_ms, access_ttl, retry_after, rotate_refresh_tokens, issue_refresh_tokens,
                             timeout_seconds
-    GET  /_control/state    calls, current_refresh_tokens, revoked (counts only), pending_faults, config
-    POST /_control/reset    counters, faults and config back to the start; {"tokens": true} also
-                            forgets every code and token (existing connections then need re-auth)
+    GET  /_control/state    calls, current_refresh_tokens, revoked (counts only), pending_faults,
+                            pending_api_faults, live_api_keys, revoked_api_keys, accounts (pod, limit,
+                            remaining, contacts; never a key), config
+    POST /_control/reset    counters, faults, quotas and config back to the start; {"tokens": true}
+                            also forgets every code, token and API key (connections then need re-auth)
 
 The "timeout" fault holds the answer for `timeout_seconds` (default 10 s, longer than the
 broker's 8 s read timeout) and then answers 504, so the caller's own timeout is what fires.
@@ -30,6 +45,7 @@ import html
 import json
 import logging
 import os
+import re
 import threading
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, parse_qsl, urlsplit
@@ -38,9 +54,11 @@ import requests
 from requests.structures import CaseInsensitiveDict
 
 from tests.local.server import ThreadedServer
-from tests.support.fake_provider import FAULTS, FakeInsightly
+from tests.support.fake_provider import API_FAULTS, DEFAULT_DAILY_LIMIT, FAULT_TARGETS, FAULTS, FakeInsightly
 
 API_PREFIX = "/v3.1"
+API_PATH = re.compile(r"/(?:Users/Me|Contacts(?:/.*)?)")  # the API below the Bearer base URL
+POD_API = re.compile(r"/(?P<pod>[a-z0-9]{2,10})/v3\.1(?P<path>/.*)")  # the API below a pod's base URL
 MAX_BODY = 64 * 1024
 log = logging.getLogger("insightly_connect.standin")
 
@@ -80,6 +98,8 @@ class StandIn:
         self.url = self._server.url
         self.base_url = self.url + API_PREFIX
         self.provider.base_url = self.base_url
+        self.api_url_template = self.url + "/{pod}" + API_PREFIX
+        self.provider.pod_url_template = self.api_url_template
         self._initial = {**self.provider.configure(), **self._own_config()}
         self._stopping = threading.Event()
         self._routes = {
@@ -87,13 +107,15 @@ class StandIn:
             ("POST", "/oauth2/authorize/decision"): self._decision,
             ("POST", "/oauth2/token"): self._token,
             ("POST", "/oauth2/revoke"): self._revoke,
-            ("GET", "/Users/Me"): self._users_me,
         }
         self._control = {
             ("POST", "/_control/faults"): self._set_faults,
             ("POST", "/_control/config"): self._set_config,
             ("GET", "/_control/state"): self._state,
             ("POST", "/_control/reset"): self._reset,
+            ("POST", "/_control/api-keys"): self._issue_api_key,
+            ("POST", "/_control/api-keys/regenerate"): self._regenerate_api_key,
+            ("POST", "/_control/quota"): self._set_quota,
         }
 
     @classmethod
@@ -133,6 +155,10 @@ class StandIn:
                 return self._json(handler, 413, {"error": "request_too_large"})
             body = handler.rfile.read(length) if length else b""
             provider_path = path.removeprefix(API_PREFIX) if path.startswith(API_PREFIX + "/") else None
+            if provider_path is not None and API_PATH.fullmatch(provider_path):
+                return self._api(handler, method, None, provider_path, query, body)
+            if pod_api := POD_API.fullmatch(path):
+                return self._api(handler, method, pod_api["pod"], pod_api["path"], query, body)
             route = self._routes.get((method, provider_path)) or self._control.get((method, path))
             if route is None:
                 known = {p for _, p in self._routes} | {p for _, p in self._control}
@@ -231,10 +257,15 @@ class StandIn:
                                                                 CaseInsensitiveDict(handler.headers.items()))
         return self._json(handler, status, answer, headers)
 
-    def _users_me(self, handler: _Handler, _query: str, _body: bytes) -> None:
+    def _api(self, handler: _Handler, method: str, pod: str | None, path: str, query: str, body: bytes) -> None:
         self._delay()
-        status, headers, answer = self.provider.users_me(CaseInsensitiveDict(handler.headers.items()))
-        return self._json(handler, status, answer, headers)
+        try:
+            status, headers, answer = self.provider.api(method, pod, path, query,
+                                                        CaseInsensitiveDict(handler.headers.items()), body)
+        except requests.ReadTimeout:
+            self._stopping.wait(self.timeout_seconds)
+            return self._json(handler, 504, {"error": "gateway_timeout"})
+        self._send(handler, status, json.dumps(answer).encode(), "application/json", headers)
 
     # -- control -------------------------------------------------------------------------------
 
@@ -243,13 +274,54 @@ class StandIn:
 
     def _set_faults(self, handler: _Handler, _query: str, body: bytes) -> None:
         data = self._json_body(body)
-        fault, times = data.get("fault"), data.get("times", 1)
-        if fault not in FAULTS:
-            raise BadRequest(f"fault must be one of {', '.join(FAULTS)}")
+        fault, times, on = data.get("fault"), data.get("times", 1), data.get("on", "token")
+        if on not in FAULT_TARGETS:
+            raise BadRequest(f"on must be one of {', '.join(FAULT_TARGETS)}")
+        allowed = FAULTS if on == "token" else API_FAULTS
+        if fault not in allowed:
+            raise BadRequest(f"fault must be one of {', '.join(allowed)}")
         if not isinstance(times, int) or isinstance(times, bool) or not 1 <= times <= 10_000:
             raise BadRequest("times must be an integer from 1 to 10000")
-        self.provider.fail_next(fault, times)
-        return self._json(handler, 200, {"pending_faults": self.provider.snapshot()["pending_faults"]})
+        self.provider.fail_next(fault, times, on=on)
+        snapshot = self.provider.snapshot()
+        return self._json(handler, 200, {"pending_faults": snapshot["pending_faults"],
+                                         "pending_api_faults": snapshot["pending_api_faults"]})
+
+    def _issue_api_key(self, handler: _Handler, _query: str, body: bytes) -> None:
+        data = self._json_body(body)
+        unknown = set(data) - {"pod", "daily_limit", "user"}
+        if unknown:
+            raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+        user = data.get("user")
+        if user is not None and not isinstance(user, dict):
+            raise BadRequest("user must be an object of Users/Me fields")
+        try:
+            issued = self.provider.issue_api_key(data.get("pod", "na1"), user=user,
+                                                 daily_limit=data.get("daily_limit", DEFAULT_DAILY_LIMIT))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return self._json(handler, 200, issued)
+
+    def _regenerate_api_key(self, handler: _Handler, _query: str, body: bytes) -> None:
+        account = self._json_body(body).get("account")
+        try:
+            key = self.provider.regenerate_api_key(account if isinstance(account, str) else "")
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return self._json(handler, 200, {"account": account, "api_key": key})
+
+    def _set_quota(self, handler: _Handler, _query: str, body: bytes) -> None:
+        data = self._json_body(body)
+        unknown = set(data) - {"account", "remaining", "limit"}
+        if unknown:
+            raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+        account = data.get("account")
+        try:
+            quota = self.provider.set_quota(account if isinstance(account, str) else "",
+                                            remaining=data.get("remaining"), limit=data.get("limit"))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        return self._json(handler, 200, quota)
 
     def _set_config(self, handler: _Handler, _query: str, body: bytes) -> None:
         self._apply_config(self._json_body(body))

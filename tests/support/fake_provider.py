@@ -1,24 +1,49 @@
-"""FakeInsightly: an OAuth 2.0 authorization server and Users/Me API that behaves like the
-provider, with switches for the faults a real one shows. Pure logic: `install()` serves it
-through `responses` (no sockets); tests/local/standin.py serves the same object over HTTP.
-Every method that reads or changes state holds the lock: the stand-in calls it from many
-threads."""
+"""FakeInsightly: an OAuth 2.0 authorization server and the Insightly API (Users/Me and a
+small Contacts surface) that behave like the provider, with switches for the faults a real
+one shows. Pure logic: `install()` serves it through `responses` (no sockets);
+tests/local/standin.py serves the same object over HTTP. Every method that reads or changes
+state holds the lock: the stand-in calls it from many threads.
+
+Two ways into the same API, as on Insightly:
+- Bearer (OAuth connections) at `base_url` (https://api.insightly.com/v3.1): the access
+  tokens this fake issued; the calls count against the "oauth" account.
+- Basic with an API key as the user name (API-key connections) at the per-pod
+  `pod_url_template` (https://api.{pod}.insightly.com/v3.1): keys from issue_api_key(); a
+  key answers only on its own pod, and regenerate_api_key() revokes it.
+Every authenticated answer carries X-RateLimit-Limit / X-RateLimit-Remaining from the
+account's daily counter; past the limit the answer is 429 until the 24-hour window moves on.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
+import math
+import re
 import secrets
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 
 import requests
 
 FAULTS = ("429", "500", "timeout", "invalid_grant", "invalid_client")
+API_FAULTS = ("429", "500", "timeout")  # what the API routes (on="api") can be made to answer
+FAULT_TARGETS = ("token", "api")
+POD = re.compile(r"[a-z0-9]{2,10}")
+DAY = 86400
+DEFAULT_DAILY_LIMIT = 1000  # Insightly's free plan
+OAUTH_ACCOUNT = "oauth"
+MAX_TOP = 500  # Insightly's largest page
+# The API's paths under a base URL, as (method, pattern) -> route name.
+API_ROUTES = (("GET", re.compile(r"/Users/Me"), "users_me"),
+              ("GET", re.compile(r"/Contacts"), "list_contacts"),
+              ("POST", re.compile(r"/Contacts"), "create_contact"),
+              ("GET", re.compile(r"/Contacts/(?P<id>[0-9]{1,18})"), "get_contact"))
 CONFIG_FIELDS = ("access_ttl", "rotate_refresh_tokens", "issue_refresh_tokens", "retry_after")
 
 USER = {"USER_ID": 4242, "EMAIL_ADDRESS": "ada@example.com", "FIRST_NAME": "Ada", "LAST_NAME": "Lovelace",
@@ -27,6 +52,29 @@ USER = {"USER_ID": 4242, "EMAIL_ADDRESS": "ada@example.com", "FIRST_NAME": "Ada"
 
 def _b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+@dataclass
+class Account:
+    """An Insightly instance: its pod, its user, its API key and its daily request counter."""
+
+    id: str
+    pod: str | None
+    user: dict
+    daily_limit: int = DEFAULT_DAILY_LIMIT
+    api_key: str | None = None
+    used: int = 0
+    window_start: float = 0.0
+    contacts: dict = field(default_factory=dict)
+
+    def remaining(self) -> int:
+        return max(self.daily_limit - self.used, 0)
+
+    def quota(self) -> dict:
+        return {"limit": self.daily_limit, "remaining": self.remaining()}
+
+    def rate_headers(self) -> dict[str, str]:
+        return {"X-RateLimit-Limit": str(self.daily_limit), "X-RateLimit-Remaining": str(self.remaining())}
 
 
 @dataclass
@@ -48,18 +96,94 @@ class FakeInsightly:
     issued: list = field(default_factory=list)  # every token string ever handed out
     faults: deque = field(default_factory=deque)
     revoked: list = field(default_factory=list)
+    # The API-key side: per-pod hosts, accounts by id, the live key of each.
+    pod_url_template: str = "https://api.{pod}.insightly.com/v3.1"
+    oauth_daily_limit: int = 100_000
+    accounts: dict = field(default_factory=dict)
+    api_keys: dict = field(default_factory=dict)  # live key -> account id
+    revoked_api_keys: list = field(default_factory=list)
+    api_faults: deque = field(default_factory=deque)
+    clock: Callable[[], float] = time.time
 
     def __post_init__(self):
         self._lock = threading.RLock()
+        self._oauth_account()
+
+    def _oauth_account(self) -> Account:
+        # Bearer calls count against this account; its user is `self.user`, read at answer time.
+        account = self.accounts.get(OAUTH_ACCOUNT)
+        if account is None:
+            account = self.accounts[OAUTH_ACCOUNT] = Account(OAUTH_ACCOUNT, None, self.user, self.oauth_daily_limit,
+                                                             window_start=self.clock())
+        return account
 
     # -- switches ----------------------------------------------------------------------------
 
-    def fail_next(self, fault: str, times: int = 1) -> None:
-        """fault: '429', '500', 'timeout', 'invalid_grant', 'invalid_client' (token endpoint)."""
-        if fault not in FAULTS:
+    def fail_next(self, fault: str, times: int = 1, *, on: str = "token") -> None:
+        """on="token": '429', '500', 'timeout', 'invalid_grant', 'invalid_client' at the token endpoint;
+        on="api": '429', '500', 'timeout' at the API routes (Users/Me, Contacts), Bearer or API key."""
+        if on not in FAULT_TARGETS:
+            raise ValueError(f"unknown fault target {on!r}")
+        if fault not in (FAULTS if on == "token" else API_FAULTS):
             raise ValueError(f"unknown fault {fault!r}")
         with self._lock:
-            self.faults.extend([fault] * times)
+            (self.faults if on == "token" else self.api_faults).extend([fault] * times)
+
+    def issue_api_key(self, pod: str = "na1", *, user: dict | None = None,
+                      daily_limit: int = DEFAULT_DAILY_LIMIT) -> dict:
+        """A new account on `pod` with a live API key: {"account", "api_key", "pod", "api_url"}."""
+        if not isinstance(pod, str) or not POD.fullmatch(pod):
+            raise ValueError("pod must be 2-10 characters of a-z 0-9")
+        if isinstance(daily_limit, bool) or not isinstance(daily_limit, int) or daily_limit < 0:
+            raise ValueError("daily_limit must be a non-negative integer")
+        with self._lock:
+            number = len(self.accounts)
+            account = Account(f"acct-{number}", pod, dict(user) if user else {
+                "USER_ID": 5000 + number, "EMAIL_ADDRESS": f"user{number}@{pod}.example.com",
+                "FIRST_NAME": "Key", "LAST_NAME": f"User {number}", "ADMINISTRATOR": False},
+                daily_limit, window_start=self.clock())
+            self.accounts[account.id] = account
+            self._new_key(account)
+            return {"account": account.id, "api_key": account.api_key, "pod": pod, "api_url": self.api_url(pod)}
+
+    def regenerate_api_key(self, account_id: str) -> str:
+        """Insightly's "Generate New API Key": the old key stops working at once."""
+        with self._lock:
+            account = self._account(account_id)
+            if account.pod is None:
+                raise ValueError("the oauth account has no API key")
+            self.revoked_api_keys.append(account.api_key)
+            del self.api_keys[account.api_key]
+            return self._new_key(account)
+
+    def set_quota(self, account_id: str, *, remaining: int | None = None, limit: int | None = None) -> dict:
+        """Set the account's daily limit and/or what is left of it in the current window."""
+        for name, value in (("remaining", remaining), ("limit", limit)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer")
+        with self._lock:
+            account = self._account(account_id)
+            if limit is not None:
+                account.daily_limit = limit
+            if remaining is not None:
+                account.used, account.window_start = max(account.daily_limit - remaining, 0), self.clock()
+            return account.quota()
+
+    def api_url(self, pod: str) -> str:
+        return self.pod_url_template.replace("{pod}", pod)
+
+    def _account(self, account_id: str) -> Account:
+        account = self.accounts.get(account_id)
+        if account is None:
+            raise ValueError("no such account")
+        return account
+
+    def _new_key(self, account: Account) -> str:
+        key = "key-" + secrets.token_hex(16)
+        account.api_key = key
+        self.api_keys[key] = account.id
+        self.issued.append(key)
+        return key
 
     def configure(self, **settings) -> dict:
         """Change access_ttl, rotate_refresh_tokens or issue_refresh_tokens; returns them all."""
@@ -72,22 +196,35 @@ class FakeInsightly:
             return {name: getattr(self, name) for name in CONFIG_FIELDS}
 
     def reset(self, *, tokens: bool = False) -> None:
-        """Forget calls, pending faults and revocations; with tokens=True also every code and token."""
+        """Forget calls, pending faults and revocations and refill every daily quota; with
+        tokens=True also every code, token, API key and key account."""
         with self._lock:
             self.calls.clear()
             self.faults.clear()
+            self.api_faults.clear()
             self.revoked.clear()
+            self.revoked_api_keys.clear()
+            for account in self.accounts.values():  # a fresh daily window
+                account.used, account.window_start = 0, self.clock()
             if tokens:
                 self.codes.clear()
                 self.refresh_tokens.clear()
                 self.access_tokens.clear()
                 self.issued.clear()
+                self.api_keys.clear()
+                oauth = self.accounts[OAUTH_ACCOUNT]
+                self.accounts.clear()
+                self.accounts[OAUTH_ACCOUNT] = oauth
 
     def snapshot(self) -> dict:
         """Counts only, never a token value: safe to show over HTTP."""
         with self._lock:
             return {"calls": dict(self.calls), "current_refresh_tokens": len(self.current_refresh_tokens),
                     "revoked": len(self.revoked), "pending_faults": list(self.faults),
+                    "pending_api_faults": list(self.api_faults), "live_api_keys": len(self.api_keys),
+                    "revoked_api_keys": len(self.revoked_api_keys),
+                    "accounts": {a.id: {"pod": a.pod, **a.quota(), "contacts": len(a.contacts)}
+                                 for a in self.accounts.values()},
                     "config": {name: getattr(self, name) for name in CONFIG_FIELDS}}
 
     # -- the person at the consent page --------------------------------------------------------
@@ -167,13 +304,95 @@ class FakeInsightly:
             return 400, {}, {"error": "unsupported_grant_type"}
 
     def users_me(self, headers: dict[str, str]) -> tuple[int, dict, dict]:
+        """GET {base_url}/Users/Me with a Bearer token."""
+        return self.api("GET", None, "/Users/Me", "", headers, b"")
+
+    def api(self, method: str, pod: str | None, path: str, query: str, headers: dict[str, str],
+            body: bytes | str) -> tuple[int, dict, object]:
+        """One call to the API below a base URL: `pod` None for the Bearer base URL, else the
+        pod of an API-key host. Answers (status, headers, JSON body)."""
+        route = next(((name, found) for m, pattern, name in API_ROUTES
+                      if m == method and (found := pattern.fullmatch(path))), None)
         with self._lock:
-            self.calls["users_me"] += 1
-            token = headers.get("Authorization", "").removeprefix("Bearer ")
+            self.calls["api"] += 1
+            if route is not None:
+                self.calls[route[0]] += 1
+            if self.api_faults:
+                fault = self.api_faults.popleft()
+                if fault == "timeout":
+                    raise requests.ReadTimeout("fake provider timed out")
+                if fault == "429":
+                    return 429, {"Retry-After": str(self.retry_after)}, {"Message": "Too many requests"}
+                return 500, {}, {"Message": "An error has occurred."}
+            account = self._caller(pod, headers)
+            if account is None:
+                return 401, {}, {"Message": "Authorization has been denied for this request."}
+            if route is None:
+                known = any(pattern.fullmatch(path) for _, pattern, _ in API_ROUTES)
+                return (405, {}, {"Message": "Method not allowed"}) if known else (404, {}, {"Message": "Not found"})
+            now = self.clock()
+            if now - account.window_start >= DAY:
+                account.used, account.window_start = 0, now
+            if account.used >= account.daily_limit:
+                wait = max(math.ceil(account.window_start + DAY - now), 1)
+                return 429, {**account.rate_headers(), "Retry-After": str(wait)}, {
+                    "Message": "API request limit exceeded"}
+            account.used += 1
+            status, extra, answer = getattr(self, "_" + route[0])(account, query, body, **route[1].groupdict())
+            return status, {**account.rate_headers(), **extra}, answer
+
+    def _caller(self, pod: str | None, headers: dict[str, str]) -> Account | None:
+        auth = headers.get("Authorization", "")
+        if pod is None:  # the Bearer base URL: OAuth access tokens only
+            token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
             expires_at = self.access_tokens.get(token)
             if expires_at is None or (expires_at and expires_at < time.time()):
-                return 401, {}, {"Message": "Unauthorized"}
-            return 200, {}, dict(self.user)
+                return None
+            account = self._oauth_account()
+            account.user = self.user
+            return account
+        if not auth.startswith("Basic "):
+            return None
+        try:
+            key, _, password = base64.b64decode(auth[6:], validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        account = self.accounts.get(self.api_keys.get(key, ""))
+        return account if account is not None and account.pod == pod and password == "" else None
+
+    # -- the CRM surface -------------------------------------------------------------------------
+
+    def _users_me(self, account: Account, _query: str, _body) -> tuple[int, dict, object]:
+        return 200, {}, dict(account.user)
+
+    def _list_contacts(self, account: Account, query: str, _body) -> tuple[int, dict, object]:
+        params = dict(parse_qsl(query, keep_blank_values=True))
+        try:
+            top, skip = int(params.get("top", "100")), int(params.get("skip", "0"))
+        except ValueError:
+            return 400, {}, {"Message": "top and skip must be integers"}
+        if not 0 <= top <= MAX_TOP or skip < 0:
+            return 400, {}, {"Message": f"top must be 0-{MAX_TOP} and skip 0 or more"}
+        contacts = [account.contacts[i] for i in sorted(account.contacts)]
+        extra = {"X-Total-Count": str(len(contacts))} if params.get("count_total", "").lower() == "true" else {}
+        return 200, extra, contacts[skip:skip + top]
+
+    def _create_contact(self, account: Account, _query: str, body) -> tuple[int, dict, object]:
+        try:
+            data = json.loads(body or b"")
+        except ValueError:
+            return 400, {}, {"Message": "The body is not JSON"}
+        if not isinstance(data, dict):
+            return 400, {}, {"Message": "The body must be a contact object"}
+        contact_id = max(account.contacts, default=0) + 1
+        account.contacts[contact_id] = contact = {**data, "CONTACT_ID": contact_id,
+                                                  "DATE_CREATED_UTC": time.strftime("%Y-%m-%d %H:%M:%S",
+                                                                                    time.gmtime(self.clock()))}
+        return 200, {}, dict(contact)
+
+    def _get_contact(self, account: Account, _query: str, _body, id: str) -> tuple[int, dict, object]:
+        contact = account.contacts.get(int(id))
+        return (200, {}, dict(contact)) if contact else (404, {}, {"Message": "Contact not found"})
 
     def revoke_endpoint(self, form: dict[str, str], headers: dict[str, str]) -> tuple[int, dict, dict]:
         with self._lock:
@@ -247,7 +466,18 @@ class FakeInsightly:
                 return status, {"Content-Type": "application/json", **headers}, json.dumps(body)
             return callback
 
+        def api(request):
+            found = api_url.match(request.url)
+            status, headers, body = self.api(request.method, found["pod"], found["path"], found["query"] or "",
+                                             dict(request.headers), request.body or b"")
+            return status, {"Content-Type": "application/json", **headers}, json.dumps(body)
+
+        # The API at the Bearer base URL and at every pod's host, one pattern for both.
+        pods = re.escape(self.pod_url_template).replace(re.escape("{pod}"), "(?P<pod>[a-z0-9]{2,10})")
+        api_url = re.compile(f"(?:{re.escape(self.base_url)}|{pods})"
+                             r"(?P<path>/(?:Users/Me|Contacts(?:/[^?#]*)?))(?:\?(?P<query>[^#]*))?$")
         mock.add_callback("POST", f"{self.base_url}/oauth2/token", callback=adapt(self.token_endpoint))
         mock.add_callback("POST", f"{self.base_url}/oauth2/revoke", callback=adapt(self.revoke_endpoint))
-        mock.add_callback("GET", f"{self.base_url}/Users/Me", callback=adapt(self.users_me, with_form=False))
+        for method in ("GET", "POST"):
+            mock.add_callback(method, api_url, callback=api)
         return self

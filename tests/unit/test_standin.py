@@ -215,7 +215,7 @@ def test_revoke_forgets_the_token(standin):
 
 
 def test_unknown_paths_and_methods(standin):
-    assert requests.get(f"{standin.base_url}/Contacts", timeout=5).status_code == 404
+    assert requests.get(f"{standin.base_url}/Opportunities", timeout=5).status_code == 404
     assert requests.get(f"{standin.base_url}/oauth2/token", timeout=5).status_code == 405
 
 
@@ -340,3 +340,102 @@ def test_concurrent_refreshes_are_consistent(standin):
                                 refreshes * 2))
     assert sorted(a.status_code for a in answers) == [200] * 8 + [400] * 8  # each token rotates exactly once
     assert control(standin, "state").json()["current_refresh_tokens"] == 8
+
+
+# -- the API-key side: per-pod Basic-auth API, quota, control switches --------------------------
+
+def issue_key(standin: StandIn, **body) -> dict:
+    answer = control(standin, "api-keys", {"pod": "na1", **body})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_a_key_from_control_connects_through_the_broker_client_at_its_pod_url(standin):
+    from broker.insightly import ApiKeyAuth, ApiUrlTemplate, InsightlyApi
+
+    issued = issue_key(standin, pod="eu1")
+    assert issued["api_url"] == f"{standin.url}/eu1/v3.1" == standin.api_url_template.replace("{pod}", "eu1")
+    template = ApiUrlTemplate(standin.api_url_template)
+    base = template.base_url(template.parse(issued["api_url"] + "/"))
+    user, rate = InsightlyApi().users_me(base, ApiKeyAuth(issued["api_key"]))
+    assert user["id"] and (rate.limit, rate.remaining) == (1000, 999)
+
+
+def test_a_key_answers_only_on_its_own_pod(standin):
+    issued = issue_key(standin, pod="na1")
+    auth = (issued["api_key"], "")
+    assert requests.get(f"{standin.url}/na1/v3.1/Users/Me", auth=auth, timeout=5).status_code == 200
+    assert requests.get(f"{standin.url}/eu1/v3.1/Users/Me", auth=auth, timeout=5).status_code == 401
+    assert requests.get(f"{standin.base_url}/Users/Me", auth=auth, timeout=5).status_code == 401
+
+
+def test_regenerate_over_control_revokes_the_old_key(standin):
+    issued = issue_key(standin)
+    fresh = control(standin, "api-keys/regenerate", {"account": issued["account"]}).json()
+    url = f"{issued['api_url']}/Users/Me"
+    assert requests.get(url, auth=(issued["api_key"], ""), timeout=5).status_code == 401
+    assert requests.get(url, auth=(fresh["api_key"], ""), timeout=5).status_code == 200
+
+
+def test_quota_over_control_and_429_when_used_up(standin):
+    issued = issue_key(standin, daily_limit=100)
+    assert control(standin, "quota", {"account": issued["account"], "remaining": 1}).json() == {
+        "limit": 100, "remaining": 1}
+    url, auth = f"{issued['api_url']}/Users/Me", (issued["api_key"], "")
+    last = requests.get(url, auth=auth, timeout=5)
+    assert last.status_code == 200 and last.headers["X-RateLimit-Remaining"] == "0"
+    refused = requests.get(url, auth=auth, timeout=5)
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    assert control(standin, "state").json()["accounts"][issued["account"]]["remaining"] == 0
+    assert control(standin, "reset").json()["accounts"][issued["account"]]["remaining"] == 100
+
+
+def test_contacts_over_http_for_a_key_and_a_bearer_token(standin):
+    issued = issue_key(standin)
+    access = exchange(standin).json()["access_token"]
+    for base, headers in ((issued["api_url"], {"Authorization": requests.auth._basic_auth_str(issued["api_key"], "")}),
+                          (standin.base_url, {"Authorization": f"Bearer {access}"})):
+        made = requests.post(f"{base}/Contacts", json={"LAST_NAME": "Byron"}, headers=headers, timeout=5)
+        assert made.status_code == 200 and made.json()["CONTACT_ID"] == 1
+        listed = requests.get(f"{base}/Contacts?top=10&skip=0&count_total=true", headers=headers, timeout=5)
+        assert listed.json()[0]["LAST_NAME"] == "Byron" and listed.headers["X-Total-Count"] == "1"
+        assert requests.get(f"{base}/Contacts/1", headers=headers, timeout=5).json()["LAST_NAME"] == "Byron"
+        assert "X-RateLimit-Limit" in listed.headers
+    assert requests.get(f"{standin.base_url}/Contacts", timeout=5).status_code == 401
+
+
+def test_api_faults_and_latency_reach_the_pod_routes(standin):
+    issued = issue_key(standin)
+    url, auth = f"{issued['api_url']}/Users/Me", (issued["api_key"], "")
+    assert control(standin, "faults", {"fault": "500", "on": "api"}).json()["pending_api_faults"] == ["500"]
+    assert requests.get(url, auth=auth, timeout=5).status_code == 500
+    control(standin, "faults", {"fault": "timeout", "on": "api"})
+    with pytest.raises(requests.ReadTimeout):
+        requests.get(url, auth=auth, timeout=0.2)
+    control(standin, "config", {"latency_ms": 150})
+    started = time.monotonic()
+    assert requests.get(url, auth=auth, timeout=5).status_code == 200
+    assert time.monotonic() - started >= 0.15
+
+
+@pytest.mark.parametrize(("what", "body"), [
+    ("faults", {"fault": "invalid_grant", "on": "api"}), ("faults", {"fault": "500", "on": "moon"}),
+    ("api-keys", {"pod": "evil.example"}), ("api-keys", {"daily_limit": -1}), ("api-keys", {"user": "ada"}),
+    ("api-keys", {"colour": "blue"}), ("api-keys/regenerate", {"account": "acct-404"}),
+    ("api-keys/regenerate", {"account": "oauth"}), ("quota", {"account": "acct-404", "remaining": 1}),
+    ("quota", {"account": "oauth", "remaining": "1"}), ("quota", {"account": "oauth", "remaining": -1}),
+    ("quota", {"account": "oauth", "extra": 1}),
+])
+def test_bad_api_key_control_requests_are_400(standin, what, body):
+    before = control(standin, "state").json()
+    assert control(standin, what, body).status_code == 400
+    assert control(standin, "state").json() == before
+
+
+def test_state_counts_keys_but_never_shows_one(standin):
+    issued = issue_key(standin)
+    control(standin, "api-keys/regenerate", {"account": issued["account"]})
+    state = control(standin, "state").json()
+    assert state["live_api_keys"] == 1 and state["revoked_api_keys"] == 1
+    assert not any(key in str(state) for key in standin.provider.issued)
+    assert control(standin, "reset", {"tokens": True}).json()["live_api_keys"] == 0
