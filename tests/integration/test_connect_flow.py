@@ -65,24 +65,42 @@ def test_authorize_redirects_to_the_provider_with_state_pkce_and_a_callback_cook
     assert state_item["flow_key"]["S"].startswith("state#")
 
 
-def test_callback_links_the_connection_and_returns_to_the_saas(broker, dynamodb, stack):
+def test_callback_returns_to_the_saas_which_completes_and_links_the_connection(broker, dynamodb, stack):
     answer = broker.connect("user-1")
 
     assert answer.status == 302
-    assert answer.location == f"{RETURN_TO}?status=connected&connection_id=user-1"
+    returned = query_of(answer.location)
+    assert answer.location.startswith(f"{RETURN_TO}?status=pending&session_id=")
+    assert set(returned) == {"status", "session_id", "completion_code"}
     assert answer.headers["Referrer-Policy"] == "no-referrer"
     assert answer.cookie("ic_oauth_browser")["max-age"] == "0"
     assert broker.provider.calls["authorization_code"] == 1 and broker.provider.calls["users_me"] == 1
+    assert answer.completion.status == 200  # the SaaS backend's complete call answers the status
+    assert answer.completion.json == broker.call("GET", "/connections/user-1").json
     status = broker.call("GET", "/connections/user-1").json
     assert status["status"] == "active"
     assert status["provider_user"] == {"id": "4242", "email": "ada@example.com", "name": "Ada Lovelace"}
     assert status["next_refresh_at"] and status["expires_at"]
-    assert flow_items(dynamodb, stack) == []  # session and state both spent
+    assert flow_items(dynamodb, stack) == []  # session, state and completion all spent
+
+
+def test_with_session_binding_off_the_callback_links_at_once(broker, dynamodb, stack, monkeypatch):
+    from broker import services
+
+    monkeypatch.setenv("SESSION_BINDING", "none")
+    services.reset()
+
+    answer = broker.connect("user-1")
+
+    assert answer.location == f"{RETURN_TO}?status=connected&connection_id=user-1"
+    assert answer.completion is None
+    assert broker.call("GET", "/connections/user-1").json["status"] == "active"
+    assert flow_items(dynamodb, stack) == []
 
 
 def test_the_whole_lifecycle_connect_token_refresh_delete(broker, dynamodb, stack):
     provider = broker.provider
-    assert broker.connect("user-1").location.endswith("status=connected&connection_id=user-1")
+    assert broker.connect("user-1").linked
 
     token = broker.call("GET", "/connections/user-1/token")
     assert token.status == 200 and token.json["access_token"] in provider.access_tokens
@@ -119,7 +137,7 @@ def test_a_matching_iss_is_accepted(broker):
 
     answer = broker.callback(back, redirect.cookie("ic_oauth_browser").value)
 
-    assert "status=connected" in answer.location
+    assert query_of(answer.location)["status"] == "pending"
 
 
 def test_without_pkce_no_challenge_is_sent(broker, monkeypatch):
@@ -131,7 +149,7 @@ def test_without_pkce_no_challenge_is_sent(broker, monkeypatch):
     redirect = broker.authorize(session.json["connect_url"])
     assert "code_challenge" not in query_of(redirect.location)
     back = broker.provider.approve(redirect.location)
-    assert "status=connected" in broker.callback(back, redirect.cookie("ic_oauth_browser").value).location
+    assert query_of(broker.callback(back, redirect.cookie("ic_oauth_browser").value).location)["status"] == "pending"
 
 
 # -- refusals: connect sessions ---------------------------------------------------------------
@@ -204,7 +222,7 @@ def started(broker):
 
 def test_a_replayed_state_links_nothing(broker):
     back, cookie = started(broker)
-    assert "status=connected" in broker.callback(back, cookie).location
+    assert query_of(broker.callback(back, cookie).location)["status"] == "pending"
 
     again = broker.callback(back, cookie)
 
@@ -221,7 +239,7 @@ def test_a_state_from_another_browser_links_nothing_and_stays_usable(broker, dyn
 
     assert broker.provider.calls["token"] == 0
     assert connection_item(dynamodb, stack) is None
-    assert "status=connected" in broker.callback(back, cookie).location  # the rightful browser still can
+    assert query_of(broker.callback(back, cookie).location)["status"] == "pending"  # the rightful browser still can
 
 
 def test_an_expired_state_links_nothing(broker, dynamodb, stack):
@@ -310,7 +328,7 @@ def test_a_storage_fault_on_the_callback_returns_an_error_redirect(broker, dynam
     def unavailable(*args, **kwargs):
         raise ClientError({"Error": {"Code": "InternalServerError", "Message": "boom"}}, "UpdateItem")
 
-    monkeypatch.setattr(services.connect_flow().connections, "save_connected", unavailable)
+    monkeypatch.setattr(services.connect_flow().flows, "put_completion", unavailable)
 
     answer = broker.callback(back, cookie)
 
