@@ -2,6 +2,7 @@
 
 import json
 import time
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -348,3 +349,81 @@ def test_a_misconfigured_client_secret_does_not_spend_the_connect_session(broker
 
     assert failed.status == 500 and failed.json["error"] == "internal_error"
     assert flow_items(dynamodb, stack)[0]["flow_key"]["S"].startswith("session#")  # still there
+
+
+# -- redirect hygiene (issue 7, finding 9) --------------------------------------------------------
+
+def test_parameters_return_to_already_carries_are_replaced_not_appended(broker, dynamodb, stack):
+    dirty = (RETURN_TO + "?tab=crm&status=connected&connection_id=someone-else&error=none"
+             "&session_id=forged&completion_code=forged")
+    session = broker.call("POST", "/connect-sessions", body={"connection_id": "user-1", "return_to": dirty})
+    redirect = broker.authorize(session.json["connect_url"])
+
+    denied = broker.callback(broker.provider.deny(redirect.location), redirect.cookie("ic_oauth_browser").value)
+
+    assert denied.location == f"{RETURN_TO}?tab=crm&status=error&error=access_denied"
+    session = broker.call("POST", "/connect-sessions", body={"connection_id": "user-1", "return_to": dirty})
+    redirect = broker.authorize(session.json["connect_url"])
+    approved = broker.callback(broker.provider.approve(redirect.location), redirect.cookie("ic_oauth_browser").value)
+    pairs = parse_qsl(urlsplit(approved.location).query)
+    assert [k for k, _ in pairs] == ["tab", "status", "session_id", "completion_code"]
+    assert dict(pairs)["session_id"] == session.json["session_id"]
+
+
+@pytest.mark.parametrize("extra,code", [
+    ("", "missing_code"),
+    ("&code=", "missing_code"),
+    ("&code=one&code=two", "invalid_request"),
+    ("&error=access_denied&code=one&code=two", "invalid_request"),
+])
+def test_a_missing_or_repeated_code_is_refused_before_the_state_is_spent(broker, dynamodb, stack, extra, code):
+    back, cookie = started(broker)
+    state = query_of(back)["state"]
+
+    assert_json_error(broker.call("GET", "/oauth/callback", query=f"state={state}{extra}",
+                                  cookies=[f"ic_oauth_browser={cookie}"]), 400, code)
+
+    assert broker.provider.calls["token"] == 0
+    assert query_of(broker.callback(back, cookie).location)["status"] == "pending"  # the state still works
+
+
+# -- every failure after the state is spent is a redirect (issue 7, finding 5) ----------------------
+
+def secrets_manager_down(*args, **kwargs):
+    from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
+    raise GetParameterError("An error occurred (InternalServiceError) when calling GetSecretValue")
+
+
+def kms_down(*args, **kwargs):
+    from botocore.exceptions import ClientError
+
+    raise ClientError({"Error": {"Code": "KMSInternalException", "Message": "boom"}}, "Encrypt")
+
+
+def crash(*args, **kwargs):
+    raise RuntimeError("a message that may quote what was sent: secret-ish")
+
+
+@pytest.mark.parametrize("target,attribute,fault,code", [
+    ("credentials", "get", secrets_manager_down, "internal_error"),
+    ("vault._kms", "encrypt", kms_down, "vault_unavailable"),
+    ("flows", "put_completion", kms_down, "storage_unavailable"),
+    ("provider", "fetch_user", crash, "internal_error"),
+])
+def test_any_fault_after_the_state_is_spent_redirects_with_an_error_code(broker, dynamodb, stack, monkeypatch,
+                                                                         captured_logs, target, attribute, fault,
+                                                                         code):
+    from broker import services
+
+    back, cookie = started(broker)
+    owner = services.connect_flow()
+    for name in target.split("."):
+        owner = getattr(owner, name)
+    monkeypatch.setattr(owner, attribute, fault)
+
+    answer = broker.callback(back, cookie)
+
+    assert answer.status == 302 and answer.location == f"{RETURN_TO}?status=error&error={code}"
+    assert connection_item(dynamodb, stack) is None
+    assert "secret-ish" not in captured_logs.getvalue() and "boom" not in captured_logs.getvalue()
