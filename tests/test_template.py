@@ -71,13 +71,16 @@ def test_key_policy_grants_use_only_under_the_token_set_encryption_context():
     assert "AuthorizeRole" not in granted, "the authorize function must have no KMS access"
     assert granted == {"CallbackRole": {"kms:encrypt"}, "ConnectionsRole": {"kms:decrypt"},
                        "RefreshRole": {"kms:encrypt", "kms:decrypt"},
-                       "RefreshWorkerRole": {"kms:encrypt", "kms:decrypt"}}  # the scheduler reads no token
+                       "RefreshWorkerRole": {"kms:encrypt", "kms:decrypt"},
+                       # to revoke expired pending completions; it can read no connection item
+                       "SchedulerRole": {"kms:decrypt"}}
 
 
 def test_routes_match_the_public_contract_with_iam_on_backend_routes():
     routes = {(r["method"], r["path"]): (r["function"], r["auth"]) for r in Stack().http_routes()}
     assert routes == {
         ("POST", "/connect-sessions"): ("ConnectionsFunction", "AWS_IAM"),
+        ("POST", "/connect-sessions/{session_id}/complete"): ("ConnectionsFunction", "AWS_IAM"),
         ("GET", "/oauth/authorize"): ("AuthorizeFunction", "NONE"),
         ("GET", "/oauth/callback"): ("CallbackFunction", "NONE"),
         ("GET", "/connections/{connection_id}"): ("ConnectionsFunction", "AWS_IAM"),

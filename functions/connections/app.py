@@ -6,6 +6,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from broker import deadline, requests_in, services
 from broker.http_api import NO_STORE, base_url, create_app, json_response, request_body
 from broker.observability import logger, metrics, tracer
+from broker.tokens import connection_status
 
 app = create_app()
 
@@ -15,6 +16,12 @@ def create_connect_session():
     event = app.current_event
     session = services.connect_flow().create_session(request_body(event), base_url=base_url(event))
     return json_response(201, session)
+
+
+@app.post("/connect-sessions/<session_id>/complete")
+def complete_connect_session(session_id: str):
+    connection = services.connect_flow().complete_session(session_id, app.current_event.decoded_body)
+    return json_response(200, connection_status(connection))
 
 
 @app.get("/connections/<connection_id>")

@@ -14,5 +14,8 @@ from broker.scheduler import enqueue_due
 def lambda_handler(event, context):
     deadline.start(context)
     cfg = settings()
-    return enqueue_due(services.token_service().connections, aws.client("sqs"), cfg.refresh_queue_url,
-                       shards=cfg.due_index_shards, now=int(time.time()), seconds_left=deadline.seconds_left)
+    enqueued = enqueue_due(services.token_service().connections, aws.client("sqs"), cfg.refresh_queue_url,
+                           shards=cfg.due_index_shards, now=int(time.time()), seconds_left=deadline.seconds_left)
+    # Session binding: revoke and delete the pending completions nobody completed in time.
+    services.connect_flow().sweep_expired_completions(seconds_left=deadline.seconds_left)
+    return enqueued

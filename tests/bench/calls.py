@@ -37,7 +37,10 @@ PROVIDER_CALLS = ("token", "users_me", "revoke")  # "token" counts every token e
 FLOORS = {
     "create connect session": {"dynamodb": 1, "kms": 0, "secretsmanager": 0, "provider": 0},
     "authorize redirect": {"dynamodb": 2, "kms": 0, "secretsmanager": 0, "provider": 0},
+    # Session binding (confirm): the callback writes a pending completion instead of the connection,
+    # and the SaaS backend's complete call reads it back (one conditional delete) and links.
     "callback": {"dynamodb": 2, "kms": 1, "secretsmanager": 0, "provider": 2},
+    "complete (session binding)": {"dynamodb": 2, "kms": 0, "secretsmanager": 0, "provider": 0},
     "token, still fresh": {"dynamodb": 1, "kms": 1, "secretsmanager": 0, "provider": 0},
     "token, due": {"dynamodb": 3, "kms": 2, "secretsmanager": 0, "provider": 1},
     "forced refresh": {"dynamodb": 3, "kms": 2, "secretsmanager": 0, "provider": 1},
@@ -110,7 +113,7 @@ def measure(*, quick: bool) -> dict:
             return answer
 
         # A first connect flow fills the cached client secret and creates the clients.
-        assert query_of(broker.connect("warm-up").location)["status"] == "connected"
+        assert broker.connect("warm-up").linked
 
         # -- the routes, one connection through its whole life --------------------------------
         session = row("create connect session", meter(lambda: broker.create_session("user-1")),
@@ -119,8 +122,12 @@ def measure(*, quick: bool) -> dict:
                        lambda a: a.status == 302 and urlsplit(a.location).path.endswith("/oauth2/authorize"))
         back = moto.provider.approve(redirect.location)  # the person approves at the provider
         cookie = redirect.cookie("ic_oauth_browser").value
-        row("callback", meter(lambda: broker.callback(back, cookie)),
-            lambda a: a.status == 302 and query_of(a.location)["status"] == "connected")
+        landing = row("callback", meter(lambda: broker.callback(back, cookie)),
+                      lambda a: a.status == 302 and query_of(a.location)["status"] == "pending")
+        returned = query_of(landing.location)
+        row("complete (session binding)",
+            meter(lambda: broker.complete(returned["session_id"], returned["completion_code"])),
+            lambda a: a.status == 200)
         row("token, still fresh", meter(lambda: broker.call("GET", "/connections/user-1/token")),
             lambda a: a.status == 200)
         # Expiring within the 60 s skew: /token must refresh first.
@@ -155,7 +162,7 @@ def measure(*, quick: bool) -> dict:
         assert r0["answer"]["enqueued"] == 0
         ids = [f"tenant-{n:03d}" for n in range(not_due + due)]
         for connection_id in ids:
-            assert query_of(broker.connect(connection_id).location)["status"] == "connected"
+            assert broker.connect(connection_id).linked
         r1 = meter(scheduled_run)
         assert r1["answer"]["enqueued"] == 0
         for connection_id in ids[:due]:

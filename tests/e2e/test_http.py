@@ -18,7 +18,8 @@ pytestmark = pytest.mark.e2e
 
 
 def connect(local, backend, connection_id: str, *, decision: str = "approve") -> str:
-    """A browser's trip, hop by hop: connect URL -> broker -> stand-in consent -> callback."""
+    """A browser's trip, hop by hop: connect URL -> broker -> stand-in consent -> callback; then
+    the SaaS backend completes a pending connection (session binding). Answers the landing URL."""
     browser = requests.Session()
     created = backend.create_connect_session(connection_id, local.demo_url + "/")
     assert created.status_code == 201, created.text
@@ -32,11 +33,17 @@ def connect(local, backend, connection_id: str, *, decision: str = "approve") ->
     assert back.status_code in (302, 303), back.text
     landing = browser.get(back.headers["Location"], allow_redirects=False, timeout=20)
     assert landing.status_code == 302
+    returned = query(landing.headers["Location"])
+    if returned.get("status") == "pending":
+        assert returned["session_id"] == created.json()["session_id"]  # the SaaS's own session check
+        completed = backend.complete_connect_session(returned["session_id"], returned["completion_code"])
+        assert completed.status_code == 200 and completed.json()["status"] == "active", completed.text
     return landing.headers["Location"]
 
 
 def test_the_whole_contract_over_http(local, backend):
-    assert connect(local, backend, "http-user") == local.demo_url + "/?status=connected&connection_id=http-user"
+    landing = connect(local, backend, "http-user")
+    assert landing.startswith(local.demo_url + "/?status=pending&session_id=")
 
     status = backend.connection("http-user")
     assert status.status_code == 200 and status.json()["provider_user"]["name"] == "Ada Lovelace"

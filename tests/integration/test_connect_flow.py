@@ -2,6 +2,7 @@
 
 import json
 import time
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -65,24 +66,42 @@ def test_authorize_redirects_to_the_provider_with_state_pkce_and_a_callback_cook
     assert state_item["flow_key"]["S"].startswith("state#")
 
 
-def test_callback_links_the_connection_and_returns_to_the_saas(broker, dynamodb, stack):
+def test_callback_returns_to_the_saas_which_completes_and_links_the_connection(broker, dynamodb, stack):
     answer = broker.connect("user-1")
 
     assert answer.status == 302
-    assert answer.location == f"{RETURN_TO}?status=connected&connection_id=user-1"
+    returned = query_of(answer.location)
+    assert answer.location.startswith(f"{RETURN_TO}?status=pending&session_id=")
+    assert set(returned) == {"status", "session_id", "completion_code"}
     assert answer.headers["Referrer-Policy"] == "no-referrer"
     assert answer.cookie("ic_oauth_browser")["max-age"] == "0"
     assert broker.provider.calls["authorization_code"] == 1 and broker.provider.calls["users_me"] == 1
+    assert answer.completion.status == 200  # the SaaS backend's complete call answers the status
+    assert answer.completion.json == broker.call("GET", "/connections/user-1").json
     status = broker.call("GET", "/connections/user-1").json
     assert status["status"] == "active"
     assert status["provider_user"] == {"id": "4242", "email": "ada@example.com", "name": "Ada Lovelace"}
     assert status["next_refresh_at"] and status["expires_at"]
-    assert flow_items(dynamodb, stack) == []  # session and state both spent
+    assert flow_items(dynamodb, stack) == []  # session, state and completion all spent
+
+
+def test_with_session_binding_off_the_callback_links_at_once(broker, dynamodb, stack, monkeypatch):
+    from broker import services
+
+    monkeypatch.setenv("SESSION_BINDING", "none")
+    services.reset()
+
+    answer = broker.connect("user-1")
+
+    assert answer.location == f"{RETURN_TO}?status=connected&connection_id=user-1"
+    assert answer.completion is None
+    assert broker.call("GET", "/connections/user-1").json["status"] == "active"
+    assert flow_items(dynamodb, stack) == []
 
 
 def test_the_whole_lifecycle_connect_token_refresh_delete(broker, dynamodb, stack):
     provider = broker.provider
-    assert broker.connect("user-1").location.endswith("status=connected&connection_id=user-1")
+    assert broker.connect("user-1").linked
 
     token = broker.call("GET", "/connections/user-1/token")
     assert token.status == 200 and token.json["access_token"] in provider.access_tokens
@@ -119,7 +138,7 @@ def test_a_matching_iss_is_accepted(broker):
 
     answer = broker.callback(back, redirect.cookie("ic_oauth_browser").value)
 
-    assert "status=connected" in answer.location
+    assert query_of(answer.location)["status"] == "pending"
 
 
 def test_without_pkce_no_challenge_is_sent(broker, monkeypatch):
@@ -131,7 +150,7 @@ def test_without_pkce_no_challenge_is_sent(broker, monkeypatch):
     redirect = broker.authorize(session.json["connect_url"])
     assert "code_challenge" not in query_of(redirect.location)
     back = broker.provider.approve(redirect.location)
-    assert "status=connected" in broker.callback(back, redirect.cookie("ic_oauth_browser").value).location
+    assert query_of(broker.callback(back, redirect.cookie("ic_oauth_browser").value).location)["status"] == "pending"
 
 
 # -- refusals: connect sessions ---------------------------------------------------------------
@@ -204,7 +223,7 @@ def started(broker):
 
 def test_a_replayed_state_links_nothing(broker):
     back, cookie = started(broker)
-    assert "status=connected" in broker.callback(back, cookie).location
+    assert query_of(broker.callback(back, cookie).location)["status"] == "pending"
 
     again = broker.callback(back, cookie)
 
@@ -221,7 +240,7 @@ def test_a_state_from_another_browser_links_nothing_and_stays_usable(broker, dyn
 
     assert broker.provider.calls["token"] == 0
     assert connection_item(dynamodb, stack) is None
-    assert "status=connected" in broker.callback(back, cookie).location  # the rightful browser still can
+    assert query_of(broker.callback(back, cookie).location)["status"] == "pending"  # the rightful browser still can
 
 
 def test_an_expired_state_links_nothing(broker, dynamodb, stack):
@@ -310,7 +329,7 @@ def test_a_storage_fault_on_the_callback_returns_an_error_redirect(broker, dynam
     def unavailable(*args, **kwargs):
         raise ClientError({"Error": {"Code": "InternalServerError", "Message": "boom"}}, "UpdateItem")
 
-    monkeypatch.setattr(services.connect_flow().connections, "save_connected", unavailable)
+    monkeypatch.setattr(services.connect_flow().flows, "put_completion", unavailable)
 
     answer = broker.callback(back, cookie)
 
@@ -330,3 +349,81 @@ def test_a_misconfigured_client_secret_does_not_spend_the_connect_session(broker
 
     assert failed.status == 500 and failed.json["error"] == "internal_error"
     assert flow_items(dynamodb, stack)[0]["flow_key"]["S"].startswith("session#")  # still there
+
+
+# -- redirect hygiene (issue 7, finding 9) --------------------------------------------------------
+
+def test_parameters_return_to_already_carries_are_replaced_not_appended(broker, dynamodb, stack):
+    dirty = (RETURN_TO + "?tab=crm&status=connected&connection_id=someone-else&error=none"
+             "&session_id=forged&completion_code=forged")
+    session = broker.call("POST", "/connect-sessions", body={"connection_id": "user-1", "return_to": dirty})
+    redirect = broker.authorize(session.json["connect_url"])
+
+    denied = broker.callback(broker.provider.deny(redirect.location), redirect.cookie("ic_oauth_browser").value)
+
+    assert denied.location == f"{RETURN_TO}?tab=crm&status=error&error=access_denied"
+    session = broker.call("POST", "/connect-sessions", body={"connection_id": "user-1", "return_to": dirty})
+    redirect = broker.authorize(session.json["connect_url"])
+    approved = broker.callback(broker.provider.approve(redirect.location), redirect.cookie("ic_oauth_browser").value)
+    pairs = parse_qsl(urlsplit(approved.location).query)
+    assert [k for k, _ in pairs] == ["tab", "status", "session_id", "completion_code"]
+    assert dict(pairs)["session_id"] == session.json["session_id"]
+
+
+@pytest.mark.parametrize("extra,code", [
+    ("", "missing_code"),
+    ("&code=", "missing_code"),
+    ("&code=one&code=two", "invalid_request"),
+    ("&error=access_denied&code=one&code=two", "invalid_request"),
+])
+def test_a_missing_or_repeated_code_is_refused_before_the_state_is_spent(broker, dynamodb, stack, extra, code):
+    back, cookie = started(broker)
+    state = query_of(back)["state"]
+
+    assert_json_error(broker.call("GET", "/oauth/callback", query=f"state={state}{extra}",
+                                  cookies=[f"ic_oauth_browser={cookie}"]), 400, code)
+
+    assert broker.provider.calls["token"] == 0
+    assert query_of(broker.callback(back, cookie).location)["status"] == "pending"  # the state still works
+
+
+# -- every failure after the state is spent is a redirect (issue 7, finding 5) ----------------------
+
+def secrets_manager_down(*args, **kwargs):
+    from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
+    raise GetParameterError("An error occurred (InternalServiceError) when calling GetSecretValue")
+
+
+def kms_down(*args, **kwargs):
+    from botocore.exceptions import ClientError
+
+    raise ClientError({"Error": {"Code": "KMSInternalException", "Message": "boom"}}, "Encrypt")
+
+
+def crash(*args, **kwargs):
+    raise RuntimeError("a message that may quote what was sent: secret-ish")
+
+
+@pytest.mark.parametrize("target,attribute,fault,code", [
+    ("credentials", "get", secrets_manager_down, "internal_error"),
+    ("vault._kms", "encrypt", kms_down, "vault_unavailable"),
+    ("flows", "put_completion", kms_down, "storage_unavailable"),
+    ("provider", "fetch_user", crash, "internal_error"),
+])
+def test_any_fault_after_the_state_is_spent_redirects_with_an_error_code(broker, dynamodb, stack, monkeypatch,
+                                                                         captured_logs, target, attribute, fault,
+                                                                         code):
+    from broker import services
+
+    back, cookie = started(broker)
+    owner = services.connect_flow()
+    for name in target.split("."):
+        owner = getattr(owner, name)
+    monkeypatch.setattr(owner, attribute, fault)
+
+    answer = broker.callback(back, cookie)
+
+    assert answer.status == 302 and answer.location == f"{RETURN_TO}?status=error&error={code}"
+    assert connection_item(dynamodb, stack) is None
+    assert "secret-ish" not in captured_logs.getvalue() and "boom" not in captured_logs.getvalue()

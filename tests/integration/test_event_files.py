@@ -13,6 +13,7 @@ import pytest
 
 from broker import services
 from broker.connect_flow import pkce_challenge, pkce_verifier
+from broker.flowstore import PendingCompletion
 from tests.integration.test_connect_flow import REDIRECT_URI
 from tests.integration.test_tokens import make_due
 from tests.support.inprocess import RETURN_TO
@@ -20,11 +21,15 @@ from tests.support.lambda_events import LambdaContext, load_handler
 from tests.support.stack import ROOT, Stack
 
 EVENT_FILES = sorted((ROOT / "events").glob("*.json"))
+# The session id and completion code events/connections.complete-session.json carries.
+SESSION_ID = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
+COMPLETION_CODE = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8"
 EXPECTED = {
     "authorize": (302, "https://api.insightly.com/v3.1/oauth2/authorize?"),
-    "callback": (302, f"{RETURN_TO}?status=connected&connection_id=user-1"),
+    "callback": (302, f"{RETURN_TO}?status=pending&session_id={SESSION_ID}&completion_code="),
     "callback.access-denied": (302, f"{RETURN_TO}?status=error&error=access_denied"),
     "connections.create-session": (201, None),
+    "connections.complete-session": (200, None),
     "connections.get": (200, None),
     "connections.delete": (204, None),
     "refresh.token": (200, None),
@@ -42,14 +47,20 @@ def seed(broker, event):
     query = dict(parse_qsl(event.get("rawQueryString", "")))
     expires = int(time.time()) + 600
     if "session" in query:
-        flow.flows.put_session(query["session"], connection_id="user-1", return_to=RETURN_TO, expires_at=expires)
+        flow.flows.put_session(query["session"], session_id=SESSION_ID, connection_id="user-1",
+                               return_to=RETURN_TO, expires_at=expires)
     if "state" in query:
         cookie = event["cookies"][0].partition("=")[2]
         flow.flows.put_state(query["state"], browser_secret=cookie, connection_id="user-1", return_to=RETURN_TO,
-                             expires_at=expires)
+                             expires_at=expires, session_id=SESSION_ID)
         broker.provider.codes[query.get("code", "-")] = {
             "client_id": broker.provider.client_id, "redirect_uri": REDIRECT_URI, "used": False,
             "challenge": pkce_challenge(pkce_verifier(cookie, query["state"]))}
+    if event["routeKey"].endswith("/complete"):
+        sealed = flow.vault.seal("user-1", {"access_token": "at", "refresh_token": "rt", "token_type": "Bearer"})
+        pending = PendingCompletion("user-1", credentials=sealed, expires_at=expires, refresh_due_at=expires - 300,
+                                    provider_user={"id": "4242"}, scopes="")
+        flow.flows.put_completion(COMPLETION_CODE, session_id=SESSION_ID, complete_by=expires, pending=pending)
 
 
 @pytest.mark.parametrize("path", [f for f in EVENT_FILES if f.stem not in ("scheduler", "worker")],

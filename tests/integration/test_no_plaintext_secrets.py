@@ -20,7 +20,10 @@ def test_no_token_code_verifier_or_secret_is_stored_logged_or_emitted(broker, dy
     redirect = broker.authorize(session.json["connect_url"])
     state, cookie = query_of(redirect.location)["state"], redirect.cookie("ic_oauth_browser").value
     seen_secrets += [state, cookie, pkce_verifier(cookie, state)]
-    answers.append(broker.callback(provider.approve(redirect.location), cookie))
+    landing = broker.callback(provider.approve(redirect.location), cookie)
+    returned = query_of(landing.location)
+    seen_secrets += [session.json["session_id"], returned["completion_code"]]
+    answers.append(broker.complete(returned["session_id"], returned["completion_code"]))
     answers.append(broker.call("GET", "/connections/user-1/token"))
     make_due(dynamodb, stack)
     answers.append(broker.call("GET", "/connections/user-1/token"))

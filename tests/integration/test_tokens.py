@@ -26,7 +26,7 @@ def make_due(dynamodb, stack, connection_id="user-1", seconds_left=30):
 
 @pytest.fixture
 def connected(broker):
-    assert "status=connected" in broker.connect("user-1").location
+    assert broker.connect("user-1").linked
     return broker
 
 

@@ -1,15 +1,23 @@
 """Demo SaaS: the reference integration with Insightly Connect. Copy from this.
 
-A SaaS backend needs exactly four calls to the broker, each signed with SigV4 (the broker's
+A SaaS backend needs five calls to the broker, each signed with SigV4 (the broker's
 backend routes use IAM auth):
 
-    POST   /connect-sessions            -> send the browser to connect_url
+    POST   /connect-sessions            -> keep session_id in the user's own server-side
+                                           session, send the browser to connect_url
+    POST   /connect-sessions/{session_id}/complete
+                                        -> on return, if session_id is the one in this
+                                           user's session: link the connection
     GET    /connections/{id}            -> status and the Insightly user (never a token)
     GET    /connections/{id}/token      -> a valid access token, refreshed by the broker if due
     DELETE /connections/{id}            -> revoke and forget
 
-The broker sends the browser back to `return_to` with `?status=connected` or
-`?status=error&error=<code>`. `return_to` must be on the broker's AllowedReturnOrigins.
+The broker sends the browser back to `return_to` with
+`?status=pending&session_id=<id>&completion_code=<code>` (SessionBinding=confirm, the
+default), `?status=connected` (SessionBinding=none) or `?status=error&error=<code>`.
+`return_to` must be on the broker's AllowedReturnOrigins. The session check is what makes a
+connect link useless to anyone but the user who started it: a link someone else opened
+comes back to a browser whose session does not hold that session_id, and is not completed.
 
     app = DemoApp(broker_url="http://127.0.0.1:3000", provider_api_base=standin.base_url).start()
     print(app.url)
@@ -19,10 +27,13 @@ The broker sends the browser back to `return_to` with `?status=connected` or
 from __future__ import annotations
 
 import argparse
+import hmac
 import html
 import json
 import os
+import secrets
 import threading
+from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qsl, quote, urlsplit
 
@@ -56,6 +67,10 @@ class BrokerClient:
     def create_connect_session(self, connection_id: str, return_to: str) -> requests.Response:
         return self.call("POST", "/connect-sessions", {"connection_id": connection_id, "return_to": return_to})
 
+    def complete_connect_session(self, session_id: str, completion_code: str) -> requests.Response:
+        return self.call("POST", f"/connect-sessions/{quote(session_id, safe='')}/complete",
+                         {"completion_code": completion_code})
+
     def connection(self, connection_id: str) -> requests.Response:
         return self.call("GET", f"/connections/{quote(connection_id, safe='')}")
 
@@ -81,6 +96,8 @@ FLASH = {
     "disconnected": "Insightly disconnected",
 }
 DECLINED = "You declined access to Insightly. Nothing was connected."
+NOT_YOURS = "This connection was not started from your session. Nothing was connected."
+SESSION_COOKIE = "demo_session"
 
 
 class DemoApp:
@@ -94,6 +111,9 @@ class DemoApp:
         self.broker = BrokerClient(broker_url, region, credentials)
         self.provider_api_base = provider_api_base.rstrip("/")
         self.connection_id = connection_id
+        # The SaaS's own server-side sessions (cookie value -> data); a real app has its own store.
+        self.sessions: dict[str, dict] = {}
+        self._sessions_guard = threading.Lock()
         # Binds now, so the URL (and the return origin) is known before the broker exists.
         self._server = ThreadedServer(host, port, _Handler, name="demo-app", app=self)
         self.url = self._server.url
@@ -122,22 +142,50 @@ class DemoApp:
 
     # -- routes: each returns (status, headers, html) ---------------------------------------------
 
-    def home(self, query: dict[str, str]) -> tuple[int, dict, str]:
+    def session(self, cookie: str | None) -> tuple[str, dict]:
+        """This browser's server-side session: (cookie value, its data), created if need be."""
+        with self._sessions_guard:
+            if cookie not in self.sessions:
+                cookie = secrets.token_urlsafe(32)
+                self.sessions[cookie] = {}
+            return cookie, self.sessions[cookie]
+
+    def home(self, query: dict[str, str], session: dict | None = None) -> tuple[int, dict, str]:
         status, error = query.get("status"), query.get("error", "")
+        if status == "pending":
+            return self.complete(query, session if session is not None else {})
         if status == "error":
             message = DECLINED if error == "access_denied" else f"Connecting Insightly failed ({error[:100]})"
         else:
             message = FLASH.get(status or "", "")
         return 200, {}, self.page(message)
 
-    def connect(self) -> tuple[int, dict, str]:
+    def connect(self, session: dict | None = None) -> tuple[int, dict, str]:
         try:
             answer = self.broker.create_connect_session(self.connection_id, return_to=self.url + "/")
         except requests.RequestException:
             return 502, {}, self.page("The connection broker is unreachable.")
         if answer.status_code != 201:
             return 502, {}, self.page(f"Could not start connecting Insightly ({broker_error(answer)})")
+        if session is not None:  # server side only: the browser never sees session_id on the way out
+            session["connect_session_id"] = answer.json()["session_id"]
         return 303, {"Location": answer.json()["connect_url"]}, ""
+
+    def complete(self, query: dict[str, str], session: dict) -> tuple[int, dict, str]:
+        """Back from the broker with a pending connection: link it only if this browser's own
+        session started it."""
+        expected = session.get("connect_session_id")
+        if not expected or not hmac.compare_digest(expected.encode(), query.get("session_id", "").encode()):
+            return 403, {}, self.page(NOT_YOURS)
+        session.pop("connect_session_id")
+        try:
+            answer = self.broker.complete_connect_session(expected, query.get("completion_code", ""))
+        except requests.RequestException:
+            return 502, {}, self.page("The connection broker is unreachable.")
+        if answer.status_code != 200:
+            return 502, {}, self.page(f"Connecting Insightly failed ({broker_error(answer)[:100]})")
+        # A clean URL: the completion code is spent and has no business in the history.
+        return 303, {"Location": f"/?status=connected&connection_id={quote(self.connection_id)}"}, ""
 
     def call_insightly(self) -> tuple[int, dict, str]:
         try:
@@ -221,16 +269,27 @@ class _Handler(BaseHTTPRequestHandler):
         path, _, query = self.path.partition("?")
         if path != "/":
             return self._send(404, {}, "Not found")
-        self._send(*self.server.app.home(dict(parse_qsl(query))))
+        self._send(*self.server.app.home(dict(parse_qsl(query)), self._session()))
 
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))  # the forms carry nothing
         app = self.server.app
-        route = {"/connect": app.connect, "/call": app.call_insightly, "/disconnect": app.disconnect}
+        route = {"/connect": lambda: app.connect(self._session()), "/call": app.call_insightly,
+                 "/disconnect": app.disconnect}
         action = route.get(urlsplit(self.path).path)
         if action is None:
             return self._send(404, {}, "Not found")
         self._send(*action())
+
+    def _session(self) -> dict:
+        jar = SimpleCookie()
+        try:
+            jar.load(self.headers.get("Cookie") or "")
+        except Exception:  # noqa: BLE001 - a garbled cookie is no session
+            jar = SimpleCookie()
+        cookie = jar[SESSION_COOKIE].value if SESSION_COOKIE in jar else None
+        self._session_cookie, data = self.server.app.session(cookie)
+        return data
 
     def _send(self, status: int, headers: dict, body: str) -> None:
         raw = body.encode()
@@ -238,6 +297,9 @@ class _Handler(BaseHTTPRequestHandler):
         for name, value in {"Content-Type": "text/html; charset=utf-8", "Content-Length": str(len(raw)),
                             "Cache-Control": "no-store", **headers}.items():
             self.send_header(name, value)
+        session_cookie = getattr(self, "_session_cookie", None)
+        if session_cookie:
+            self.send_header("Set-Cookie", f"{SESSION_COOKIE}={session_cookie}; Path=/; HttpOnly; SameSite=Lax")
         self.end_headers()
         self.wfile.write(raw)
 

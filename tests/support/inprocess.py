@@ -20,6 +20,15 @@ class Answer:
     headers: dict
     cookies: list
     body: str | None
+    completion: Answer | None = None  # set by connect(): the SaaS backend's complete call
+
+    @property
+    def linked(self) -> bool:
+        """The flow ended with the connection linked: at once (SessionBinding=none), or pending
+        and then completed by the SaaS backend (confirm)."""
+        status = query_of(self.location).get("status")
+        return status == "connected" or (status == "pending" and self.completion is not None
+                                         and self.completion.status == 200)
 
     @property
     def json(self):
@@ -79,11 +88,23 @@ class InProcessBroker:
         cookies = [f"ic_oauth_browser={cookie}"] if cookie else None
         return self.call("GET", "/oauth/callback", query=urlsplit(callback_url).query, cookies=cookies)
 
+    def complete(self, session_id: str, completion_code) -> Answer:
+        return self.call("POST", f"/connect-sessions/{session_id}/complete",
+                         body={"completion_code": completion_code})
+
     def connect(self, connection_id: str = "user-1", *, approve: bool = True) -> Answer:
-        """Session -> authorize -> the person approves (or denies) -> callback."""
+        """Session -> authorize -> the person approves (or denies) -> callback -> and, when the
+        broker asks for it (session binding), the SaaS backend completes the flow. Answers the
+        callback's redirect, with the completion's answer in .completion."""
         session = self.create_session(connection_id)
         assert session.status == 201, session.body
         redirect = self.authorize(session.json["connect_url"])
         assert redirect.status == 302, redirect.body
         back = (self.provider.approve if approve else self.provider.deny)(redirect.location)
-        return self.callback(back, redirect.cookie("ic_oauth_browser").value)
+        landing = self.callback(back, redirect.cookie("ic_oauth_browser").value)
+        returned = query_of(landing.location)
+        if returned.get("status") == "pending":
+            # What the SaaS does: the session id must be the one kept in this user's session.
+            assert returned["session_id"] == session.json["session_id"]
+            landing.completion = self.complete(returned["session_id"], returned["completion_code"])
+        return landing

@@ -14,7 +14,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from tests.local.demo_app import DECLINED, DemoApp
+from tests.local.demo_app import DECLINED, NOT_YOURS, DemoApp
 
 ACCESS_TOKEN = "at-never-shown-to-the-browser"
 AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)"
@@ -140,7 +140,7 @@ def test_flash_messages_after_returning_from_the_broker(demo, query, message):
 
 def test_connect_creates_a_signed_session_and_sends_the_browser_to_the_broker(broker, demo):
     connect_url = broker.url + "/oauth/authorize?session=abc"
-    broker.answers[("POST", "/connect-sessions")] = (201, {"connect_url": connect_url,
+    broker.answers[("POST", "/connect-sessions")] = (201, {"connect_url": connect_url, "session_id": SESSION_ID,
                                                            "expires_at": "2030-01-01T00:00:00Z"})
     answer = requests.post(demo.url + "/connect", allow_redirects=False, timeout=5)
     assert answer.status_code == 303 and answer.headers["Location"] == connect_url
@@ -148,6 +148,55 @@ def test_connect_creates_a_signed_session_and_sends_the_browser_to_the_broker(br
     assert (call["method"], call["path"]) == ("POST", "/connect-sessions")
     assert json.loads(call["body"]) == {"connection_id": "demo-user", "return_to": demo.url + "/"}
     assert_validly_signed(call)  # the body is part of the signature
+
+
+SESSION_ID = "s" * 42 + "A"
+PENDING = f"/?status=pending&session_id={SESSION_ID}&completion_code={'c' * 43}"
+
+
+def started_connecting(broker, demo) -> requests.Session:
+    """A browser that clicked Connect: its server-side session holds the broker's session_id."""
+    broker.answers[("POST", "/connect-sessions")] = (201, {"connect_url": broker.url + "/oauth/authorize?session=a",
+                                                           "session_id": SESSION_ID, "expires_at": "x"})
+    browser = requests.Session()
+    assert browser.post(demo.url + "/connect", allow_redirects=False, timeout=5).status_code == 303
+    assert SESSION_ID not in str(browser.cookies.get_dict())  # kept server side
+    return browser
+
+
+def test_returning_with_a_pending_connection_completes_it_for_the_session_that_started_it(broker, demo):
+    browser = started_connecting(broker, demo)
+    complete = f"/connect-sessions/{SESSION_ID}/complete"
+    broker.answers[("POST", complete)] = (200, CONNECTED)
+
+    answer = browser.get(demo.url + PENDING, allow_redirects=False, timeout=5)
+
+    assert answer.status_code == 303 and answer.headers["Location"] == "/?status=connected&connection_id=demo-user"
+    (call,) = [r for r in broker.requests if r["path"] == complete]
+    assert json.loads(call["body"]) == {"completion_code": "c" * 43}
+    assert_validly_signed(call)
+    again = browser.get(demo.url + PENDING, allow_redirects=False, timeout=5)  # the session id is spent
+    assert again.status_code == 403 and len([r for r in broker.requests if r["path"] == complete]) == 1
+
+
+def test_a_pending_connection_another_session_started_is_not_completed(broker, demo):
+    started_connecting(broker, demo)  # the attacker's browser
+    victim = requests.Session()
+
+    answer = victim.get(demo.url + PENDING, allow_redirects=False, timeout=5)
+
+    assert answer.status_code == 403 and message_of(answer.text) == NOT_YOURS
+    assert not [r for r in broker.requests if r["path"].endswith("/complete")]
+
+
+def test_a_refused_completion_is_shown(broker, demo):
+    browser = started_connecting(broker, demo)
+    broker.answers[("POST", f"/connect-sessions/{SESSION_ID}/complete")] = (
+        400, {"error": "completion_expired", "message": "x"})
+
+    answer = browser.get(demo.url + PENDING, allow_redirects=False, timeout=5)
+
+    assert answer.status_code == 502 and message_of(answer.text) == "Connecting Insightly failed (completion_expired)"
 
 
 def test_connect_shows_the_brokers_refusal(broker, demo):

@@ -105,6 +105,8 @@ class Settings:
     lease_seconds: int = 20
     http_connect_timeout: float = 3.05
     http_read_timeout: float = 6.0
+    # confirm: a finished flow waits for the SaaS backend to complete it (see connect_flow).
+    session_binding: str = "confirm"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ = os.environ) -> Settings:
@@ -132,6 +134,9 @@ class Settings:
         origins = frozenset(
             _origin(o) for o in env.get("ALLOWED_RETURN_ORIGINS", "").split(",") if o.strip()
         )
+        binding = env.get("SESSION_BINDING", "confirm").strip()
+        if binding not in ("confirm", "none"):
+            raise ConfigurationError("SESSION_BINDING must be confirm or none")
         shards = number("DUE_INDEX_SHARDS", "8")
         if not 1 <= shards <= 64:
             raise ConfigurationError("DUE_INDEX_SHARDS must be between 1 and 64")
@@ -166,6 +171,7 @@ class Settings:
             event_bus_name=env.get("EVENT_BUS_NAME", "").strip(),
             keep_alive_refresh_seconds=number("KEEP_ALIVE_REFRESH_SECONDS", "604800"),
             reauth_after_failing_days=number("REAUTH_AFTER_FAILING_DAYS", "3"),
+            session_binding=binding,
         )
 
 

@@ -4,6 +4,13 @@ Browser binding and PKCE: /oauth/authorize gives the browser a random secret in 
 HttpOnly cookie scoped to the callback. The state item stores only a hash of it, and the
 PKCE verifier is derived from it (HMAC over the state), so neither the verifier nor
 anything that yields it is ever stored, and the authorize function needs no KMS.
+
+Session binding (SessionBinding=confirm, the pattern of AWS AgentCore Identity's session
+binding): a successful flow does not link the connection. Its sealed credentials wait as a
+pending completion, and the browser returns to the SaaS with the connect session's id and a
+fresh completion code. Only the SaaS backend, after checking that session id against the
+signed-in user's own session, links it (POST /connect-sessions/{session_id}/complete). So
+a connect link opened by someone else's browser links nothing for its creator.
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from . import requests_in
 from .client_credentials import ClientCredentialSource
 from .config import Settings
-from .connections import ConnectionStore
-from .errors import BrokerError, InvalidRequest, ProviderRejected, ProviderUnavailable
-from .flowstore import FlowStore
+from .connections import Connection, ConnectionStore
+from .errors import BrokerError, CredentialsUnreadable, InvalidRequest, ProviderRejected, ProviderUnavailable
+from .flowstore import AuthState, FlowStore, PendingCompletion
 from .lifecycle import CONNECTED, LifecycleEvents
 from .observability import count, logger
 from .provider import ProviderClient
@@ -38,6 +45,10 @@ KNOWN_PROVIDER_ERRORS = frozenset({
     "access_denied", "invalid_request", "unauthorized_client", "unsupported_response_type",
     "invalid_scope", "server_error", "temporarily_unavailable", "consent_required", "login_required",
 })
+# The parameters the broker puts on return_to: any return_to already carries are replaced.
+RETURN_PARAMS = frozenset({"status", "error", "connection_id", "session_id", "completion_code"})
+COMPLETION_SECONDS = 600  # a pending completion is single use and lives this long
+SWEEP_RESERVE_SECONDS = 15  # the expired-completion sweep stops with this much time left
 
 
 def b64url(raw: bytes) -> str:
@@ -54,8 +65,12 @@ def pkce_challenge(verifier: str) -> str:
 
 
 def with_query(url: str, **params: str) -> str:
+    """url with params set: a value of the same name (or of ours) already there is replaced, so
+    the SaaS never reads a status or id that return_to brought along."""
     parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+    replaced = RETURN_PARAMS | set(params)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in replaced]
+    query += list(params.items())
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
@@ -95,11 +110,13 @@ class ConnectFlow:
                                        required={"connection_id", "return_to"})
         connection_id = requests_in.connection_id(data["connection_id"])
         return_to = requests_in.return_to(data["return_to"], self.settings.allowed_return_origins)
-        token = secrets.token_urlsafe(32)
+        token, session_id = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         expires_at = self._now() + self.settings.flow_ttl_seconds
-        self.flows.put_session(token, connection_id=connection_id, return_to=return_to, expires_at=expires_at)
+        self.flows.put_session(token, session_id=session_id, connection_id=connection_id, return_to=return_to,
+                               expires_at=expires_at)
+        # session_id is for the SaaS's own server-side session of this user, never for a browser.
         return {"connect_url": with_query(f"{base_url}/oauth/authorize", session=token),
-                "expires_at": iso(expires_at)}
+                "session_id": session_id, "expires_at": iso(expires_at)}
 
     # -- GET /oauth/authorize --------------------------------------------------------------
 
@@ -110,7 +127,8 @@ class ConnectFlow:
         session = self.flows.consume_session(token, now=self._now())
         state, browser_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self.flows.put_state(state, browser_secret=browser_secret, connection_id=session.connection_id,
-                             return_to=session.return_to, expires_at=self._now() + self.settings.flow_ttl_seconds)
+                             return_to=session.return_to, expires_at=self._now() + self.settings.flow_ttl_seconds,
+                             session_id=session.session_id)
         challenge = pkce_challenge(pkce_verifier(browser_secret, state)) if self.settings.provider.use_pkce else None
         location = self.provider.authorization_url(client_id=client_id, redirect_uri=base_url + CALLBACK_PATH,
                                                    state=state, code_challenge=challenge)
@@ -126,25 +144,33 @@ class ConnectFlow:
         if not browser_secret or not requests_in.RANDOM_TOKEN.fullmatch(browser_secret):
             raise InvalidRequest("this browser did not start the authorization (no state cookie)",
                                  code="state_mismatch")
+        # A malformed answer is refused while the state is unspent, so the real one still works.
+        if requests_in.single(params, "error", required=False, max_length=128) is None:
+            if not requests_in.single(params, "code", max_length=2048):
+                raise InvalidRequest("the code parameter is required", code="missing_code")
+        else:
+            requests_in.single(params, "code", required=False, max_length=2048)
         auth = self.flows.consume_state(state, browser_secret=browser_secret, now=self._now())
         try:
-            self._link(params, auth.connection_id, verifier=pkce_verifier(browser_secret, state),
-                       redirect_uri=base_url + CALLBACK_PATH)
-        except (ClientError, BotoCoreError) as fault:
-            # The code is spent; send the person back with an answer rather than a bare 500.
-            # The type only: AWS error text may quote what was sent.
-            exc = BrokerError("the connection could not be stored", code="storage_unavailable")
-            logger.error("connection not stored",
-                         extra={"connection_id": auth.connection_id, "exception_type": type(fault).__name__})
+            location = self._link(params, auth, verifier=pkce_verifier(browser_secret, state),
+                                  redirect_uri=base_url + CALLBACK_PATH)
         except BrokerError as caught:
             exc = caught
+        except Exception as fault:  # noqa: BLE001 - the state is spent: whatever failed, answer with a redirect
+            # The type only: AWS and library error text may quote what was sent.
+            storage = isinstance(fault, (ClientError, BotoCoreError))
+            exc = BrokerError("the connection could not be stored" if storage else "the broker hit an unexpected error",
+                              code="storage_unavailable" if storage else "internal_error")
+            logger.error("connection not stored",
+                         extra={"connection_id": auth.connection_id, "exception_type": type(fault).__name__})
         else:
-            return Redirect(with_query(auth.return_to, status="connected", connection_id=auth.connection_id))
+            return Redirect(location)
         logger.warning("connection failed", extra={"connection_id": auth.connection_id, "error": exc.code})
         count("ConnectionsFailed")
         return Redirect(with_query(auth.return_to, status="error", error=exc.code))
 
-    def _link(self, params: dict[str, list[str]], connection_id: str, *, verifier: str, redirect_uri: str) -> None:
+    def _link(self, params: dict[str, list[str]], auth: AuthState, *, verifier: str, redirect_uri: str) -> str:
+        connection_id = auth.connection_id
         error = requests_in.single(params, "error", required=False, max_length=128)
         if error is not None:
             raise BrokerError("the provider did not authorize",
@@ -153,9 +179,10 @@ class ConnectFlow:
         if issuer is not None and self.settings.provider.issuer and issuer != self.settings.provider.issuer:
             # RFC 9207: a response from another authorization server (mix-up attack).
             raise BrokerError("the authorization response came from another issuer", code="issuer_mismatch")
-        code = requests_in.single(params, "code", required=False, max_length=2048)
-        if not code:
-            raise BrokerError("the provider sent no authorization code", code="missing_code")
+        code = requests_in.single(params, "code", max_length=2048)
+        if self.settings.session_binding == "confirm" and auth.session_id is None:
+            # Started before session binding was turned on: nobody could confirm it.
+            raise BrokerError("the connect session has no session id; start again", code="session_expired")
 
         creds = self.credentials.get()
         try:  # the code is single use: one exchange, never retried
@@ -167,16 +194,87 @@ class ConnectFlow:
         except ProviderUnavailable as exc:
             raise BrokerError("the provider is unavailable", code="provider_unavailable") from exc
 
-        now = self._now()
-        expires_at, due = expiry_and_due(tokens.expires_in, bool(tokens.refresh_token), now,
+        expires_at, due = expiry_and_due(tokens.expires_in, bool(tokens.refresh_token), self._now(),
                                          self.settings.refresh_lead_seconds,
                                          keep_alive=self.settings.keep_alive_refresh_seconds)
-        self.connections.save_connected(
+        return self.finish(auth, PendingCompletion(
             connection_id, credentials=self.vault.seal(connection_id, sealed_fields(tokens)),
             expires_at=expires_at, refresh_due_at=due, provider_user=user,
-            scopes=tokens.scope if tokens.scope is not None else self.settings.provider.scopes, now=now,
+            scopes=tokens.scope if tokens.scope is not None else self.settings.provider.scopes,
+        ))
+
+    # -- the end of every successful flow ------------------------------------------------------
+
+    def finish(self, auth: AuthState, result: PendingCompletion) -> str:
+        """Where the browser goes after a flow succeeded (OAuth callback; the API-key page).
+
+        result.credentials are already sealed for the connection. With SessionBinding=none the
+        connection is linked now; with confirm it waits for the SaaS backend to complete it.
+        """
+        if self.settings.session_binding == "none":
+            self._save(result)
+            return with_query(auth.return_to, status="connected", connection_id=auth.connection_id)
+        completion_code = secrets.token_urlsafe(32)  # only this browser ever sees it
+        self.flows.put_completion(completion_code, session_id=auth.session_id, pending=result,
+                                  complete_by=self._now() + COMPLETION_SECONDS)
+        count("ConnectionsPending")
+        logger.info("connection pending completion", extra={"connection_id": auth.connection_id})
+        return with_query(auth.return_to, status="pending", session_id=auth.session_id,
+                          completion_code=completion_code)
+
+    # -- POST /connect-sessions/{session_id}/complete --------------------------------------------
+
+    def complete_session(self, session_id: str, body: str | None) -> Connection:
+        """The SaaS backend confirms the flow of its own user's session: link the connection."""
+        session_id = requests_in.random_token(session_id, "session_id")
+        data = requests_in.json_object(body, allowed={"completion_code"}, required={"completion_code"})
+        code = data["completion_code"]
+        if not isinstance(code, str) or not requests_in.RANDOM_TOKEN.fullmatch(code):
+            raise InvalidRequest("unknown or already used completion code", code="invalid_completion_code")
+        return self._save(self.flows.consume_completion(code, session_id=session_id, now=self._now()))
+
+    def _save(self, result: PendingCompletion) -> Connection:
+        now = self._now()
+        connection = self.connections.save_connected(
+            result.connection_id, credentials=result.credentials, expires_at=result.expires_at,
+            refresh_due_at=result.refresh_due_at, provider_user=result.provider_user, scopes=result.scopes, now=now,
         )
         count("ConnectionsCreated")
         if self.events is not None:
-            self.events.emit(CONNECTED, connection_id=connection_id, status="active", reason=None, at=now)
-        logger.info("connection linked", extra={"connection_id": connection_id})
+            self.events.emit(CONNECTED, connection_id=result.connection_id, status="active", reason=None, at=now)
+        logger.info("connection linked", extra={"connection_id": result.connection_id})
+        return connection
+
+    # -- the scheduled run: pending completions nobody completed -----------------------------
+
+    def sweep_expired_completions(self, *, seconds_left: Callable[[], float]) -> dict[str, int]:
+        """Revoke the grant of every expired pending completion (when revocation is configured),
+        then delete it. A completion whose revocation failed stays for the next run."""
+        now, swept, failed = self._now(), 0, 0
+        for flow_key, pending in self.flows.expired_completions(now=now):
+            if seconds_left() < SWEEP_RESERVE_SECONDS:
+                break
+            try:
+                if self.settings.provider.revocation_url:
+                    self._revoke_pending(pending)
+                self.flows.discard_expired_completion(flow_key, now=now)
+                swept += 1
+            except Exception as fault:  # noqa: BLE001 - one bad item must not stop the sweep
+                failed += 1
+                logger.warning("expired completion not swept; retried next run",
+                               extra={"connection_id": pending.connection_id, "exception_type": type(fault).__name__,
+                                      "error": getattr(fault, "code", None)})
+        if swept or failed:
+            count("CompletionsExpired", swept)
+            logger.info("expired completions swept", extra={"swept": swept, "not_swept": failed})
+        return {"swept": swept, "not_swept": failed}
+
+    def _revoke_pending(self, pending: PendingCompletion) -> None:
+        try:
+            sealed = self.vault.open(pending.connection_id, pending.credentials)
+        except CredentialsUnreadable:
+            return  # nothing anyone could use: just delete it
+        token, hint = ((sealed["refresh_token"], "refresh_token") if sealed.get("refresh_token")
+                       else (sealed["access_token"], "access_token"))
+        self.provider.revoke(self.credentials.get(), token, hint)
+        count("ConnectionsRevoked")

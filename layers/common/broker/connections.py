@@ -93,9 +93,10 @@ class ConnectionStore:
 
     def save_connected(self, connection_id: str, *, credentials: bytes, expires_at: int | None,
                        refresh_due_at: int | None, provider_user: dict[str, Any], scopes: str,
-                       now: int) -> int:
+                       now: int) -> Connection:
         """Create or re-connect: new credentials replace old ones and the version moves on,
-        which fences out any refresh that was in flight for the old credentials."""
+        which fences out any refresh that was in flight for the old credentials. Answers the
+        connection as stored."""
         sets = {
             "status": ACTIVE, "auth_mode": "oauth2", "credentials": credentials,
             "provider_user": provider_user, "scopes": scopes, "connected_at": now, "updated_at": now,
@@ -108,7 +109,7 @@ class ConnectionStore:
                     "first_failed_at"],
             return_new=True,
         )
-        return int(answer["Attributes"]["version"]["N"])
+        return Connection.from_item(answer["Attributes"])
 
     def acquire_lease(self, connection: Connection, *, owner: str, now: int, seconds: int) -> bool:
         try:

@@ -1,34 +1,73 @@
-"""FlowStore: single-use connect sessions and OAuth states in the flow table.
+"""FlowStore: single-use connect sessions, OAuth states and pending completions in the flow table.
 
 Items are keyed by a hash of the random value, never the value itself, so a read of the
 table gives nothing a browser could replay. Expiry is checked in the condition of the
 consuming delete: DynamoDB's TTL deletion lags by up to days.
+
+The connect session's id (session binding) is kept as a hash, to check it on completion,
+and as a masked copy the flow needs to hand back in the redirect: masked with a key derived
+from the connect link's token (session item) or the browser's cookie (state item), so a
+read of the table alone does not give it.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from .errors import InvalidRequest
+
+PENDING_INDEX = "pending-index"
+PENDING_SHARD = "pending"  # one partition: completions live minutes, a few per second at most
+# TTL only cleans up behind the sweep, which revokes the grant of an uncompleted completion
+# first: a day later, so a sweep that could not run for a while still finds it.
+PENDING_CLEANUP_SECONDS = 86400
+
+_ser, _de = TypeSerializer(), TypeDeserializer()
 
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def mask(session_id: str, key: str, label: str) -> str:
+    """session_id (43 chars of base64url, 32 bytes) XOR a pad derived from key: its own inverse."""
+    raw = base64.urlsafe_b64decode(session_id + "=")
+    pad = hmac.new(key.encode(), b"session-id:" + label.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(bytes(a ^ b for a, b in zip(raw, pad, strict=True))).rstrip(b"=").decode()
+
+
 @dataclass(frozen=True)
 class ConnectSession:
     connection_id: str
     return_to: str
+    session_id: str | None = None  # None: a session created before session binding
 
 
 @dataclass(frozen=True)
 class AuthState:
     connection_id: str
     return_to: str
+    session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingCompletion:
+    """A successful flow's result, waiting for the SaaS backend to confirm the session."""
+
+    connection_id: str
+    credentials: bytes  # sealed for connection_id, exactly as the connection will store it
+    expires_at: int | None  # of the access token
+    refresh_due_at: int | None
+    provider_user: dict[str, Any]
+    scopes: str
 
 
 class FlowStore:
@@ -38,32 +77,102 @@ class FlowStore:
 
     # -- connect sessions ----------------------------------------------------------------
 
-    def put_session(self, token: str, *, connection_id: str, return_to: str, expires_at: int) -> None:
+    def put_session(self, token: str, *, session_id: str, connection_id: str, return_to: str,
+                    expires_at: int) -> None:
         self._put(f"session#{digest(token)}", {
             "connection_id": {"S": connection_id},
             "return_to": {"S": return_to},
+            "session_masked": {"S": mask(session_id, token, "link")},
+            "session_hash": {"S": digest(session_id)},
             "expires_at": {"N": str(expires_at)},
         })
 
     def consume_session(self, token: str, *, now: int) -> ConnectSession:
         item = self._consume(f"session#{digest(token)}", now=now, what="connect session")
-        return ConnectSession(item["connection_id"]["S"], item["return_to"]["S"])
+        return ConnectSession(item["connection_id"]["S"], item["return_to"]["S"],
+                              _unmask(item, token, "link"))
 
     # -- OAuth states ----------------------------------------------------------------------
 
     def put_state(self, state: str, *, browser_secret: str, connection_id: str, return_to: str,
-                  expires_at: int) -> None:
+                  expires_at: int, session_id: str | None = None) -> None:
+        session = {} if session_id is None else {
+            "session_masked": {"S": mask(session_id, browser_secret, "state:" + state)},
+            "session_hash": {"S": digest(session_id)},
+        }
         self._put(f"state#{digest(state)}", {
             "browser_hash": {"S": digest(browser_secret)},
             "connection_id": {"S": connection_id},
             "return_to": {"S": return_to},
             "expires_at": {"N": str(expires_at)},
+            **session,
         })
 
     def consume_state(self, state: str, *, browser_secret: str, now: int) -> AuthState:
         item = self._consume(f"state#{digest(state)}", now=now, what="state",
                              browser_hash=digest(browser_secret))
-        return AuthState(item["connection_id"]["S"], item["return_to"]["S"])
+        return AuthState(item["connection_id"]["S"], item["return_to"]["S"],
+                         _unmask(item, browser_secret, "state:" + state))
+
+    # -- pending completions (session binding) ------------------------------------------------
+
+    def put_completion(self, code: str, *, session_id: str, pending: PendingCompletion, complete_by: int) -> None:
+        attributes = {
+            "connection_id": pending.connection_id, "credentials": pending.credentials,
+            "token_expires_at": pending.expires_at, "refresh_due_at": pending.refresh_due_at,
+            "provider_user": pending.provider_user, "scopes": pending.scopes,
+            "session_hash": digest(session_id), "complete_by": complete_by,
+            # Sparse index: only pending completions carry the shard, so the sweep reads nothing else.
+            "pending_shard": PENDING_SHARD, "expires_at": complete_by + PENDING_CLEANUP_SECONDS,
+        }
+        self._put(f"completion#{digest(code)}",
+                  {k: _ser.serialize(v) for k, v in attributes.items() if v is not None})
+
+    def consume_completion(self, code: str, *, session_id: str, now: int) -> PendingCompletion:
+        """Single use: one conditional delete that also checks the session and the deadline."""
+        key = {"flow_key": {"S": f"completion#{digest(code)}"}}
+        try:
+            answer = self._db.delete_item(
+                TableName=self._table, Key=key,
+                ConditionExpression="attribute_exists(flow_key) AND session_hash = :session AND complete_by > :now",
+                ExpressionAttributeValues={":session": {"S": digest(session_id)}, ":now": {"N": str(now)}},
+                ReturnValues="ALL_OLD", ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            old = exc.response.get("Item")
+            if old and old["session_hash"]["S"] == digest(session_id) and int(old["complete_by"]["N"]) <= now:
+                raise InvalidRequest("the completion code has expired; connect again",
+                                     code="completion_expired") from None
+            # Unknown, used, or issued to another session: the same answer, nothing consumed.
+            raise InvalidRequest("unknown or already used completion code", code="invalid_completion_code") from None
+        return _pending(answer["Attributes"])
+
+    def expired_completions(self, *, now: int, page_size: int = 25) -> Iterator[tuple[str, PendingCompletion]]:
+        """(flow_key, completion) of every completion past its deadline, from the sparse index."""
+        kwargs = {
+            "TableName": self._table, "IndexName": PENDING_INDEX,
+            "KeyConditionExpression": "pending_shard = :shard AND complete_by <= :now",
+            "ExpressionAttributeValues": {":shard": {"S": PENDING_SHARD}, ":now": {"N": str(now)}},
+            "Limit": page_size,
+        }
+        while True:
+            page = self._db.query(**kwargs)
+            for item in page.get("Items", []):
+                yield item["flow_key"]["S"], _pending(item)
+            if "LastEvaluatedKey" not in page:
+                return
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def discard_expired_completion(self, flow_key: str, *, now: int) -> None:
+        try:
+            self._db.delete_item(TableName=self._table, Key={"flow_key": {"S": flow_key}},
+                                 ConditionExpression="complete_by <= :now",
+                                 ExpressionAttributeValues={":now": {"N": str(now)}})
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise  # already gone (another sweep) is fine; anything else is retried next run
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -101,3 +210,22 @@ class FlowStore:
                 raise InvalidRequest(f"the {what} has expired; start again", code=f"{kind}_expired") from None
             raise InvalidRequest(f"the {what} was issued to another browser", code="state_mismatch") from None
         return answer["Attributes"]
+
+
+def _unmask(item: dict, key: str, label: str) -> str | None:
+    masked = item.get("session_masked", {}).get("S")
+    if masked is None:
+        return None
+    session_id = mask(masked, key, label)
+    # The hash stored beside it proves the unmasking key was the right one.
+    return session_id if hmac.compare_digest(digest(session_id), item["session_hash"]["S"]) else None
+
+
+def _pending(item: dict) -> PendingCompletion:
+    data = {k: _de.deserialize(v) for k, v in item.items()}
+    number = lambda name: int(data[name]) if data.get(name) is not None else None  # noqa: E731
+    return PendingCompletion(
+        connection_id=data["connection_id"], credentials=bytes(data["credentials"]),
+        expires_at=number("token_expires_at"), refresh_due_at=number("refresh_due_at"),
+        provider_user=dict(data.get("provider_user") or {}), scopes=data.get("scopes", ""),
+    )

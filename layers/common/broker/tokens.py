@@ -95,6 +95,24 @@ def error_record(exc: BrokerError, now: int) -> dict[str, Any]:
     return {"code": exc.code, "message": exc.message[:200], "at": now}
 
 
+def connection_status(conn: Connection) -> dict[str, Any]:
+    """What GET /connections/{id} answers: never a credential."""
+    return {
+        "connection_id": conn.connection_id,
+        "status": conn.status,
+        "auth_mode": conn.auth_mode,
+        "provider_user": conn.provider_user or None,
+        "scopes": conn.scopes.split() if conn.scopes else [],
+        "expires_at": iso(conn.expires_at),
+        "last_refreshed_at": iso(conn.last_refreshed_at),
+        "next_refresh_at": iso(conn.refresh_due_at) if conn.status == ACTIVE else None,
+        "connected_at": iso(conn.connected_at),
+        "created_at": iso(conn.created_at),
+        "failing_since": iso(conn.first_failed_at),
+        "last_error": {**conn.last_error, "at": iso(int(conn.last_error["at"]))} if conn.last_error else None,
+    }
+
+
 class TokenService:
     def __init__(self, settings: Settings, *, connections: ConnectionStore, vault: TokenVault,
                  provider: ProviderClient, credentials: ClientCredentialSource,
@@ -119,21 +137,7 @@ class TokenService:
     # -- routes ------------------------------------------------------------------------------
 
     def status(self, connection_id: str) -> dict[str, Any]:
-        conn = self._get(connection_id)
-        return {
-            "connection_id": conn.connection_id,
-            "status": conn.status,
-            "auth_mode": conn.auth_mode,
-            "provider_user": conn.provider_user or None,
-            "scopes": conn.scopes.split() if conn.scopes else [],
-            "expires_at": iso(conn.expires_at),
-            "last_refreshed_at": iso(conn.last_refreshed_at),
-            "next_refresh_at": iso(conn.refresh_due_at) if conn.status == ACTIVE else None,
-            "connected_at": iso(conn.connected_at),
-            "created_at": iso(conn.created_at),
-            "failing_since": iso(conn.first_failed_at),
-            "last_error": {**conn.last_error, "at": iso(int(conn.last_error["at"]))} if conn.last_error else None,
-        }
+        return connection_status(self._get(connection_id))
 
     def access_token(self, connection_id: str) -> dict[str, Any]:
         """A token valid for at least the skew; refreshed first when it is not."""
