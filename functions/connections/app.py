@@ -20,7 +20,7 @@ def create_connect_session():
 
 @app.post("/connect-sessions/<session_id>/complete")
 def complete_connect_session(session_id: str):
-    connection = services.connect_flow().complete_session(session_id, app.current_event.decoded_body)
+    connection = services.connect_flow().complete_session(session_id, request_body(app.current_event))
     return json_response(200, connection_status(connection))
 
 
