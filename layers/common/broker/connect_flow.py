@@ -157,10 +157,10 @@ class ConnectFlow:
         if not code:
             raise BrokerError("the provider sent no authorization code", code="missing_code")
 
-        creds = self.credentials.get()
-        try:  # the code is single use: one exchange, never retried
-            tokens = self.provider.exchange_code(creds, code=code, redirect_uri=redirect_uri,
-                                                 code_verifier=verifier if self.settings.provider.use_pkce else None)
+        try:  # the code is single use: one exchange, retried only after a client auth refusal
+            tokens = self.credentials.call(lambda creds: self.provider.exchange_code(
+                creds, code=code, redirect_uri=redirect_uri,
+                code_verifier=verifier if self.settings.provider.use_pkce else None))
             user = provider_user(self.provider.fetch_user(tokens.access_token))
         except ProviderRejected as exc:
             raise BrokerError("the provider refused the authorization code", code="token_exchange_failed") from exc
