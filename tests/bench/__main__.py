@@ -10,7 +10,8 @@ and what each figure means; docs/cost.md turns the call counts into money.
    over real HTTP, provider latency set with POST /_control/config) holds real encrypted
    connections. N threads, each one worker "container", take batches of 10 due ids and call
    the real worker handler with an SQS event. Refreshes/second come from the stand-in's
-   counter; every connection's version must advance exactly once. Bound: N / latency.
+   counter; every connection's version must advance exactly once. Bound: 5N / latency
+   (the worker's 5 threads).
 2. Items read (reads.py). 10,000 connections (2,000 with --quick), 1% due, written with
    batch_write_item in the store's item shape; one real scheduler run and the workers for
    what it enqueued, under moto in-process. DynamoDB items returned by Query and GetItem,
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name].update(seconds=round(time.monotonic() - began, 1), measured_at=time.strftime("%Y-%m-%d %H:%M"))
         say(show(results[name]))
 
-    section("throughput", "1. Refresh throughput vs worker concurrency (bound: N / provider latency)",
+    section("throughput", "1. Refresh throughput vs worker concurrency (bound: 5N / provider latency)",
             lambda: throughput.measure(latency_ms=args.latency_ms, connections=args.connections),
             throughput.table)
     section("reads", "2. DynamoDB items read per connection in a scheduled run",
