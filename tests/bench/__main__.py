@@ -10,7 +10,8 @@ and what each figure means; docs/cost.md turns the call counts into money.
    over real HTTP, provider latency set with POST /_control/config) holds real encrypted
    connections. N threads, each one worker "container", take batches of 10 due ids and call
    the real worker handler with an SQS event. Refreshes/second come from the stand-in's
-   counter; every connection's version must advance exactly once. Bound: N / latency.
+   counter; every connection's version must advance exactly once. Bound: 5N / latency
+   (the worker's 5 threads).
 2. Items read (reads.py). 10,000 connections (2,000 with --quick), 1% due, written with
    batch_write_item in the store's item shape; one real scheduler run and the workers for
    what it enqueued, under moto in-process. DynamoDB items returned by Query and GetItem,
@@ -20,6 +21,9 @@ and what each figure means; docs/cost.md turns the call counts into money.
    and provider calls against DESIGN.md's "Floors".
 4. Cold start (coldstart.py). Importing each functions/<name>/app.py in a fresh interpreter
    with the template's environment and X-Ray tracing on, as a ratio to `import boto3`.
+5. Worker pool (pool.py). One worker batch of 10 at 300 ms provider latency, one refresh
+   after the other vs the worker's thread pool: wall time per batch against
+   ceil(10 / threads) x latency.
 
 Options: --latency-ms (provider latency, default 100); --connections K (connections stored
 for the throughput test, a multiple of 160, default 480: the N-worker step refreshes
@@ -55,10 +59,10 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
-from tests.bench import calls, coldstart, reads, throughput  # noqa: E402
+from tests.bench import calls, coldstart, pool, reads, throughput  # noqa: E402
 from tests.bench.harness import RESULTS_DIR, broker_output, loopback_only  # noqa: E402
 
-SECTIONS = ("throughput", "reads", "calls", "coldstart")
+SECTIONS = ("throughput", "reads", "calls", "coldstart", "pool")
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         results[name].update(seconds=round(time.monotonic() - began, 1), measured_at=time.strftime("%Y-%m-%d %H:%M"))
         say(show(results[name]))
 
-    section("throughput", "1. Refresh throughput vs worker concurrency (bound: N / provider latency)",
+    section("throughput", "1. Refresh throughput vs worker concurrency (bound: 5N / provider latency)",
             lambda: throughput.measure(latency_ms=args.latency_ms, connections=args.connections),
             throughput.table)
     section("reads", "2. DynamoDB items read per connection in a scheduled run",
@@ -128,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda: calls.measure(quick=args.quick), calls.table)
     section("coldstart", "4. Cold start: handler import in a fresh interpreter, tracer on (bound: ~1x import boto3)",
             lambda: coldstart.measure(samples=3 if args.quick else 9), coldstart.table)
+    section("pool", "5. A worker batch of 10 at 300 ms: one by one vs the pool (bound: ceil(10/threads) x 300 ms)",
+            lambda: pool.measure(latency_ms=300, rounds=1 if args.quick else 3), pool.table)
 
     results["seconds"] = round(time.monotonic() - started, 1)
     results["machine"]["load_average_at_end"] = os.getloadavg()

@@ -128,15 +128,16 @@ def test_a_worker_killed_mid_refresh_blocks_only_until_its_lease_expires(local, 
     assert refresh_calls(local) == calls + 1 and stored("orphaned-user")[0].lease_owner is None
 
 
-def test_invalid_client_after_a_refetched_secret_marks_needs_reauth_and_tells(local, backend, standin, saas_events):
+def test_invalid_client_after_a_refetched_secret_is_the_deployments_fault(local, backend, standin, saas_events):
     connect(local, backend, "misconfigured-user")
     calls = refresh_calls(local)
-    standin("POST", "faults", {"fault": "invalid_client", "times": 2})
+    standin("POST", "faults", {"fault": "invalid_client", "times": 1})
 
     answer = backend.call("POST", "/connections/misconfigured-user/refresh")
 
-    assert answer.status_code == 409 and answer.json()["error"] == "needs_reauth"
-    assert refresh_calls(local) == calls + 2  # the first try, then once with the secret fetched again
-    assert saas_events("misconfigured-user") == ["Connected", "NeedsReauth"]
-    _, sealed = stored("misconfigured-user")
-    assert sealed["refresh_token"] in local.provider.current_refresh_tokens  # nothing lost: still stored
+    assert answer.status_code == 503 and answer.json()["error"] == "client_rejected"
+    assert refresh_calls(local) == calls + 1  # the refetched secret was the same one: no second try
+    assert saas_events("misconfigured-user") == ["Connected"]  # no NeedsReauth: not this connection's fault
+    conn, sealed = stored("misconfigured-user")
+    assert conn.status == "active" and sealed["refresh_token"] in local.provider.current_refresh_tokens
+    assert backend.call("POST", "/connections/misconfigured-user/refresh").status_code == 200  # fixed: works

@@ -32,12 +32,13 @@ def queued_messages(stack) -> list[dict]:
     return messages
 
 
-def run_worker(*bodies: str) -> dict:
+def run_worker(*bodies: str, timeout_seconds: float = 30) -> dict:
     records = [{"messageId": f"m-{i}", "receiptHandle": f"r-{i}", "body": body, "attributes": {},
                 "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
                 "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q", "awsRegion": "us-east-1"}
                for i, body in enumerate(bodies)]
-    return load_handler("functions/worker/").lambda_handler({"Records": records}, LambdaContext(timeout_seconds=30))
+    return load_handler("functions/worker/").lambda_handler({"Records": records},
+                                                            LambdaContext(timeout_seconds=timeout_seconds))
 
 
 def refresh_in_background(stack) -> dict:

@@ -120,14 +120,15 @@ def test_a_lasting_fault_fails_the_call_changes_no_credentials_and_cools_down(
     assert stored_token_set(stack)[0].failure_count == 0
 
 
-def test_invalid_client_even_after_refetching_the_secret_needs_reauth(connected, stack):
-    connected.provider.fail_next("invalid_client", times=2)
+def test_invalid_client_even_after_refetching_the_secret_is_the_deployments_fault(connected, stack):
+    connected.provider.client_secret = "rotated-at-the-provider"
 
     answer = connected.call("POST", "/connections/user-1/refresh")
 
-    assert_json_error(answer, 409, "needs_reauth")
-    assert connected.provider.calls["refresh_token"] == 2  # once, then once more with a refetched secret
-    assert stored_token_set(stack)[0].status == "needs_reauth"
+    assert_json_error(answer, 503, "client_rejected")
+    assert connected.provider.calls["refresh_token"] == 1  # the refetched secret is the same: no retry
+    conn, _ = stored_token_set(stack)
+    assert conn.status == "active" and conn.lease_owner is None and conn.failure_count == 0
 
 
 def test_invalid_grant_after_a_lost_race_returns_the_winners_token(connected, stack, monkeypatch):

@@ -8,7 +8,7 @@ from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlsplit
 
 from .fake_provider import FakeInsightly
-from .lambda_events import LambdaContext, http_event, iam_identity, load_handler, match_route
+from .lambda_events import LambdaContext, http_event, iam_identity, lambda_context, load_handler, match_route
 from .stack import Stack
 
 RETURN_TO = "https://app.example.com/settings/integrations"
@@ -70,10 +70,11 @@ class InProcessBroker:
         event = http_event(method, path, route=route, path_parameters=params, raw_query=query, body=body,
                            cookies=cookies, headers=headers,
                            iam_identity=iam_identity() if signed and route["auth"] == "AWS_IAM" else None)
-        return self.invoke(route["code_uri"], event)
+        # The function's own Timeout as the deadline, as Lambda gives it.
+        return self.invoke(route["code_uri"], event, lambda_context(self.stack, route["function"]))
 
-    def invoke(self, code_uri: str, event: dict) -> Answer:
-        raw = load_handler(code_uri).lambda_handler(event, LambdaContext())
+    def invoke(self, code_uri: str, event: dict, context: LambdaContext | None = None) -> Answer:
+        raw = load_handler(code_uri).lambda_handler(event, context or LambdaContext())
         return Answer(raw["statusCode"], raw.get("headers") or {}, raw.get("cookies") or [], raw.get("body"))
 
     # -- the connect flow, step by step --------------------------------------------------------

@@ -1,4 +1,5 @@
 import base64
+from datetime import datetime, timezone
 
 import pytest
 import requests
@@ -7,7 +8,7 @@ import responses
 from broker.client_credentials import ClientCredentials
 from broker.config import ProviderSettings
 from broker.errors import ProviderRejected, ProviderUnavailable
-from broker.provider import ProviderClient
+from broker.provider import ProviderClient, TokenSet, parse_retry_after
 
 TOKEN_URL = "https://id.example.test/token"
 CREDS = ClientCredentials("cid", "csecret")
@@ -87,3 +88,23 @@ def test_every_call_has_a_timeout():
     with pytest.raises(ProviderUnavailable):
         client(session=Recorder(), timeout=(1.0, 2.0)).fetch_user("at")
     assert seen["timeout"] == (1.0, 2.0)
+
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize("value,seconds", [
+    ("30", 30), (" 30 ", 30), ("0", 0), (str(365 * 86400), 3600), ("Thu, 01 Jan 2026 00:02:00 GMT", 120),
+    ("Wed, 31 Dec 2025 23:00:00 GMT", 0), ("Fri, 31 Dec 2100 23:59:59 GMT", 3600),
+    ("²", None), ("9" * 5000, None), ("-5", None), ("1.5", None), ("soon", None), ("", None), (None, None),
+    ("Thu, 01 Jan 2026 00:02:00", None),  # a date without a zone is not an HTTP date
+])
+def test_retry_after_is_seconds_or_an_http_date_capped_at_an_hour(value, seconds):
+    assert parse_retry_after(value, now=NOW) == seconds
+
+
+@pytest.mark.parametrize("expires_in,kept", [(3600, 3600), ("3600", 3600), (31_536_000, 31_536_000),
+                                             (31_536_001, None), (10**12, None), (0, None), (-100, None),
+                                             ("soon", None), (True, None), (float("inf"), None)])
+def test_expires_in_outside_one_year_is_unknown(expires_in, kept):
+    assert TokenSet.from_response({"access_token": "at", "expires_in": expires_in}).expires_in == kept

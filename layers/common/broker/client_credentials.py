@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from . import aws
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ProviderRejected
+
+T = TypeVar("T")
 
 # Long enough that warm invocations make no Secrets Manager call, short enough that a
 # rotated secret is picked up without a redeploy (invalid_client also forces a refetch).
@@ -31,3 +35,18 @@ class ClientCredentialSource:
         if not isinstance(value, dict) or not value.get("client_id") or not value.get("client_secret"):
             raise ConfigurationError('the client secret must be JSON {"client_id": ..., "client_secret": ...}')
         return ClientCredentials(str(value["client_id"]), str(value["client_secret"]))
+
+    def call(self, provider_call: Callable[[ClientCredentials], T]) -> T:
+        """Run a provider call with the client credentials. On invalid_client the secret may
+        have been rotated since it was cached: fetch it once more and, if it changed, retry
+        once. Token refresh, revocation and the code exchange all go through here."""
+        creds = self.get()
+        try:
+            return provider_call(creds)
+        except ProviderRejected as exc:
+            if exc.oauth_error != "invalid_client":
+                raise
+            fetched = self.get(force_fetch=True)
+            if fetched == creds:
+                raise  # the stored secret is the one just refused: retrying cannot help
+        return provider_call(fetched)

@@ -184,10 +184,10 @@ class ConnectFlow:
             # Started before session binding was turned on: nobody could confirm it.
             raise BrokerError("the connect session has no session id; start again", code="session_expired")
 
-        creds = self.credentials.get()
-        try:  # the code is single use: one exchange, never retried
-            tokens = self.provider.exchange_code(creds, code=code, redirect_uri=redirect_uri,
-                                                 code_verifier=verifier if self.settings.provider.use_pkce else None)
+        try:  # the code is single use: one exchange, retried only after a client auth refusal
+            tokens = self.credentials.call(lambda creds: self.provider.exchange_code(
+                creds, code=code, redirect_uri=redirect_uri,
+                code_verifier=verifier if self.settings.provider.use_pkce else None))
             user = provider_user(self.provider.fetch_user(tokens.access_token))
         except ProviderRejected as exc:
             raise BrokerError("the provider refused the authorization code", code="token_exchange_failed") from exc
@@ -276,5 +276,5 @@ class ConnectFlow:
             return  # nothing anyone could use: just delete it
         token, hint = ((sealed["refresh_token"], "refresh_token") if sealed.get("refresh_token")
                        else (sealed["access_token"], "access_token"))
-        self.provider.revoke(self.credentials.get(), token, hint)
+        self.credentials.call(lambda creds: self.provider.revoke(creds, token, hint))
         count("ConnectionsRevoked")

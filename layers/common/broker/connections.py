@@ -18,6 +18,9 @@ from botocore.exceptions import ClientError
 
 DUE_INDEX = "due-index"
 ACTIVE, NEEDS_REAUTH = "active", "needs_reauth"
+# Deployment-wide markers share the table. "#" is outside the connection_id pattern, so no
+# request can name one, and they carry no due_shard, so the scheduler's index never lists one.
+CLIENT_REJECTED_MARKER = "#deployment:client-rejected"
 
 _ser, _de = TypeSerializer(), TypeDeserializer()
 
@@ -161,6 +164,36 @@ class ConnectionStore:
                 extra_values={":owner": owner},
             )
 
+    def record_deployment_fault(self, connection: Connection, *, owner: str, error: dict[str, Any],
+                                retry_at: int, now: int) -> None:
+        """A refresh that failed for the deployment's sake (the provider refused our client):
+        cool down and release the lease, but leave the failure streak alone, so it never
+        counts toward ReauthAfterFailingDays."""
+        with contextlib.suppress(StaleWrite):
+            self._update(
+                connection.connection_id,
+                sets={"last_error": error, "refresh_due_at": retry_at,
+                      "due_shard": due_shard(connection.connection_id, self._shards), "updated_at": now},
+                remove=["lease_owner", "lease_until"],
+                condition="lease_owner = :owner",
+                extra_values={":owner": owner},
+            )
+
+    def claim_signal(self, marker: str, *, now: int, interval: int) -> bool:
+        """True for one caller per `interval` seconds across all containers: a conditional
+        write on a marker item decides who emits a deployment-level signal."""
+        try:
+            self._db.update_item(
+                TableName=self._table, Key=self._key(marker),
+                UpdateExpression="SET last_signal_at = :now",
+                ConditionExpression="attribute_not_exists(last_signal_at) OR last_signal_at < :cutoff",
+                ExpressionAttributeValues=_to_ddb({":now": now, ":cutoff": now - interval}))
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
     def release_lease(self, connection: Connection, *, owner: str, error: dict[str, Any]) -> None:
         # If the lease expired and someone else holds it now, it is theirs to release.
         with contextlib.suppress(StaleWrite):
@@ -172,14 +205,21 @@ class ConnectionStore:
                 extra_values={":owner": owner},
             )
 
-    def delete(self, connection_id: str) -> bool:
+    def delete(self, connection_id: str, *, version: int | None = None) -> bool:
+        """False when there was nothing to delete. With `version`, raises StaleWrite when the
+        item changed since it was read (a refresh stored a newer token set meanwhile)."""
+        kwargs: dict[str, Any] = {"ConditionExpression": "attribute_exists(connection_id)"}
+        if version is not None:
+            kwargs = {"ConditionExpression": "version = :version",
+                      "ExpressionAttributeValues": _to_ddb({":version": version})}
         try:
-            self._db.delete_item(TableName=self._table, Key=self._key(connection_id),
-                                 ConditionExpression="attribute_exists(connection_id)")
+            self._db.delete_item(TableName=self._table, Key=self._key(connection_id), **kwargs)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return False
-            raise
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            if version is not None and self.get(connection_id) is not None:
+                raise StaleWrite(connection_id) from None
+            return False
         return True
 
     def due_connection_ids(self, shard: int, *, now: int, page_size: int = 100) -> Iterator[str]:

@@ -1,5 +1,6 @@
 """Lifecycle events on the broker's EventBridge bus, so the SaaS hears when a connection
-changes: Connected, RefreshFailed, NeedsReauth, Recovered, Deleted.
+changes: Connected, RefreshFailed, NeedsReauth, Recovered, Deleted; and, for the operator,
+ClientRejected: the provider refuses the broker's own client credentials (no connection id).
 
 An event carries the connection id, its status, a reason code and the time: never a
 credential. Emitting is best effort: the state change it reports is already stored, and
@@ -18,6 +19,7 @@ from .observability import count, logger
 SOURCE = "insightly-connect"
 CONNECTED, REFRESH_FAILED, NEEDS_REAUTH, RECOVERED, DELETED = (
     "Connected", "RefreshFailed", "NeedsReauth", "Recovered", "Deleted")
+CLIENT_REJECTED = "ClientRejected"
 
 
 class LifecycleEvents:
@@ -25,7 +27,8 @@ class LifecycleEvents:
         self._events = events_client
         self._bus = bus_name
 
-    def emit(self, detail_type: str, *, connection_id: str, status: str, reason: str | None, at: int) -> None:
+    def emit(self, detail_type: str, *, connection_id: str | None, status: str, reason: str | None,
+             at: int) -> None:
         if not self._bus:
             return  # no bus configured (a bare test or a deployment without events)
         detail = {"connection_id": connection_id, "status": status, "reason": reason,

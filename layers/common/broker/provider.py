@@ -6,7 +6,10 @@ ProviderRejected (an OAuth error answer) or ProviderUnavailable (429, 5xx, no an
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -16,8 +19,12 @@ from . import deadline
 from .client_credentials import ClientCredentials
 from .config import ProviderSettings
 from .errors import ProviderRejected, ProviderUnavailable
+from .observability import logger
 
 USER_AGENT = "insightly-connect/0.1"
+MAX_RETRY_AFTER = 3600  # a provider asking for a longer pause is not believed past an hour
+MAX_EXPIRES_IN = 31_536_000  # one year: a longer lifetime is an anomaly, treated as unknown
+_SECONDS = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
 @dataclass(frozen=True)
@@ -37,24 +44,53 @@ class TokenSet:
         access_token = body.get("access_token")
         if not isinstance(access_token, str) or not access_token:
             raise ProviderUnavailable("the provider's token answer has no access_token")
-        expires_in = body.get("expires_in")
-        try:
-            expires_in = int(expires_in) if expires_in is not None else None
-        except (TypeError, ValueError):
-            expires_in = None
         refresh_token = body.get("refresh_token")
         return cls(
             access_token=access_token,
             token_type=str(body.get("token_type") or "Bearer"),
             refresh_token=refresh_token if isinstance(refresh_token, str) and refresh_token else None,
-            expires_in=expires_in,
+            expires_in=_expires_in(body.get("expires_in")),
             scope=body.get("scope") if isinstance(body.get("scope"), str) else None,
         )
 
 
+def _expires_in(value: Any) -> int | None:
+    """0 < expires_in <= one year, else unknown: a huge value overflowed every date we
+    showed, a negative one made every /token call refresh."""
+    if value is None:
+        return None
+    try:
+        seconds = int(value) if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+    except (ValueError, OverflowError):
+        seconds = None
+    if seconds is None or not 0 < seconds <= MAX_EXPIRES_IN:
+        # The value only when it is a number: never echo provider text into the log.
+        logger.warning("provider sent an out-of-range expires_in; treating it as unknown",
+                       extra={"expires_in": seconds if seconds is not None else "not an integer"})
+        return None
+    return seconds
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> int | None:
+    """Retry-After (RFC 9110 10.2.3): delay-seconds or an HTTP date, as seconds from now,
+    capped at an hour; None for anything else."""
+    if not value or len(value) > 64:
+        return None
+    value = value.strip()
+    if _SECONDS.fullmatch(value):
+        return min(int(value), MAX_RETRY_AFTER)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    delay = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    return min(max(int(delay), 0), MAX_RETRY_AFTER)
+
+
 def _retry_after(response: requests.Response) -> int | None:
-    value = response.headers.get("Retry-After", "")
-    return int(value) if value.isdigit() else None
+    return parse_retry_after(response.headers.get("Retry-After"))
 
 
 class ProviderClient:

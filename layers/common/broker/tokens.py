@@ -19,9 +19,10 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
+from . import deadline
 from .client_credentials import ClientCredentialSource
 from .config import Settings
-from .connections import ACTIVE, Connection, ConnectionStore, StaleWrite
+from .connections import ACTIVE, CLIENT_REJECTED_MARKER, Connection, ConnectionStore, StaleWrite
 from .errors import (
     BrokerError,
     Conflict,
@@ -31,17 +32,23 @@ from .errors import (
     ProviderUnavailable,
     VaultUnavailable,
 )
-from .lifecycle import DELETED, RECOVERED, REFRESH_FAILED, LifecycleEvents
+from .lifecycle import CLIENT_REJECTED, DELETED, RECOVERED, REFRESH_FAILED, LifecycleEvents
 from .lifecycle import NEEDS_REAUTH as NEEDS_REAUTH_EVENT
 from .observability import count, logger, metrics
-from .provider import ProviderClient, TokenSet
+from .provider import MAX_RETRY_AFTER, ProviderClient, TokenSet
 from .vault import TokenVault
 
 REFRESHED, NOT_DUE, IN_PROGRESS, NEEDS_REAUTH, FAILED = "refreshed", "not_due", "in_progress", "needs_reauth", "failed"
-# OAuth answers that no retry will fix: the grant or the client is gone.
-TERMINAL_ERRORS = frozenset({"invalid_grant", "invalid_client"})
+DEFERRED = "deferred"  # not tried: too little of the invocation left to finish a refresh
+# OAuth answers that no retry will fix: this connection's grant is gone. invalid_client is
+# not one of them: it is the deployment's fault (DESIGN.md invariant 9), not the connection's.
+TERMINAL_ERRORS = frozenset({"invalid_grant"})
 MAX_PROVIDER_ATTEMPTS = 3
 PERSIST_SECONDS = 2  # time kept in the lease for storing the new token set
+# A connection refused because of our client credentials rests this long (jittered): the
+# scheduler does not hammer the provider with a secret it refuses, /token still tries.
+CLIENT_REJECTED_COOLDOWN = 600
+SIGNAL_INTERVAL = 300  # at most one ClientRejected event per this many seconds, deployment-wide
 
 
 def iso(epoch: int | None) -> str | None:
@@ -155,9 +162,16 @@ class TokenService:
         with self._single_flight(connection_id):
             return self._refresh(self._active(connection_id), wait_for_winner=True)
 
+    def time_to_refresh(self) -> float:
+        """What a refresh needs of the invocation: a provider call with its timeouts and the write."""
+        return self.settings.http_connect_timeout + self.settings.http_read_timeout + PERSIST_SECONDS
+
     def refresh_if_due(self, connection_id: str) -> str:
         """The background path: refresh a connection the due index listed, if it still is
-        due. Duplicate and late queue messages end here as not_due."""
+        due. Duplicate and late queue messages end here as not_due. With too little time
+        left it does not start (deferred): nothing is recorded, the message goes back."""
+        if deadline.seconds_left() < self.time_to_refresh():
+            return DEFERRED
         conn = self.connections.get(connection_id)
         if (conn is None or conn.status != ACTIVE or conn.refresh_due_at is None
                 or conn.refresh_due_at > self._now()):
@@ -165,17 +179,33 @@ class TokenService:
         try:
             answer = self._refresh(conn, wait_for_winner=False)
         except BrokerError as exc:
+            if exc.code == "connection_not_found":
+                return NOT_DUE  # deleted meanwhile
             return NEEDS_REAUTH if exc.code == "needs_reauth" else FAILED
         return REFRESHED if answer else IN_PROGRESS
 
     def delete(self, connection_id: str) -> None:
+        """Revoke, then delete only the version whose tokens were revoked: a refresh that
+        stored a newer token set meanwhile makes the delete read and revoke that one too. A
+        refresh that stores after the delete finds the item gone and revokes its own."""
         conn = self._get(connection_id)
-        if self.settings.provider.revocation_url and conn.credentials:
-            self._revoke(conn)
-        if self.connections.delete(connection_id):
-            count("ConnectionsDeleted")
-            self._emit(DELETED, conn, status="deleted", reason="deleted_by_backend")
-            logger.info("connection deleted", extra={"connection_id": connection_id})
+        for _ in range(3):
+            if self.settings.provider.revocation_url and conn.credentials:
+                self._revoke(conn)
+            try:
+                deleted = self.connections.delete(connection_id, version=conn.version)
+            except StaleWrite:
+                latest = self.connections.get(connection_id)
+                if latest is None:
+                    return
+                conn = latest
+                continue
+            if deleted:
+                count("ConnectionsDeleted")
+                self._emit(DELETED, conn, status="deleted", reason="deleted_by_backend")
+                logger.info("connection deleted", extra={"connection_id": connection_id})
+            return
+        raise Conflict("the connection kept changing during the delete; try again", code="refresh_conflict")
 
     # -- refresh -----------------------------------------------------------------------------
 
@@ -214,6 +244,8 @@ class TokenService:
         except ProviderRejected as exc:
             if exc.oauth_error in TERMINAL_ERRORS or exc.oauth_error == "no_refresh_token":
                 return self._terminal(conn, exc)
+            if exc.oauth_error == "invalid_client":  # still refused with a freshly fetched secret
+                self._client_rejected(conn, owner)
             self._failed(conn, owner, exc)
             raise
         except CredentialsUnreadable as exc:
@@ -236,26 +268,21 @@ class TokenService:
                 "token_type": sealed["token_type"], "expires_at": iso(expires_at)}
 
     def _call_refresh(self, refresh_token: str, lease_end: float) -> TokenSet:
-        """One refresh at the provider, retried on transient faults while the lease lasts."""
-        creds, refetched, attempt = self.credentials.get(), False, 0
+        """One refresh at the provider, retried on transient faults while the lease and the
+        invocation last."""
+        # Retry only while both outlast the wait, a whole further call and the write after it:
+        # the lease keeps a second refresher off the same refresh token, and the invocation's
+        # end would cut the write of a token the provider has already rotated.
+        end = min(lease_end, time.monotonic() + deadline.seconds_left())
+        attempt = 0
         while True:
             called = time.monotonic()
             try:
-                tokens = self.provider.refresh(creds, refresh_token)
-            except ProviderRejected as exc:
-                if exc.oauth_error != "invalid_client" or refetched:
-                    raise
-                # The secret may have been rotated since it was cached: fetch it once more.
-                creds, refetched = self.credentials.get(force_fetch=True), True
-                continue
+                tokens = self.credentials.call(lambda creds: self.provider.refresh(creds, refresh_token))
             except ProviderUnavailable as exc:
                 attempt += 1
                 wait = max(exc.retry_after or 0, backoff(attempt, jitter=self.jitter))
-                call_time = self.settings.http_connect_timeout + self.settings.http_read_timeout
-                # Retry only while the lease outlasts a whole further call and the write after
-                # it: the lease is what keeps a second refresher off the same refresh token.
-                if (attempt >= MAX_PROVIDER_ATTEMPTS
-                        or time.monotonic() + wait + call_time + PERSIST_SECONDS > lease_end):
+                if attempt >= MAX_PROVIDER_ATTEMPTS or time.monotonic() + wait + self.time_to_refresh() > end:
                     raise
                 count("ProviderRetries")
                 self.sleep(wait)
@@ -279,6 +306,15 @@ class TokenService:
                     expires_at=expires_at, refresh_due_at=due, now=now)
                 return expires_at
             except StaleWrite:
+                if self.connections.get(conn.connection_id) is None:
+                    # Deleted while the provider answered: the token set just received must
+                    # not stay live at the provider with nobody holding it.
+                    logger.warning("connection deleted during its refresh; revoking the new token set",
+                                   extra={"connection_id": conn.connection_id})
+                    if self.settings.provider.revocation_url:
+                        self._revoke_token_set(conn.connection_id, sealed)
+                    raise NotFound("the connection was deleted during the refresh",
+                                   code="connection_not_found") from None
                 raise Conflict("the connection changed during the refresh; try again",
                                code="refresh_conflict") from None
             except (VaultUnavailable, ClientError, BotoCoreError):
@@ -291,7 +327,7 @@ class TokenService:
         return expires_at  # unreachable: the loop returns or raises
 
     def _terminal(self, conn: Connection, exc: ProviderRejected) -> dict[str, Any]:
-        """invalid_grant, invalid_client (after a refetched secret), no refresh token."""
+        """invalid_grant, no refresh token."""
         if exc.oauth_error == "invalid_grant":
             # A newer token set stored meanwhile (another refresher, a re-connect) means this
             # caller lost a race with a token that was already rotated: not a dead connection.
@@ -313,11 +349,35 @@ class TokenService:
             with contextlib.suppress(Conflict):
                 self._needs_reauth(conn, "refresh_failing", exc)
             return
-        retry_after = getattr(exc, "retry_after", None) or 0
+        retry_after = min(getattr(exc, "retry_after", None) or 0, MAX_RETRY_AFTER)
         retry_at = now + max(cooldown(conn.failure_count + 1, jitter=self.jitter), retry_after)
         self.connections.record_failure(conn, owner=owner, error=error_record(exc, now), retry_at=retry_at, now=now)
         if conn.failure_count == 0:
             self._emit(REFRESH_FAILED, conn, status=ACTIVE, reason=exc.code)
+
+    def _client_rejected(self, conn: Connection, owner: str) -> None:
+        """The provider refuses the broker's client credentials, even freshly fetched: a fault
+        of the deployment (a rotated or wrong secret), never of this connection. Cool it down
+        without counting toward re-auth, answer 503, and page the operator once."""
+        now = self._now()
+        exc = BrokerError("the provider refused the broker's client credentials; the operator must fix "
+                          "the client secret", code="client_rejected", status=503)
+        retry_at = now + int(CLIENT_REJECTED_COOLDOWN * self.jitter(0.8, 1.2))
+        self.connections.record_deployment_fault(conn, owner=owner, error=error_record(exc, now),
+                                                 retry_at=retry_at, now=now)
+        self._signal_client_rejected(now)
+        raise exc
+
+    def _signal_client_rejected(self, now: int) -> None:
+        count("ClientRejected")
+        logger.error("the provider refused the client credentials (invalid_client) after a refetch")
+        try:
+            first = self.connections.claim_signal(CLIENT_REJECTED_MARKER, now=now, interval=SIGNAL_INTERVAL)
+        except (ClientError, BotoCoreError):
+            first = False  # the metric above still pages; the event is best effort
+        if first and self.events is not None:
+            self.events.emit(CLIENT_REJECTED, connection_id=None, status="deployment", reason="invalid_client",
+                             at=now)
 
     def _needs_reauth(self, conn: Connection, reason: str, exc: BrokerError) -> None:
         try:
@@ -339,7 +399,10 @@ class TokenService:
     def _await_winner(self, conn: Connection) -> dict[str, Any]:
         """Another caller holds the lease: wait briefly for the token it stores."""
         for attempt in range(10):
-            self.sleep(min(0.1 * 2 ** attempt, 1.0))
+            pause = min(0.1 * 2 ** attempt, 1.0)
+            if deadline.seconds_left() < pause + 1.0:
+                break  # never wait past the invocation's end
+            self.sleep(pause)
             latest = self._get(conn.connection_id)
             if latest.version > conn.version:
                 if latest.status != ACTIVE:
@@ -372,11 +435,21 @@ class TokenService:
     def _revoke(self, conn: Connection) -> None:
         try:
             sealed = self.vault.open(conn.connection_id, conn.credentials)
-            token, hint = ((sealed["refresh_token"], "refresh_token") if sealed.get("refresh_token")
-                           else (sealed["access_token"], "access_token"))
-            self.provider.revoke(self.credentials.get(), token, hint)
+        except BrokerError as exc:
+            logger.warning("revocation failed; deleting anyway",
+                           extra={"connection_id": conn.connection_id, "error": exc.code})
+            return
+        self._revoke_token_set(conn.connection_id, sealed)
+
+    def _revoke_token_set(self, connection_id: str, sealed: dict[str, Any]) -> None:
+        token, hint = ((sealed["refresh_token"], "refresh_token") if sealed.get("refresh_token")
+                       else (sealed["access_token"], "access_token"))
+        try:
+            self.credentials.call(lambda creds: self.provider.revoke(creds, token, hint))
             count("ConnectionsRevoked")
         except BrokerError as exc:
             # Deleting is what the SaaS asked for; a provider that cannot revoke must not block it.
+            if getattr(exc, "oauth_error", None) == "invalid_client":
+                count("ClientRejected")
             logger.warning("revocation failed; deleting anyway",
-                           extra={"connection_id": conn.connection_id, "error": exc.code})
+                           extra={"connection_id": connection_id, "error": exc.code})
