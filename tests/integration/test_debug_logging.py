@@ -48,7 +48,10 @@ def test_debug_logs_and_event_logging_show_no_secret_code_state_session_or_cooki
     redirect = broker.authorize(session.json["connect_url"])
     state, cookie = query_of(redirect.location)["state"], redirect.cookie("ic_oauth_browser").value
     seen += [state, cookie, pkce_verifier(cookie, state)]
-    assert broker.callback(provider.approve(redirect.location), cookie).status == 302
+    landing = broker.callback(provider.approve(redirect.location), cookie)
+    returned = query_of(landing.location)
+    seen.append(returned["completion_code"])
+    assert broker.complete(returned["session_id"], returned["completion_code"]).status == 200
     assert broker.call("GET", "/connections/user-1/token").status == 200
     make_due(dynamodb, stack)
     assert broker.call("GET", "/connections/user-1/token").status == 200  # refreshed on the way

@@ -19,7 +19,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
-from . import deadline
+from . import aws, deadline
 from .client_credentials import ClientCredentialSource
 from .config import Settings
 from .connections import ACTIVE, CLIENT_REJECTED_MARKER, Connection, ConnectionStore, StaleWrite
@@ -44,7 +44,9 @@ DEFERRED = "deferred"  # not tried: too little of the invocation left to finish 
 # not one of them: it is the deployment's fault (DESIGN.md invariant 9), not the connection's.
 TERMINAL_ERRORS = frozenset({"invalid_grant"})
 MAX_PROVIDER_ATTEMPTS = 3
-PERSIST_SECONDS = 2  # time kept in the lease for storing the new token set
+# Time kept for storing the new token set: the KMS call, then the DynamoDB write, which
+# aws.py refuses to start with less than one whole attempt left.
+PERSIST_SECONDS = aws.ATTEMPT_SECONDS + 0.5
 # A connection refused because of our client credentials rests this long (jittered): the
 # scheduler does not hammer the provider with a secret it refuses, /token still tries.
 CLIENT_REJECTED_COOLDOWN = 600
