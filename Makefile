@@ -32,8 +32,12 @@ install: $(STAMP)
 # Exactly the locked set: --require-hashes refuses anything unpinned, unhashed or altered.
 # --no-deps because pip's hash mode cannot pin a dependency's extras (aws-sam-cli wants
 # boto3-stubs[...]); the lock is complete by construction, and pip check proves it.
+# The venv's own pip is first replaced by the locked one (its entry in the lock): newer pip
+# installs the set in about two thirds of the time.
 $(STAMP): $(DEV_LOCK)
 	$(PYTHON) -m venv $(VENV)
+	awk '/^pip==/ {keep = 1; print; next} keep && /^[^ ]/ {exit} keep' $(DEV_LOCK) > $(VENV)/pip-lock.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r $(VENV)/pip-lock.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r $(DEV_LOCK)
 	$(BIN)/python -m pip check
 	touch $@
