@@ -1,5 +1,6 @@
 """The deployed shape: least privilege, the contract's routes and auth, template-driven config."""
 
+import fnmatch
 import json
 import re
 
@@ -53,7 +54,8 @@ def test_no_sam_policy_templates_or_crud_policies():
 def test_key_policy_grants_use_only_under_the_token_set_encryption_context():
     key = RESOURCES["TokenKey"]["Properties"]
     assert key["EnableKeyRotation"] is True
-    use_actions = {"kms:encrypt", "kms:decrypt", "kms:reencrypt*", "kms:generatedatakey*", "kms:*", "kms:create*"}
+    use_actions = {"kms:encrypt", "kms:decrypt", "kms:reencrypt*", "kms:generatedatakey", "kms:generatedatakey*",
+                   "kms:*", "kms:create*"}
     granted = {}
     for statement in statements(key["KeyPolicy"]):
         actions = {a.lower() for a in as_list(statement["Action"])}
@@ -69,11 +71,54 @@ def test_key_policy_grants_use_only_under_the_token_set_encryption_context():
             assert not any(a.startswith(("kms:encrypt", "kms:decrypt", "kms:generate", "kms:reencrypt"))
                            or a in ("kms:*", "kms:create*", "kms:creategrant") for a in actions)
     assert "AuthorizeRole" not in granted, "the authorize function must have no KMS access"
-    assert granted == {"CallbackRole": {"kms:encrypt"}, "ConnectionsRole": {"kms:decrypt"},
-                       "RefreshRole": {"kms:encrypt", "kms:decrypt"},
-                       "RefreshWorkerRole": {"kms:encrypt", "kms:decrypt"},
+    # Envelope encryption: sealing asks for a data key (GenerateDataKey); kms:Encrypt is no longer used.
+    assert granted == {"CallbackRole": {"kms:generatedatakey"}, "ConnectionsRole": {"kms:decrypt"},
+                       "RefreshRole": {"kms:generatedatakey", "kms:decrypt"},
+                       "RefreshWorkerRole": {"kms:generatedatakey", "kms:decrypt"},
                        # to revoke expired pending completions; it can read no connection item
                        "SchedulerRole": {"kms:decrypt"}}
+
+
+ACCOUNT = "arn:aws:iam::123456789012:root"
+KEY_ADMINS = ["arn:aws:iam::123456789012:role/security-admin", "arn:aws:iam::123456789012:role/deployer"]
+# What lets a principal rewrite, disable or delete the key (rewriting the policy grants Decrypt).
+CONTROL_ACTIONS = ["kms:putkeypolicy", "kms:disablekey", "kms:schedulekeydeletion", "kms:creategrant",
+                   "kms:updatekeydescription", "kms:enablekey", "kms:cancelkeydeletion"]
+
+
+def who_may(policy: dict, action: str) -> list[tuple[str, dict]]:
+    """(principal, condition) for every Allow statement that covers the action."""
+    return [(principal, statement.get("Condition", {})) for statement in statements(policy)
+            if statement["Effect"] == "Allow"
+            and any(fnmatch.fnmatch(action, a.lower()) for a in as_list(statement["Action"]))
+            for principal in as_list(statement["Principal"]["AWS"])]
+
+
+def key_policy(**parameters) -> dict:
+    return Stack(parameters=parameters).resolve(RESOURCES["TokenKey"]["Properties"]["KeyPolicy"])
+
+
+def test_by_default_the_account_administers_the_key_through_iam():
+    policy = key_policy()
+
+    for action in ("kms:putkeypolicy", "kms:disablekey", "kms:schedulekeydeletion"):
+        assert (ACCOUNT, {}) in who_may(policy, action)
+
+
+def test_named_key_administrators_replace_the_account_and_only_the_root_user_can_recover_the_key():
+    policy = key_policy(KeyAdministratorArns=",".join(KEY_ADMINS))
+
+    for action in CONTROL_ACTIONS:
+        for principal, condition in who_may(policy, action):
+            # IAM identities of the account get nothing that could grant them Decrypt; the root
+            # user itself (aws:PrincipalType Account) keeps the key manageable, as AWS advises.
+            assert principal in KEY_ADMINS or condition == {"StringEquals": {"aws:PrincipalType": "Account"}}, action
+    for admin in KEY_ADMINS:
+        assert (admin, {}) in who_may(policy, "kms:putkeypolicy")  # the deployer must be one (lockout check)
+    assert (ACCOUNT, {"StringEquals": {"aws:PrincipalType": "Account"}}) in who_may(policy, "kms:putkeypolicy")
+    assert (ACCOUNT, {}) in who_may(policy, "kms:describekey")  # inventory and audit tools still see the key
+    decrypters = {principal.rsplit("-", 1)[-1] for principal, _ in who_may(policy, "kms:decrypt")}
+    assert decrypters == {"ConnectionsRole", "RefreshRole", "RefreshWorkerRole", "SchedulerRole"}  # not the administrators
 
 
 def test_routes_match_the_public_contract_with_iam_on_backend_routes():

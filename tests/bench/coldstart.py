@@ -7,7 +7,8 @@ it) and, the same way in the same run, a bare `import boto3`: the bound a handle
 could approach, since every function needs boto3 anyway. Samples are interleaved
 (boto3, then every function, per round) after one discarded round that fills __pycache__;
 the figure is the median, and the ratio is median / median of `import boto3`. One more
-probe imports the refresh function with POWERTOOLS_TRACE_DISABLED=1: the X-Ray share.
+probe imports the refresh function with POWERTOOLS_TRACE_DISABLED=1: the X-Ray share, and
+one imports `cryptography`'s AES-GCM alone: the vault's share.
 
 Environment of a sample: the function's environment from template.yaml (Stack().
 function_environment: table names, key, queue, ...), fake AWS credentials with config files
@@ -82,6 +83,9 @@ def measure(*, samples: int) -> dict:
     # What X-Ray costs at import: the on-demand token route once more with the tracer off.
     probes["refresh, no X-Ray"] = ("app", str(ROOT / "functions" / "refresh"),
                                    {**environment(stack, "RefreshFunction"), "POWERTOOLS_TRACE_DISABLED": "1"})
+    # The vault's share: AES-GCM from `cryptography` (chosen over the AWS Encryption SDK, whose
+    # import measured ~5-10x longer; BENCHMARKS.md).
+    probes["vault AES-GCM"] = ("cryptography.hazmat.primitives.ciphers.aead", "", probes["import boto3"][2])
     taken: dict[str, list] = {name: [] for name in probes}
     for round_ in range(samples + 1):
         for name, (module, path, env) in probes.items():

@@ -106,6 +106,8 @@ class Stack:
         if name in self.pseudo:
             return self.pseudo[name]
         if name in self.parameters:
+            if self.template["Parameters"][name]["Type"] == "CommaDelimitedList":  # a list, as in CloudFormation
+                return self.parameters[name].split(",")
             return self.parameters[name]
         if name in self.refs:
             return self.refs[name]

@@ -1,15 +1,39 @@
-"""TokenVault: credentials in and out of KMS, bound to one connection by encryption context."""
+"""TokenVault: credentials in and out of KMS, bound to one connection by encryption context.
+
+Envelope encryption: each seal asks KMS for a fresh AES-256 data key (GenerateDataKey, under
+the connection's encryption context) and encrypts the token set locally with AES-256-GCM, so
+a token set of any size fits (KMS Encrypt stops at 4,096 bytes). The blob keeps the wrapped
+data key beside the ciphertext:
+
+    0xE1 | len(wrapped key), 2 bytes big-endian | wrapped key | nonce (12) | ciphertext + tag (16)
+
+The GCM associated data is that header plus the encryption context, so neither the wrapped key
+nor the connection can be swapped. Blobs written before (KMS Encrypt output, which starts with
+another byte) are still opened with a direct KMS Decrypt. One KMS call per seal and per open.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import CredentialsUnreadable, VaultUnavailable
 
 PURPOSE = "oauth2-token-set"
+ENVELOPE_V1 = 0xE1  # never the first byte of a KMS ciphertext blob (those start with 0x01)
+NONCE_BYTES = 12
+TAG_BYTES = 16
+# KMS says the context does not match (or the blob is not one of its own): not this connection's.
+NOT_THIS_CONNECTION = ("InvalidCiphertextException", "IncorrectKeyException")
+
+
+def _unreadable() -> CredentialsUnreadable:
+    return CredentialsUnreadable("the stored credentials do not belong to this connection; reconnect it")
 
 
 class TokenVault:
@@ -22,31 +46,49 @@ class TokenVault:
         # The context is logged by CloudTrail: it names the connection, never a secret.
         return {"connection_id": connection_id, "purpose": PURPOSE}
 
+    @classmethod
+    def _associated_data(cls, header: bytes, connection_id: str) -> bytes:
+        return header + json.dumps(cls._context(connection_id), sort_keys=True, separators=(",", ":")).encode()
+
     def seal(self, connection_id: str, token_set: dict[str, Any]) -> bytes:
         plaintext = json.dumps(token_set, separators=(",", ":")).encode()
         try:
-            answer = self._kms.encrypt(
-                KeyId=self._key_id,
-                Plaintext=plaintext,
-                EncryptionContext=self._context(connection_id),
-            )
+            data_key = self._kms.generate_data_key(
+                KeyId=self._key_id, KeySpec="AES_256", EncryptionContext=self._context(connection_id))
         except (ClientError, BotoCoreError) as exc:
             raise VaultUnavailable("the token key could not encrypt; nothing was changed") from exc
-        return answer["CiphertextBlob"]
+        wrapped = data_key["CiphertextBlob"]
+        header = bytes([ENVELOPE_V1]) + len(wrapped).to_bytes(2, "big") + wrapped
+        nonce = os.urandom(NONCE_BYTES)  # a fresh key per seal: a random nonce never repeats under it
+        sealed = AESGCM(data_key["Plaintext"]).encrypt(nonce, plaintext, self._associated_data(header, connection_id))
+        return header + nonce + sealed
 
     def open(self, connection_id: str, ciphertext: bytes) -> dict[str, Any]:
+        blob = bytes(ciphertext)
+        if not blob or blob[0] != ENVELOPE_V1:
+            return json.loads(self._decrypt(connection_id, blob))  # sealed by KMS Encrypt, before envelopes
+        wrapped_end = 3 + int.from_bytes(blob[1:3], "big")
+        if len(blob) < wrapped_end + NONCE_BYTES + TAG_BYTES:
+            raise _unreadable()
+        header, nonce = blob[:wrapped_end], blob[wrapped_end:wrapped_end + NONCE_BYTES]
+        sealed = blob[wrapped_end + NONCE_BYTES:]
+        data_key = self._decrypt(connection_id, header[3:])
         try:
-            answer = self._kms.decrypt(
-                CiphertextBlob=bytes(ciphertext),
-                EncryptionContext=self._context(connection_id),
-                KeyId=self._key_id,
-            )
+            plaintext = AESGCM(data_key).decrypt(nonce, sealed, self._associated_data(header, connection_id))
+        except (InvalidTag, ValueError) as exc:
+            raise _unreadable() from exc
+        return json.loads(plaintext)
+
+    def _decrypt(self, connection_id: str, blob: bytes) -> bytes:
+        if not blob:
+            raise _unreadable()
+        try:
+            answer = self._kms.decrypt(CiphertextBlob=blob, EncryptionContext=self._context(connection_id),
+                                       KeyId=self._key_id)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("InvalidCiphertextException", "IncorrectKeyException"):
-                raise CredentialsUnreadable(
-                    "the stored credentials do not belong to this connection; reconnect it"
-                ) from exc
+            if exc.response["Error"]["Code"] in NOT_THIS_CONNECTION:
+                raise _unreadable() from exc
             raise VaultUnavailable("the token key could not decrypt; try again") from exc
         except BotoCoreError as exc:
             raise VaultUnavailable("the token key could not decrypt; try again") from exc
-        return json.loads(answer["Plaintext"])
+        return answer["Plaintext"]
