@@ -118,7 +118,8 @@ def test_named_key_administrators_replace_the_account_and_only_the_root_user_can
     assert (ACCOUNT, {"StringEquals": {"aws:PrincipalType": "Account"}}) in who_may(policy, "kms:putkeypolicy")
     assert (ACCOUNT, {}) in who_may(policy, "kms:describekey")  # inventory and audit tools still see the key
     decrypters = {principal.rsplit("-", 1)[-1] for principal, _ in who_may(policy, "kms:decrypt")}
-    assert decrypters == {"ConnectionsRole", "RefreshRole", "RefreshWorkerRole", "SchedulerRole"}  # not the administrators
+    # not the administrators
+    assert decrypters == {"ConnectionsRole", "RefreshRole", "RefreshWorkerRole", "SchedulerRole"}
 
 
 def test_routes_match_the_public_contract_with_iam_on_backend_routes():
