@@ -407,7 +407,7 @@ def crash(*args, **kwargs):
 
 @pytest.mark.parametrize("target,attribute,fault,code", [
     ("credentials", "get", secrets_manager_down, "internal_error"),
-    ("vault._kms", "encrypt", kms_down, "vault_unavailable"),
+    ("vault._kms", "generate_data_key", kms_down, "vault_unavailable"),
     ("flows", "put_completion", kms_down, "storage_unavailable"),
     ("provider", "fetch_user", crash, "internal_error"),
 ])
