@@ -13,7 +13,7 @@ import pytest
 
 from broker import services
 from broker.connect_flow import pkce_challenge, pkce_verifier
-from broker.flowstore import PendingCompletion
+from broker.connections import NewCredentials
 from tests.integration.test_connect_flow import REDIRECT_URI
 from tests.integration.test_tokens import make_due
 from tests.support.inprocess import RETURN_TO
@@ -58,7 +58,7 @@ def seed(broker, event):
             "challenge": pkce_challenge(pkce_verifier(cookie, query["state"]))}
     if event["routeKey"].endswith("/complete"):
         sealed = flow.vault.seal("user-1", {"access_token": "at", "refresh_token": "rt", "token_type": "Bearer"})
-        pending = PendingCompletion("user-1", credentials=sealed, expires_at=expires, refresh_due_at=expires - 300,
+        pending = NewCredentials("user-1", credentials=sealed, expires_at=expires, refresh_due_at=expires - 300,
                                     provider_user={"id": "4242"}, scopes="")
         flow.flows.put_completion(COMPLETION_CODE, session_id=SESSION_ID, complete_by=expires, pending=pending)
 

@@ -257,11 +257,11 @@ def test_a_passing_kms_fault_after_a_rotation_does_not_lose_the_new_refresh_toke
     vault = services.token_service().vault
     real_seal, failures = vault.seal, []
 
-    def flaky_seal(connection_id, token_set):
+    def flaky_seal(connection_id, token_set, **options):
         if not failures:
             failures.append(1)
             raise VaultUnavailable("KMS hiccup")
-        return real_seal(connection_id, token_set)
+        return real_seal(connection_id, token_set, **options)
 
     monkeypatch.setattr(vault, "seal", flaky_seal)
     monkeypatch.setattr(services.token_service(), "sleep", lambda seconds: None)

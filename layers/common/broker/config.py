@@ -107,6 +107,13 @@ class Settings:
     http_read_timeout: float = 6.0
     # confirm: a finished flow waits for the SaaS backend to complete it (see connect_flow).
     session_binding: str = "confirm"
+    # Credential kinds this deployment offers (AuthModes); the first is the default.
+    auth_modes: tuple[str, ...] = ("oauth2", "api_key")
+    app_name: str = "this app"  # "Connect <AppName> to Insightly" on the key page
+    insightly_api_url_template: str = "https://api.{pod}.insightly.com/v3.1"
+    # How often an API key is checked with Users/Me (each check spends one of the account's
+    # daily requests); 0 turns checks off.
+    api_key_check_seconds: int = 86400
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ = os.environ) -> Settings:
@@ -141,6 +148,17 @@ class Settings:
         if not 1 <= shards <= 64:
             raise ConfigurationError("DUE_INDEX_SHARDS must be between 1 and 64")
         loopback_http = flag("ALLOW_LOOPBACK_HTTP_PROVIDER", "false")
+        modes = tuple(m.strip() for m in env.get("AUTH_MODES", "oauth2,api_key").split(",") if m.strip())
+        if not modes or len(set(modes)) != len(modes) or not set(modes) <= {"oauth2", "api_key"}:
+            raise ConfigurationError("AUTH_MODES must list oauth2 and/or api_key, each once")
+        api_url_template = env.get("INSIGHTLY_API_URL_TEMPLATE", "https://api.{pod}.insightly.com/v3.1").strip()
+        # The host of every API-key call: held to the same rules as the provider's URLs.
+        _provider_url("INSIGHTLY_API_URL_TEMPLATE", api_url_template.replace("{pod}", "na1"),
+                      allow_loopback_http=loopback_http)
+        check_seconds = number("API_KEY_CHECK_SECONDS", "86400")
+        if check_seconds < 0:
+            raise ConfigurationError("API_KEY_CHECK_SECONDS must be 0 or more")
+        app_name = " ".join(env.get("APP_NAME", "this app").split())[:80] or "this app"
 
         def provider_url(name: str, *, required: bool = True) -> str:
             value = need(name) if required else env.get(name, "").strip()
@@ -172,6 +190,10 @@ class Settings:
             keep_alive_refresh_seconds=number("KEEP_ALIVE_REFRESH_SECONDS", "604800"),
             reauth_after_failing_days=number("REAUTH_AFTER_FAILING_DAYS", "3"),
             session_binding=binding,
+            auth_modes=modes,
+            app_name=app_name,
+            insightly_api_url_template=api_url_template,
+            api_key_check_seconds=check_seconds,
         )
 
 

@@ -29,9 +29,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from . import requests_in
 from .client_credentials import ClientCredentialSource
 from .config import Settings
-from .connections import Connection, ConnectionStore
+from .connections import Connection, ConnectionStore, NewCredentials
 from .errors import BrokerError, CredentialsUnreadable, InvalidRequest, ProviderRejected, ProviderUnavailable
-from .flowstore import AuthState, FlowStore, PendingCompletion
+from .flowstore import AuthState, FlowStore
+from .insightly import provider_user
 from .lifecycle import CONNECTED, LifecycleEvents
 from .observability import count, logger
 from .provider import ProviderClient
@@ -74,11 +75,25 @@ def with_query(url: str, **params: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def provider_user(raw: dict) -> dict[str, str]:
-    """The few fields of Insightly's Users/Me worth keeping (no tokens, nothing large)."""
-    name = " ".join(str(raw[k]) for k in ("FIRST_NAME", "LAST_NAME") if raw.get(k))
-    user = {"id": raw.get("USER_ID"), "email": raw.get("EMAIL_ADDRESS"), "name": name or None}
-    return {k: str(v)[:256] for k, v in user.items() if v not in (None, "")}
+def link(result: NewCredentials, *, connections: ConnectionStore, flows: FlowStore,
+         events: LifecycleEvents | None, revocation: bool, now: int) -> Connection:
+    """Store a connection's new credentials (either kind), tell the SaaS, and retire what they
+    replace. A replaced OAuth grant is handed to the scheduled sweep of expired completions,
+    which revokes it: the function linking needs no Decrypt for that."""
+    connection, replaced = connections.save_connected(result, now=now)
+    count("ConnectionsCreated")
+    if events is not None:
+        events.emit(CONNECTED, connection_id=result.connection_id, status="active", reason=None, at=now)
+    logger.info("connection linked", extra={"connection_id": result.connection_id, "auth_mode": result.auth_mode})
+    if revocation and replaced is not None and replaced.auth_mode == "oauth2" and replaced.credentials:
+        try:
+            flows.put_completion(secrets.token_urlsafe(32), session_id=secrets.token_urlsafe(32),
+                                 pending=NewCredentials(replaced.connection_id, credentials=replaced.credentials),
+                                 complete_by=now)
+        except (ClientError, BotoCoreError) as fault:  # the new connection stands; the old grant stays live
+            logger.warning("replaced grant not queued for revocation",
+                           extra={"connection_id": result.connection_id, "exception_type": type(fault).__name__})
+    return connection
 
 
 @dataclass(frozen=True)
@@ -197,7 +212,7 @@ class ConnectFlow:
         expires_at, due = expiry_and_due(tokens.expires_in, bool(tokens.refresh_token), self._now(),
                                          self.settings.refresh_lead_seconds,
                                          keep_alive=self.settings.keep_alive_refresh_seconds)
-        return self.finish(auth, PendingCompletion(
+        return self.finish(auth, NewCredentials(
             connection_id, credentials=self.vault.seal(connection_id, sealed_fields(tokens)),
             expires_at=expires_at, refresh_due_at=due, provider_user=user,
             scopes=tokens.scope if tokens.scope is not None else self.settings.provider.scopes,
@@ -205,7 +220,7 @@ class ConnectFlow:
 
     # -- the end of every successful flow ------------------------------------------------------
 
-    def finish(self, auth: AuthState, result: PendingCompletion) -> str:
+    def finish(self, auth: AuthState, result: NewCredentials) -> str:
         """Where the browser goes after a flow succeeded (OAuth callback; the API-key page).
 
         result.credentials are already sealed for the connection. With SessionBinding=none the
@@ -233,17 +248,9 @@ class ConnectFlow:
             raise InvalidRequest("unknown or already used completion code", code="invalid_completion_code")
         return self._save(self.flows.consume_completion(code, session_id=session_id, now=self._now()))
 
-    def _save(self, result: PendingCompletion) -> Connection:
-        now = self._now()
-        connection = self.connections.save_connected(
-            result.connection_id, credentials=result.credentials, expires_at=result.expires_at,
-            refresh_due_at=result.refresh_due_at, provider_user=result.provider_user, scopes=result.scopes, now=now,
-        )
-        count("ConnectionsCreated")
-        if self.events is not None:
-            self.events.emit(CONNECTED, connection_id=result.connection_id, status="active", reason=None, at=now)
-        logger.info("connection linked", extra={"connection_id": result.connection_id})
-        return connection
+    def _save(self, result: NewCredentials) -> Connection:
+        return link(result, connections=self.connections, flows=self.flows, events=self.events,
+                    revocation=bool(self.settings.provider.revocation_url), now=self._now())
 
     # -- the scheduled run: pending completions nobody completed -----------------------------
 
@@ -269,7 +276,7 @@ class ConnectFlow:
             logger.info("expired completions swept", extra={"swept": swept, "not_swept": failed})
         return {"swept": swept, "not_swept": failed}
 
-    def _revoke_pending(self, pending: PendingCompletion) -> None:
+    def _revoke_pending(self, pending: NewCredentials) -> None:
         try:
             sealed = self.vault.open(pending.connection_id, pending.credentials)
         except CredentialsUnreadable:

@@ -33,6 +33,24 @@ class StaleWrite(Exception):
     """The item changed since it was read (or the lease was lost): nothing was written."""
 
 
+@dataclass(frozen=True)
+class NewCredentials:
+    """What a successful connect obtained, sealed for the connection: linked at once, or kept
+    as a pending completion until the SaaS backend confirms its session (session binding)."""
+
+    connection_id: str
+    credentials: bytes = field(repr=False)  # sealed for connection_id, as the connection stores it
+    expires_at: int | None = None  # of the access token (oauth2)
+    refresh_due_at: int | None = None  # next refresh (oauth2) or key check (api_key)
+    provider_user: dict[str, Any] = field(default_factory=dict)
+    scopes: str = ""
+    auth_mode: str = "oauth2"
+    pod: str | None = None  # api_key: the account's pod, and the base URL rebuilt from it
+    api_base_url: str | None = None
+    rate_limit: dict[str, int] | None = None  # {limit, remaining, observed_at} when Insightly sent them
+    checked_at: int | None = None  # api_key: when Users/Me last accepted the key
+
+
 @dataclass
 class Connection:
     connection_id: str
@@ -52,6 +70,12 @@ class Connection:
     last_error: dict[str, Any] | None = None
     failure_count: int = 0  # refresh failures in a row
     first_failed_at: int | None = None
+    pod: str | None = None
+    api_base_url: str | None = None
+    rate_limit: dict[str, int] | None = None
+    quota_alert: str | None = None  # "low" | "exhausted": the quota event already sent
+    last_checked_at: int | None = None
+    last_used_at: int | None = None  # the last call this credential made that Insightly accepted
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Connection:
@@ -76,6 +100,12 @@ class Connection:
             last_error=dict(data["last_error"]) if data.get("last_error") else None,
             failure_count=number("failure_count") or 0,
             first_failed_at=number("first_failed_at"),
+            pod=data.get("pod"),
+            api_base_url=data.get("api_base_url"),
+            rate_limit={k: int(v) for k, v in data["rate_limit"].items()} if data.get("rate_limit") else None,
+            quota_alert=data.get("quota_alert"),
+            last_checked_at=number("last_checked_at"),
+            last_used_at=number("last_used_at"),
         )
 
 
@@ -94,25 +124,36 @@ class ConnectionStore:
         answer = self._db.get_item(TableName=self._table, Key=self._key(connection_id), ConsistentRead=True)
         return Connection.from_item(answer["Item"]) if "Item" in answer else None
 
-    def save_connected(self, connection_id: str, *, credentials: bytes, expires_at: int | None,
-                       refresh_due_at: int | None, provider_user: dict[str, Any], scopes: str,
-                       now: int) -> Connection:
-        """Create or re-connect: new credentials replace old ones and the version moves on,
-        which fences out any refresh that was in flight for the old credentials. Answers the
-        connection as stored."""
+    def save_connected(self, new: NewCredentials, *, now: int) -> tuple[Connection, Connection | None]:
+        """Create or re-connect: new credentials (of either kind) replace old ones and the
+        version moves on, which fences out any refresh that was in flight for the old ones.
+        Answers the connection as stored and the one it replaced (None for a new one), so a
+        replaced OAuth grant can be revoked."""
         sets = {
-            "status": ACTIVE, "auth_mode": "oauth2", "credentials": credentials,
-            "provider_user": provider_user, "scopes": scopes, "connected_at": now, "updated_at": now,
+            "status": ACTIVE, "auth_mode": new.auth_mode, "credentials": new.credentials,
+            "provider_user": new.provider_user, "scopes": new.scopes, "connected_at": now, "updated_at": now,
         }
+        kind_fields = {"pod": new.pod, "api_base_url": new.api_base_url, "rate_limit": new.rate_limit,
+                       "last_checked_at": new.checked_at}
+        sets.update({k: v for k, v in kind_fields.items() if v is not None})
+        remove = ["lease_owner", "lease_until", "last_error", "last_refreshed_at", "failure_count",
+                  "first_failed_at", "quota_alert", "last_used_at", "throttled_until",
+                  *(k for k, v in kind_fields.items() if v is None)]
         answer = self._update(
-            connection_id, sets=sets, due=(expires_at, refresh_due_at),
+            new.connection_id, sets=sets, due=(new.expires_at, new.refresh_due_at),
             extra_set="version = if_not_exists(version, :zero) + :one, created_at = if_not_exists(created_at, :now)",
-            extra_values={":zero": 0, ":one": 1, ":now": now},
-            remove=["lease_owner", "lease_until", "last_error", "last_refreshed_at", "failure_count",
-                    "first_failed_at"],
-            return_new=True,
+            extra_values={":zero": 0, ":one": 1, ":now": now}, remove=remove, return_old=True,
         )
-        return Connection.from_item(answer["Attributes"])
+        old = answer.get("Attributes")
+        # The item as written, from the one it replaced: one call instead of a write and a read.
+        item = {k: v for k, v in (old or {}).items() if k not in remove and k not in ("expires_at", "refresh_due_at",
+                                                                                     "due_shard")}
+        item.update(_to_ddb({**sets, "connection_id": new.connection_id,
+                             "version": (int(old["version"]["N"]) if old else 0) + 1,
+                             "created_at": int(old["created_at"]["N"]) if old and "created_at" in old else now}))
+        item.update(_to_ddb({k: v for k, v in (("expires_at", new.expires_at), ("refresh_due_at", new.refresh_due_at))
+                             if v is not None}))
+        return Connection.from_item(item), (Connection.from_item(old) if old else None)
 
     def acquire_lease(self, connection: Connection, *, owner: str, now: int, seconds: int) -> bool:
         try:
@@ -126,16 +167,30 @@ class ConnectionStore:
             return False
         return True
 
-    def save_refreshed(self, connection: Connection, *, owner: str, credentials: bytes,
-                       expires_at: int | None, refresh_due_at: int | None, now: int) -> None:
+    def save_refreshed(self, connection: Connection, *, owner: str, credentials: bytes | None,
+                       expires_at: int | None, refresh_due_at: int | None, now: int,
+                       extra: dict[str, Any] | None = None) -> None:
+        """A renewal under the lease: new credentials (a refresh) or None (a check that kept
+        the stored key), plus what it observed (quota, check time)."""
+        sets = {"last_refreshed_at": now, "updated_at": now, **(extra or {})}
+        if credentials is not None:
+            sets["credentials"] = credentials
         self._update(
             connection.connection_id,
-            sets={"credentials": credentials, "last_refreshed_at": now, "updated_at": now},
+            sets=sets,
             due=(expires_at, refresh_due_at),
             extra_set="version = version + :one",
             remove=["lease_owner", "lease_until", "last_error", "failure_count", "first_failed_at"],
             condition="version = :version AND lease_owner = :owner",
             extra_values={":version": connection.version, ":owner": owner, ":one": 1},
+        )
+
+    def reschedule(self, connection: Connection, *, refresh_due_at: int, now: int) -> None:
+        """Move the next refresh or check without renewing (an API-key check postponed)."""
+        self._update(
+            connection.connection_id, sets={"updated_at": now}, due=(connection.expires_at, refresh_due_at),
+            condition="version = :version AND (attribute_not_exists(lease_until) OR lease_until < :now)",
+            extra_values={":version": connection.version, ":now": now},
         )
 
     def mark_needs_reauth(self, connection: Connection, *, error: dict[str, Any], now: int) -> None:
@@ -150,7 +205,7 @@ class ConnectionStore:
         )
 
     def record_failure(self, connection: Connection, *, owner: str, error: dict[str, Any], retry_at: int,
-                       now: int) -> None:
+                       now: int, extra: dict[str, Any] | None = None) -> None:
         """A failed refresh: count it, and move the due time out (the cooldown) so a broken
         connection is not retried on every scheduled run."""
         with contextlib.suppress(StaleWrite):  # lease lost: the new holder's outcome stands
@@ -158,7 +213,8 @@ class ConnectionStore:
                 connection.connection_id,
                 sets={"last_error": error, "failure_count": connection.failure_count + 1,
                       "first_failed_at": connection.first_failed_at or now, "refresh_due_at": retry_at,
-                      "due_shard": due_shard(connection.connection_id, self._shards), "updated_at": now},
+                      "due_shard": due_shard(connection.connection_id, self._shards), "updated_at": now,
+                      **(extra or {})},
                 remove=["lease_owner", "lease_until"],
                 condition="lease_owner = :owner",
                 extra_values={":owner": owner},
@@ -247,7 +303,8 @@ class ConnectionStore:
 
     def _update(self, connection_id: str, *, sets: dict[str, Any], due: tuple | None = None,
                 extra_set: str = "", remove: list[str] | None = None, condition: str | None = None,
-                extra_values: dict[str, Any] | None = None, return_new: bool = False) -> dict:
+                extra_values: dict[str, Any] | None = None, return_new: bool = False,
+                return_old: bool = False) -> dict:
         sets = dict(sets)
         remove = list(remove or [])
         if due is not None:
@@ -278,8 +335,8 @@ class ConnectionStore:
         }
         if condition:
             kwargs["ConditionExpression"] = condition
-        if return_new:
-            kwargs["ReturnValues"] = "ALL_NEW"
+        if return_new or return_old:
+            kwargs["ReturnValues"] = "ALL_NEW" if return_new else "ALL_OLD"
         try:
             return self._db.update_item(**kwargs)
         except ClientError as exc:

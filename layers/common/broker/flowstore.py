@@ -22,6 +22,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from .connections import NewCredentials
 from .errors import InvalidRequest
 
 PENDING_INDEX = "pending-index"
@@ -56,18 +57,6 @@ class AuthState:
     connection_id: str
     return_to: str
     session_id: str | None = None
-
-
-@dataclass(frozen=True)
-class PendingCompletion:
-    """A successful flow's result, waiting for the SaaS backend to confirm the session."""
-
-    connection_id: str
-    credentials: bytes  # sealed for connection_id, exactly as the connection will store it
-    expires_at: int | None  # of the access token
-    refresh_due_at: int | None
-    provider_user: dict[str, Any]
-    scopes: str
 
 
 class FlowStore:
@@ -116,11 +105,13 @@ class FlowStore:
 
     # -- pending completions (session binding) ------------------------------------------------
 
-    def put_completion(self, code: str, *, session_id: str, pending: PendingCompletion, complete_by: int) -> None:
+    def put_completion(self, code: str, *, session_id: str, pending: NewCredentials, complete_by: int) -> None:
         attributes = {
             "connection_id": pending.connection_id, "credentials": pending.credentials,
             "token_expires_at": pending.expires_at, "refresh_due_at": pending.refresh_due_at,
             "provider_user": pending.provider_user, "scopes": pending.scopes,
+            "auth_mode": pending.auth_mode, "pod": pending.pod, "api_base_url": pending.api_base_url,
+            "rate_limit": pending.rate_limit, "checked_at": pending.checked_at,
             "session_hash": digest(session_id), "complete_by": complete_by,
             # Sparse index: only pending completions carry the shard, so the sweep reads nothing else.
             "pending_shard": PENDING_SHARD, "expires_at": complete_by + PENDING_CLEANUP_SECONDS,
@@ -128,7 +119,7 @@ class FlowStore:
         self._put(f"completion#{digest(code)}",
                   {k: _ser.serialize(v) for k, v in attributes.items() if v is not None})
 
-    def consume_completion(self, code: str, *, session_id: str, now: int) -> PendingCompletion:
+    def consume_completion(self, code: str, *, session_id: str, now: int) -> NewCredentials:
         """Single use: one conditional delete that also checks the session and the deadline."""
         key = {"flow_key": {"S": f"completion#{digest(code)}"}}
         try:
@@ -149,7 +140,7 @@ class FlowStore:
             raise InvalidRequest("unknown or already used completion code", code="invalid_completion_code") from None
         return _pending(answer["Attributes"])
 
-    def expired_completions(self, *, now: int, page_size: int = 25) -> Iterator[tuple[str, PendingCompletion]]:
+    def expired_completions(self, *, now: int, page_size: int = 25) -> Iterator[tuple[str, NewCredentials]]:
         """(flow_key, completion) of every completion past its deadline, from the sparse index."""
         kwargs = {
             "TableName": self._table, "IndexName": PENDING_INDEX,
@@ -221,11 +212,18 @@ def _unmask(item: dict, key: str, label: str) -> str | None:
     return session_id if hmac.compare_digest(digest(session_id), item["session_hash"]["S"]) else None
 
 
-def _pending(item: dict) -> PendingCompletion:
+def _pending(item: dict) -> NewCredentials:
     data = {k: _de.deserialize(v) for k, v in item.items()}
     number = lambda name: int(data[name]) if data.get(name) is not None else None  # noqa: E731
-    return PendingCompletion(
+    return NewCredentials(
         connection_id=data["connection_id"], credentials=bytes(data["credentials"]),
         expires_at=number("token_expires_at"), refresh_due_at=number("refresh_due_at"),
         provider_user=dict(data.get("provider_user") or {}), scopes=data.get("scopes", ""),
+        auth_mode=data.get("auth_mode", "oauth2"), pod=data.get("pod"), api_base_url=data.get("api_base_url"),
+        rate_limit=_numbers(data.get("rate_limit")), checked_at=number("checked_at"),
     )
+
+
+def _numbers(value: Any) -> dict[str, int] | None:
+    """A stored map of numbers (DynamoDB gives Decimals) as ints."""
+    return {k: int(v) for k, v in value.items() if v is not None} if value else None

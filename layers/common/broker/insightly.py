@@ -19,6 +19,7 @@ from requests.auth import AuthBase, HTTPBasicAuth
 
 from . import deadline
 from .errors import BrokerError, ConfigurationError, InvalidRequest, ProviderUnavailable
+from .provider import parse_retry_after
 
 DEFAULT_API_URL_TEMPLATE = "https://api.{pod}.insightly.com/v3.1"
 USER_AGENT = "insightly-connect/0.1"
@@ -184,12 +185,14 @@ class RateLimit:
         return {"limit": self.limit, "remaining": self.remaining, "observed_at": self.observed_at}
 
 
+def provider_user(raw: dict) -> dict[str, str]:
+    """The few fields of Insightly's Users/Me worth keeping (no credential, nothing large)."""
+    name = " ".join(str(raw[k]) for k in ("FIRST_NAME", "LAST_NAME") if raw.get(k))
+    user = {"id": raw.get("USER_ID"), "email": raw.get("EMAIL_ADDRESS"), "name": name or None}
+    return {k: str(v)[:256] for k, v in user.items() if v not in (None, "")}
+
+
 # -- the API -----------------------------------------------------------------------------------
-
-
-def _retry_after(response: requests.Response) -> int | None:
-    value = response.headers.get("Retry-After", "").strip()
-    return int(value) if value.isdigit() and len(value) <= 9 else None
 
 
 class InsightlyApi:
@@ -212,9 +215,6 @@ class InsightlyApi:
 
     def users_me(self, api_base_url: str, auth: AuthBase) -> tuple[dict[str, str], RateLimit | None]:
         """Who the credential belongs to (id, email, name) and the quota the answer showed."""
-        # Late import: connect_flow imports the token service, which will import this module.
-        from .connect_flow import provider_user
-
         response = self._send("GET", api_base_url.rstrip("/") + "/Users/Me", auth)
         rate = RateLimit.from_headers(response.headers, now=self.clock())
         self._raise_for_status(response, rate)
@@ -249,15 +249,16 @@ class InsightlyApi:
         status = response.status_code
         if 200 <= status < 300:
             return
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if status == 401:
             error: BrokerError = ApiKeyRejected("Insightly did not accept this API key")
         elif status == 403:
             error = ApiAccessDenied("Insightly refused API access for this user")
         elif status == 429:
             error = QuotaExhausted("Insightly's daily API limit for this account is used up",
-                                   retry_after=_retry_after(response))
+                                   retry_after=retry_after)
         elif status >= 500:
-            error = ProviderUnavailable(f"Insightly answered {status}", retry_after=_retry_after(response))
+            error = ProviderUnavailable(f"Insightly answered {status}", retry_after=retry_after)
         else:
             error = ProviderUnavailable(f"Insightly gave an unexpected answer ({status})")
         raise self._with_rate(error, rate)

@@ -1,5 +1,5 @@
 """Lifecycle events on the broker's EventBridge bus, so the SaaS hears when a connection
-changes: Connected, RefreshFailed, NeedsReauth, Recovered, Deleted; and, for the operator,
+changes: Connected, RefreshFailed, NeedsReauth, Recovered, Deleted, QuotaLow, QuotaExhausted; and, for the operator,
 ClientRejected: the provider refuses the broker's own client credentials (no connection id).
 
 An event carries the connection id, its status, a reason code and the time: never a
@@ -20,6 +20,8 @@ SOURCE = "insightly-connect"
 CONNECTED, REFRESH_FAILED, NEEDS_REAUTH, RECOVERED, DELETED = (
     "Connected", "RefreshFailed", "NeedsReauth", "Recovered", "Deleted")
 CLIENT_REJECTED = "ClientRejected"
+# The Insightly account's daily API quota, as its X-RateLimit-* headers and 429s showed it.
+QUOTA_LOW, QUOTA_EXHAUSTED = "QuotaLow", "QuotaExhausted"
 
 
 class LifecycleEvents:

@@ -8,6 +8,7 @@ and on still holding the lease, so a stale writer never overwrites newer credent
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import threading
 import time
@@ -29,21 +30,29 @@ from .errors import (
     CredentialsUnreadable,
     NotFound,
     ProviderRejected,
-    ProviderUnavailable,
     VaultUnavailable,
 )
-from .lifecycle import CLIENT_REJECTED, DELETED, RECOVERED, REFRESH_FAILED, LifecycleEvents
+from .insightly import InsightlyApi, QuotaExhausted, RateLimit, authorization_header
+from .kinds import API_KEY, OAUTH2, CredentialKind, Renewal
+from .kinds.api_key import ApiKeyKind
+from .kinds.oauth2 import OAuth2Kind, backoff, expiry_and_due, sealed_fields  # noqa: F401 - part of this module's API
+from .lifecycle import (
+    CLIENT_REJECTED,
+    DELETED,
+    QUOTA_EXHAUSTED,
+    QUOTA_LOW,
+    RECOVERED,
+    REFRESH_FAILED,
+    LifecycleEvents,
+)
 from .lifecycle import NEEDS_REAUTH as NEEDS_REAUTH_EVENT
 from .observability import count, logger, metrics
-from .provider import MAX_RETRY_AFTER, ProviderClient, TokenSet
+from .provider import MAX_RETRY_AFTER, ProviderClient
 from .vault import TokenVault
 
 REFRESHED, NOT_DUE, IN_PROGRESS, NEEDS_REAUTH, FAILED = "refreshed", "not_due", "in_progress", "needs_reauth", "failed"
 DEFERRED = "deferred"  # not tried: too little of the invocation left to finish a refresh
-# OAuth answers that no retry will fix: this connection's grant is gone. invalid_client is
-# not one of them: it is the deployment's fault (DESIGN.md invariant 9), not the connection's.
-TERMINAL_ERRORS = frozenset({"invalid_grant"})
-MAX_PROVIDER_ATTEMPTS = 3
+POSTPONED = "postponed"  # an API-key check not worth a request of the daily quota now
 # Time kept for storing the new token set: the KMS call, then the DynamoDB write, which
 # aws.py refuses to start with less than one whole attempt left.
 PERSIST_SECONDS = aws.ATTEMPT_SECONDS + 0.5
@@ -57,46 +66,10 @@ def iso(epoch: int | None) -> str | None:
     return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def expiry_and_due(expires_in: int | None, can_refresh: bool, now: int, lead: int, *, keep_alive: int = 0,
-                   jitter: Callable[[float, float], float] = random.uniform) -> tuple[int | None, int | None]:
-    """When the access token expires, and when the background refresh should renew it.
-
-    Due = expiry - lead - a random spread (up to a tenth of the lifetime), so connections
-    made together do not all come due together; never before half the lifetime has
-    passed; and at least every `keep_alive` seconds, for tokens without expires_in and for
-    refresh tokens that expire when unused.
-    """
-    expires_at = None if expires_in is None else now + expires_in
-    if not can_refresh:
-        return expires_at, None
-    if expires_in is None:
-        return None, (now + keep_alive if keep_alive else None)
-    spread = int(jitter(0, min(lead, expires_in / 10)))
-    due = max(now + expires_in // 2, expires_at - lead - spread)
-    return expires_at, (min(due, now + keep_alive) if keep_alive else due)
-
-
-def backoff(attempt: int, *, base: float = 0.5, cap: float = 4.0,
-            jitter: Callable[[float, float], float] = random.uniform) -> float:
-    """Capped exponential backoff with full jitter."""
-    return jitter(0, min(cap, base * 2 ** attempt))
-
-
 def cooldown(failures: int, *, base: int = 60, cap: int = 3600,
              jitter: Callable[[float, float], float] = random.uniform) -> int:
     """How long a connection whose refresh keeps failing rests before the next try."""
     return int(min(cap, base * 2 ** (failures - 1)) * jitter(0.8, 1.2))
-
-
-def sealed_fields(tokens: TokenSet, previous: dict | None = None) -> dict:
-    """The token set as it is encrypted; a refresh without a new refresh token keeps the old one."""
-    previous = previous or {}
-    return {
-        "access_token": tokens.access_token,
-        "refresh_token": tokens.refresh_token or previous.get("refresh_token"),
-        "token_type": tokens.token_type,
-        "scope": tokens.scope if tokens.scope is not None else previous.get("scope"),
-    }
 
 
 def error_record(exc: BrokerError, now: int) -> dict[str, Any]:
@@ -119,7 +92,27 @@ def connection_status(conn: Connection) -> dict[str, Any]:
         "created_at": iso(conn.created_at),
         "failing_since": iso(conn.first_failed_at),
         "last_error": {**conn.last_error, "at": iso(int(conn.last_error["at"]))} if conn.last_error else None,
+        "pod": conn.pod,
+        "api_base_url": conn.api_base_url,
+        "last_checked_at": iso(conn.last_checked_at),
+        "rate_limit": ({"limit": conn.rate_limit.get("limit"), "remaining": conn.rate_limit.get("remaining"),
+                        "observed_at": iso(conn.rate_limit.get("observed_at"))} if conn.rate_limit else None),
     }
+
+
+def quota_change(conn: Connection, rate: RateLimit | None) -> tuple[dict[str, Any], str | None]:
+    """What an observed quota changes on the connection, and the event it is worth: QuotaLow
+    once when remaining drops under 10 % of the limit, QuotaExhausted once at 0 (or a 429);
+    both re-armed when the quota is back above 10 %."""
+    if rate is None:
+        return {}, None
+    alert = "exhausted" if rate.is_exhausted() else "low" if rate.is_low() else None
+    rank = {None: 0, "low": 1, "exhausted": 2}
+    event = None
+    if rank[alert] > rank.get(conn.quota_alert, 0):
+        event = QUOTA_EXHAUSTED if alert == "exhausted" else QUOTA_LOW
+    stored = {k: v for k, v in rate.as_dict().items() if v is not None}
+    return {"rate_limit": stored, "quota_alert": alert}, event
 
 
 class TokenService:
@@ -127,7 +120,7 @@ class TokenService:
                  provider: ProviderClient, credentials: ClientCredentialSource,
                  events: LifecycleEvents | None = None, clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep,
-                 jitter: Callable[[float, float], float] = random.uniform):
+                 jitter: Callable[[float, float], float] = random.uniform, insightly: InsightlyApi | None = None):
         self.settings = settings
         self.connections = connections
         self.vault = vault
@@ -139,6 +132,14 @@ class TokenService:
         self.jitter = jitter
         self._flights: dict[str, threading.Lock] = {}
         self._flights_guard = threading.Lock()
+        # One instance per credential kind, chosen by each connection's auth_mode. The kinds
+        # sleep through self.sleep, so a test's fake sleep reaches them too.
+        self.kinds: dict[str, CredentialKind] = {
+            OAUTH2: OAuth2Kind(settings, provider=provider, credentials=credentials, clock=clock,
+                               sleep=lambda seconds: self.sleep(seconds), jitter=jitter),
+            API_KEY: ApiKeyKind(settings, api=insightly or InsightlyApi(
+                timeout=(settings.http_connect_timeout, settings.http_read_timeout), clock=clock), clock=clock),
+        }
 
     def _now(self) -> int:
         return int(self.clock())
@@ -149,18 +150,20 @@ class TokenService:
         return connection_status(self._get(connection_id))
 
     def access_token(self, connection_id: str) -> dict[str, Any]:
-        """A token valid for at least the skew; refreshed first when it is not."""
+        """A credential that works now: an access token valid for at least the skew (refreshed
+        first when it is not), or the API key; either way with the whole Authorization header."""
         conn = self._active(connection_id)
-        if self._fresh(conn):
-            return self._token_answer(conn, self.vault.open(connection_id, conn.credentials))
+        if self._kind(conn).fresh(conn, self._now()):
+            return self._token_answer(conn, self._open(conn))
         with self._single_flight(connection_id) as waited:
             if waited:  # another request in this container just refreshed it, most likely
                 conn = self._active(connection_id)
-                if self._fresh(conn):
-                    return self._token_answer(conn, self.vault.open(connection_id, conn.credentials))
+                if self._kind(conn).fresh(conn, self._now()):
+                    return self._token_answer(conn, self._open(conn))
             return self._refresh(conn, wait_for_winner=True)
 
     def force_refresh(self, connection_id: str) -> dict[str, Any]:
+        """oauth2: refresh now; api_key: check the key with Users/Me now."""
         with self._single_flight(connection_id):
             return self._refresh(self._active(connection_id), wait_for_winner=True)
 
@@ -169,15 +172,22 @@ class TokenService:
         return self.settings.http_connect_timeout + self.settings.http_read_timeout + PERSIST_SECONDS
 
     def refresh_if_due(self, connection_id: str) -> str:
-        """The background path: refresh a connection the due index listed, if it still is
-        due. Duplicate and late queue messages end here as not_due. With too little time
-        left it does not start (deferred): nothing is recorded, the message goes back."""
+        """The background path: refresh (or check) a connection the due index listed, if it
+        still is due. Duplicate and late queue messages end here as not_due. With too little
+        time left it does not start (deferred): nothing is recorded, the message goes back."""
         if deadline.seconds_left() < self.time_to_refresh():
             return DEFERRED
         conn = self.connections.get(connection_id)
+        now = self._now()
         if (conn is None or conn.status != ACTIVE or conn.refresh_due_at is None
-                or conn.refresh_due_at > self._now()):
+                or conn.refresh_due_at > now):
             return NOT_DUE
+        later = self._kind(conn).postponed_until(conn, now)
+        if later is not None:
+            with contextlib.suppress(StaleWrite):  # changed meanwhile: its new due time stands
+                self.connections.reschedule(conn, refresh_due_at=later, now=now)
+            count("CheckPostponed")
+            return POSTPONED
         try:
             answer = self._refresh(conn, wait_for_winner=False)
         except BrokerError as exc:
@@ -192,7 +202,7 @@ class TokenService:
         refresh that stores after the delete finds the item gone and revokes its own."""
         conn = self._get(connection_id)
         for _ in range(3):
-            if self.settings.provider.revocation_url and conn.credentials:
+            if conn.credentials and self._revokes(conn):
                 self._revoke(conn)
             try:
                 deleted = self.connections.delete(connection_id, version=conn.version)
@@ -210,9 +220,6 @@ class TokenService:
         raise Conflict("the connection kept changing during the delete; try again", code="refresh_conflict")
 
     # -- refresh -----------------------------------------------------------------------------
-
-    def _fresh(self, conn: Connection) -> bool:
-        return conn.expires_at is None or conn.expires_at - self.settings.token_skew_seconds > self._now()
 
     @contextlib.contextmanager
     def _single_flight(self, connection_id: str) -> Iterator[bool]:
@@ -233,88 +240,64 @@ class TokenService:
     def _refresh(self, conn: Connection, *, wait_for_winner: bool) -> dict[str, Any] | None:
         started = time.monotonic()
         owner = uuid.uuid4().hex
+        kind = self._kind(conn)
         if not self.connections.acquire_lease(conn, owner=owner, now=self._now(),
                                               seconds=self.settings.lease_seconds):
             count("RefreshLostRace")
             return self._await_winner(conn) if wait_for_winner else None
-        lease_end = started + self.settings.lease_seconds
+        # Renew only while the lease and the invocation outlast the call and the write after
+        # it: the lease keeps a second refresher off the same refresh token, and the
+        # invocation's end would cut the write of a token the provider has already rotated.
+        end = min(started + self.settings.lease_seconds, time.monotonic() + deadline.seconds_left()) - PERSIST_SECONDS
         try:
-            current = self.vault.open(conn.connection_id, conn.credentials)
-            if not current.get("refresh_token"):
-                raise ProviderRejected("this connection has no refresh token", oauth_error="no_refresh_token")
-            tokens = self._call_refresh(current["refresh_token"], lease_end)
-        except ProviderRejected as exc:
-            if exc.oauth_error in TERMINAL_ERRORS or exc.oauth_error == "no_refresh_token":
-                return self._terminal(conn, exc)
-            if exc.oauth_error == "invalid_client":  # still refused with a freshly fetched secret
-                self._client_rejected(conn, owner)
-            self._failed(conn, owner, exc)
-            raise
+            current = self._open(conn)
+            renewal = kind.renew(conn, current, end=end)
         except CredentialsUnreadable as exc:
             # Not the provider's fault and not transient: leave the item as it is.
             self.connections.release_lease(conn, owner=owner, error=error_record(exc, self._now()))
             raise
         except BrokerError as exc:
+            reason = kind.rejected_reason(exc)
+            if reason is not None:
+                return self._terminal(conn, exc, reason)
+            if isinstance(exc, ProviderRejected) and exc.oauth_error == "invalid_client":
+                self._client_rejected(conn, owner)  # still refused with a freshly fetched secret
             self._failed(conn, owner, exc)
             raise
-        sealed = sealed_fields(tokens, current)
-        expires_at = self._persist(conn, owner, tokens, sealed)
+        sealed = renewal.sealed or current
+        self._persist(conn, owner, kind, renewal)
         count("RefreshSucceeded")
         metrics.add_metric(name="RefreshLatency", unit=MetricUnit.Milliseconds,
                            value=(time.monotonic() - started) * 1000)
         if conn.failure_count:
             count("RefreshRecovered")
             self._emit(RECOVERED, conn, status=ACTIVE, reason=(conn.last_error or {}).get("code"))
-        logger.info("token refreshed", extra={"connection_id": conn.connection_id})
-        return {"connection_id": conn.connection_id, "access_token": sealed["access_token"],
-                "token_type": sealed["token_type"], "expires_at": iso(expires_at)}
+        logger.info("credential renewed", extra={"connection_id": conn.connection_id, "auth_mode": kind.auth_mode})
+        return self._token_answer(dataclasses.replace(conn, expires_at=renewal.expires_at), sealed)
 
-    def _call_refresh(self, refresh_token: str, lease_end: float) -> TokenSet:
-        """One refresh at the provider, retried on transient faults while the lease and the
-        invocation last."""
-        # Retry only while both outlast the wait, a whole further call and the write after it:
-        # the lease keeps a second refresher off the same refresh token, and the invocation's
-        # end would cut the write of a token the provider has already rotated.
-        end = min(lease_end, time.monotonic() + deadline.seconds_left())
-        attempt = 0
-        while True:
-            called = time.monotonic()
-            try:
-                tokens = self.credentials.call(lambda creds: self.provider.refresh(creds, refresh_token))
-            except ProviderUnavailable as exc:
-                attempt += 1
-                wait = max(exc.retry_after or 0, backoff(attempt, jitter=self.jitter))
-                if attempt >= MAX_PROVIDER_ATTEMPTS or time.monotonic() + wait + self.time_to_refresh() > end:
-                    raise
-                count("ProviderRetries")
-                self.sleep(wait)
-                continue
-            finally:
-                metrics.add_metric(name="ProviderLatency", unit=MetricUnit.Milliseconds,
-                                   value=(time.monotonic() - called) * 1000)
-            return tokens
-
-    def _persist(self, conn: Connection, owner: str, tokens: TokenSet, sealed: dict[str, Any]) -> int | None:
-        """Store the new token set before anyone hears of it. The provider may already have
-        retired the old refresh token, so a passing KMS or DynamoDB fault is retried."""
+    def _persist(self, conn: Connection, owner: str, kind: CredentialKind, renewal: Renewal) -> None:
+        """Store the renewal before anyone hears of it. The provider may already have retired
+        the old refresh token, so a passing KMS or DynamoDB fault is retried."""
         now = self._now()
-        expires_at, due = expiry_and_due(tokens.expires_in, bool(sealed["refresh_token"]), now,
-                                         self.settings.refresh_lead_seconds,
-                                         keep_alive=self.settings.keep_alive_refresh_seconds, jitter=self.jitter)
+        extra, event = quota_change(conn, renewal.rate_limit)
+        if renewal.checked_at is not None:
+            extra["last_checked_at"] = renewal.checked_at
         for attempt in range(3):
             try:
+                credentials = (self.vault.seal(conn.connection_id, renewal.sealed, purpose=kind.purpose)
+                               if renewal.sealed is not None else None)
                 self.connections.save_refreshed(
-                    conn, owner=owner, credentials=self.vault.seal(conn.connection_id, sealed),
-                    expires_at=expires_at, refresh_due_at=due, now=now)
-                return expires_at
+                    conn, owner=owner, credentials=credentials, expires_at=renewal.expires_at,
+                    refresh_due_at=renewal.next_due_at, now=now, extra=extra)
+                break
             except StaleWrite:
                 if self.connections.get(conn.connection_id) is None:
-                    # Deleted while the provider answered: the token set just received must
+                    # Deleted while the provider answered: the credential just received must
                     # not stay live at the provider with nobody holding it.
                     logger.warning("connection deleted during its refresh; revoking the new token set",
                                    extra={"connection_id": conn.connection_id})
-                    if self.settings.provider.revocation_url:
-                        self._revoke_token_set(conn.connection_id, sealed)
+                    if renewal.sealed is not None:
+                        kind.revoke(conn, renewal.sealed)
                     raise NotFound("the connection was deleted during the refresh",
                                    code="connection_not_found") from None
                 raise Conflict("the connection changed during the refresh; try again",
@@ -326,20 +309,21 @@ class TokenService:
                     count("RefreshNotStored")
                     raise
             self.sleep(0.1 * 2 ** attempt)
-        return expires_at  # unreachable: the loop returns or raises
+        if event:
+            self._emit(event, conn, status=ACTIVE, reason="quota")
 
-    def _terminal(self, conn: Connection, exc: ProviderRejected) -> dict[str, Any]:
-        """invalid_grant, no refresh token."""
-        if exc.oauth_error == "invalid_grant":
-            # A newer token set stored meanwhile (another refresher, a re-connect) means this
-            # caller lost a race with a token that was already rotated: not a dead connection.
-            latest = self.connections.get(conn.connection_id)
-            if latest is not None and latest.version != conn.version:
-                count("RefreshLostRace")
-                if latest.status == ACTIVE and latest.credentials:
-                    return self._token_answer(latest, self.vault.open(latest.connection_id, latest.credentials))
-                raise Conflict("this connection needs to be re-authorized", code="needs_reauth")
-        self._needs_reauth(conn, exc.oauth_error, exc)
+    def _terminal(self, conn: Connection, exc: BrokerError, reason: str) -> dict[str, Any]:
+        """The provider no longer accepts this connection's credential (invalid_grant, no
+        refresh token, a rejected API key)."""
+        # A newer credential stored meanwhile (another refresher, a re-connect) means this
+        # caller lost a race with one that was already replaced: not a dead connection.
+        latest = self.connections.get(conn.connection_id)
+        if latest is not None and latest.version != conn.version:
+            count("RefreshLostRace")
+            if latest.status == ACTIVE and latest.credentials:
+                return self._token_answer(latest, self._open(latest))
+            raise Conflict("this connection needs to be re-authorized", code="needs_reauth")
+        self._needs_reauth(conn, reason, exc)
 
     def _failed(self, conn: Connection, owner: str, exc: BrokerError) -> None:
         """A transient failure: cool the connection down, tell the SaaS on the first one, and
@@ -353,10 +337,17 @@ class TokenService:
             return
         retry_after = min(getattr(exc, "retry_after", None) or 0, MAX_RETRY_AFTER)
         retry_at = now + max(cooldown(conn.failure_count + 1, jitter=self.jitter), retry_after)
-        self.connections.record_failure(conn, owner=owner, error=error_record(exc, now), retry_at=retry_at, now=now)
+        rate = getattr(exc, "rate_limit", None)
+        if isinstance(exc, QuotaExhausted) and (rate is None or not rate.is_exhausted()):
+            # Insightly's 429 is the daily quota: remaining is 0 whatever the headers said.
+            rate = RateLimit(limit=(rate or conn_rate(conn)).limit, remaining=0, observed_at=now)
+        extra, event = quota_change(conn, rate)
+        self.connections.record_failure(conn, owner=owner, error=error_record(exc, now), retry_at=retry_at, now=now,
+                                        extra=extra)
         if conn.failure_count == 0:
             self._emit(REFRESH_FAILED, conn, status=ACTIVE, reason=exc.code)
-
+        if event:
+            self._emit(event, conn, status=ACTIVE, reason="quota")
     def _client_rejected(self, conn: Connection, owner: str) -> None:
         """The provider refuses the broker's client credentials, even freshly fetched: a fault
         of the deployment (a rotated or wrong secret), never of this connection. Cool it down
@@ -391,7 +382,8 @@ class TokenService:
             self._emit(NEEDS_REAUTH_EVENT, conn, status=NEEDS_REAUTH, reason=reason)
             logger.warning("connection needs re-authorization",
                            extra={"connection_id": conn.connection_id, "reason": reason})
-        raise Conflict("the provider no longer accepts this connection's grant; reconnect it", code="needs_reauth")
+        raise Conflict("the provider no longer accepts this connection's credential; reconnect it",
+                       code="needs_reauth")
 
     def _emit(self, detail_type: str, conn: Connection, *, status: str, reason: str | None) -> None:
         if self.events is not None:
@@ -409,7 +401,7 @@ class TokenService:
             if latest.version > conn.version:
                 if latest.status != ACTIVE:
                     raise Conflict("this connection needs to be re-authorized", code="needs_reauth")
-                return self._token_answer(latest, self.vault.open(latest.connection_id, latest.credentials))
+                return self._token_answer(latest, self._open(latest))
             if latest.lease_until is None or latest.lease_until < self._now():
                 break  # the winner gave up or crashed
         raise BrokerError("a refresh of this connection is in progress; retry shortly",
@@ -429,29 +421,34 @@ class TokenService:
             raise Conflict("this connection needs to be re-authorized", code="needs_reauth")
         return conn
 
-    @staticmethod
-    def _token_answer(conn: Connection, sealed: dict[str, Any]) -> dict[str, Any]:
-        return {"connection_id": conn.connection_id, "access_token": sealed["access_token"],
-                "token_type": sealed.get("token_type") or "Bearer", "expires_at": iso(conn.expires_at)}
+    def _kind(self, conn: Connection) -> CredentialKind:
+        return self.kinds[conn.auth_mode]
+
+    def _open(self, conn: Connection) -> dict[str, Any]:
+        return self.vault.open(conn.connection_id, conn.credentials, purpose=self._kind(conn).purpose)
+
+    def _revokes(self, conn: Connection) -> bool:
+        """Whether deleting this connection gives something up at the provider."""
+        return conn.auth_mode == OAUTH2 and bool(self.settings.provider.revocation_url)
+
+    def _token_answer(self, conn: Connection, sealed: dict[str, Any]) -> dict[str, Any]:
+        """One shape for both kinds, so a backend calls Insightly with one code path."""
+        kind = self._kind(conn)
+        return {"connection_id": conn.connection_id, "auth_mode": conn.auth_mode,
+                "api_base_url": conn.api_base_url or self.settings.provider.api_base_url,
+                "authorization": authorization_header(kind.authorization(sealed)),
+                "expires_at": iso(conn.expires_at), **kind.token_answer(conn, sealed)}
 
     def _revoke(self, conn: Connection) -> None:
         try:
-            sealed = self.vault.open(conn.connection_id, conn.credentials)
+            sealed = self._open(conn)
         except BrokerError as exc:
             logger.warning("revocation failed; deleting anyway",
                            extra={"connection_id": conn.connection_id, "error": exc.code})
             return
-        self._revoke_token_set(conn.connection_id, sealed)
+        self._kind(conn).revoke(conn, sealed)
 
-    def _revoke_token_set(self, connection_id: str, sealed: dict[str, Any]) -> None:
-        token, hint = ((sealed["refresh_token"], "refresh_token") if sealed.get("refresh_token")
-                       else (sealed["access_token"], "access_token"))
-        try:
-            self.credentials.call(lambda creds: self.provider.revoke(creds, token, hint))
-            count("ConnectionsRevoked")
-        except BrokerError as exc:
-            # Deleting is what the SaaS asked for; a provider that cannot revoke must not block it.
-            if getattr(exc, "oauth_error", None) == "invalid_client":
-                count("ClientRejected")
-            logger.warning("revocation failed; deleting anyway",
-                           extra={"connection_id": connection_id, "error": exc.code})
+
+def conn_rate(conn: Connection) -> RateLimit:
+    rate = conn.rate_limit or {}
+    return RateLimit(limit=rate.get("limit"), remaining=rate.get("remaining"), observed_at=rate.get("observed_at", 0))

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import CredentialsUnreadable, VaultUnavailable
 
-PURPOSE = "oauth2-token-set"
+PURPOSE = "oauth2-token-set"  # the default: an OAuth token set
+API_KEY_PURPOSE = "insightly-api-key"
 ENVELOPE_V1 = 0xE1  # never the first byte of a KMS ciphertext blob (those start with 0x01)
 NONCE_BYTES = 12
 TAG_BYTES = 16
@@ -42,48 +43,51 @@ class TokenVault:
         self._key_id = key_id
 
     @staticmethod
-    def _context(connection_id: str) -> dict[str, str]:
-        # The context is logged by CloudTrail: it names the connection, never a secret.
-        return {"connection_id": connection_id, "purpose": PURPOSE}
+    def _context(connection_id: str, purpose: str) -> dict[str, str]:
+        # The context is logged by CloudTrail: it names the connection and the credential kind,
+        # never a secret. A ciphertext of one kind does not open as the other.
+        return {"connection_id": connection_id, "purpose": purpose}
 
     @classmethod
-    def _associated_data(cls, header: bytes, connection_id: str) -> bytes:
-        return header + json.dumps(cls._context(connection_id), sort_keys=True, separators=(",", ":")).encode()
+    def _associated_data(cls, header: bytes, connection_id: str, purpose: str) -> bytes:
+        context = cls._context(connection_id, purpose)
+        return header + json.dumps(context, sort_keys=True, separators=(",", ":")).encode()
 
-    def seal(self, connection_id: str, token_set: dict[str, Any]) -> bytes:
+    def seal(self, connection_id: str, token_set: dict[str, Any], *, purpose: str = PURPOSE) -> bytes:
         plaintext = json.dumps(token_set, separators=(",", ":")).encode()
         try:
             data_key = self._kms.generate_data_key(
-                KeyId=self._key_id, KeySpec="AES_256", EncryptionContext=self._context(connection_id))
+                KeyId=self._key_id, KeySpec="AES_256", EncryptionContext=self._context(connection_id, purpose))
         except (ClientError, BotoCoreError) as exc:
             raise VaultUnavailable("the token key could not encrypt; nothing was changed") from exc
         wrapped = data_key["CiphertextBlob"]
         header = bytes([ENVELOPE_V1]) + len(wrapped).to_bytes(2, "big") + wrapped
         nonce = os.urandom(NONCE_BYTES)  # a fresh key per seal: a random nonce never repeats under it
-        sealed = AESGCM(data_key["Plaintext"]).encrypt(nonce, plaintext, self._associated_data(header, connection_id))
+        sealed = AESGCM(data_key["Plaintext"]).encrypt(nonce, plaintext,
+                                                      self._associated_data(header, connection_id, purpose))
         return header + nonce + sealed
 
-    def open(self, connection_id: str, ciphertext: bytes) -> dict[str, Any]:
+    def open(self, connection_id: str, ciphertext: bytes, *, purpose: str = PURPOSE) -> dict[str, Any]:
         blob = bytes(ciphertext)
         if not blob or blob[0] != ENVELOPE_V1:
-            return json.loads(self._decrypt(connection_id, blob))  # sealed by KMS Encrypt, before envelopes
+            return json.loads(self._decrypt(connection_id, blob, purpose))  # sealed by KMS Encrypt, before envelopes
         wrapped_end = 3 + int.from_bytes(blob[1:3], "big")
         if len(blob) < wrapped_end + NONCE_BYTES + TAG_BYTES:
             raise _unreadable()
         header, nonce = blob[:wrapped_end], blob[wrapped_end:wrapped_end + NONCE_BYTES]
         sealed = blob[wrapped_end + NONCE_BYTES:]
-        data_key = self._decrypt(connection_id, header[3:])
+        data_key = self._decrypt(connection_id, header[3:], purpose)
         try:
-            plaintext = AESGCM(data_key).decrypt(nonce, sealed, self._associated_data(header, connection_id))
+            plaintext = AESGCM(data_key).decrypt(nonce, sealed, self._associated_data(header, connection_id, purpose))
         except (InvalidTag, ValueError) as exc:
             raise _unreadable() from exc
         return json.loads(plaintext)
 
-    def _decrypt(self, connection_id: str, blob: bytes) -> bytes:
+    def _decrypt(self, connection_id: str, blob: bytes, purpose: str) -> bytes:
         if not blob:
             raise _unreadable()
         try:
-            answer = self._kms.decrypt(CiphertextBlob=blob, EncryptionContext=self._context(connection_id),
+            answer = self._kms.decrypt(CiphertextBlob=blob, EncryptionContext=self._context(connection_id, purpose),
                                        KeyId=self._key_id)
         except ClientError as exc:
             if exc.response["Error"]["Code"] in NOT_THIS_CONNECTION:

@@ -1,0 +1,77 @@
+"""The api_key kind: an Insightly API key over HTTP Basic at the account's pod.
+
+API keys do not expire; one regenerated in Insightly ("Generate New API Key") only shows when
+it is used. So "renewing" is a check: Users/Me with the key, every ApiKeyCheckSeconds, unless
+the account's daily quota is used up or the key was seen working within the interval.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from requests.auth import AuthBase
+
+from ..config import Settings
+from ..connections import Connection
+from ..errors import BrokerError
+from ..insightly import ApiAccessDenied, ApiKeyAuth, ApiKeyRejected, InsightlyApi
+from ..vault import API_KEY_PURPOSE
+from . import API_KEY, Renewal
+
+QUOTA_WINDOW_SECONDS = 86400  # Insightly's daily limit counts over a moving 24 hours
+
+
+class ApiKeyKind:
+    auth_mode = API_KEY
+    purpose = API_KEY_PURPOSE
+
+    def __init__(self, settings: Settings, *, api: InsightlyApi, clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.api = api
+        self.clock = clock
+
+    def authorization(self, sealed: dict[str, Any]) -> AuthBase:
+        return ApiKeyAuth(sealed["api_key"])
+
+    def token_answer(self, conn: Connection, sealed: dict[str, Any]) -> dict[str, Any]:
+        return {"api_key": sealed["api_key"]}
+
+    def fresh(self, conn: Connection, now: int) -> bool:
+        return True  # a key does not expire; a revoked one is found by the checks and the proxy
+
+    def next_check(self, now: int) -> int | None:
+        seconds = self.settings.api_key_check_seconds
+        return now + seconds if seconds else None
+
+    def postponed_until(self, conn: Connection, now: int) -> int | None:
+        """Each check spends one of the account's daily requests: none while the last answer
+        said the quota is used up, and none when the key was seen working lately."""
+        interval = self.settings.api_key_check_seconds
+        if not interval:
+            return None
+        rate = conn.rate_limit or {}
+        if rate.get("remaining") == 0 and rate.get("observed_at", 0) + QUOTA_WINDOW_SECONDS > now:
+            return rate["observed_at"] + QUOTA_WINDOW_SECONDS
+        if conn.last_used_at and conn.last_used_at + interval > now:
+            return conn.last_used_at + interval
+        return None
+
+    def rejected_reason(self, exc: BrokerError) -> str | None:
+        if isinstance(exc, ApiKeyRejected):
+            return "api_key_rejected"
+        if isinstance(exc, ApiAccessDenied):
+            return "api_access_denied"
+        return None
+
+    def renew(self, conn: Connection, sealed: dict[str, Any], *, end: float) -> Renewal:
+        """One Users/Me call, never retried: the next scheduled check is the retry, and each
+        call costs the account a request of its daily quota."""
+        _user, rate = self.api.users_me(conn.api_base_url, self.authorization(sealed))
+        now = int(self.clock())
+        return Renewal(sealed=None, expires_at=None, next_due_at=self.next_check(now), rate_limit=rate,
+                       checked_at=now)
+
+    def revoke(self, conn: Connection, sealed: dict[str, Any]) -> None:
+        """Insightly has no API to revoke a key (the user regenerates it); deleting forgets it."""
