@@ -29,6 +29,12 @@ def get_connection(connection_id: str):
     return json_response(200, services.token_service().status(requests_in.connection_id(connection_id)))
 
 
+@app.put("/connections/<connection_id>/api-key")
+def put_api_key(connection_id: str):
+    connection = services.api_key_connect().connect_from_backend(connection_id, request_body(app.current_event))
+    return json_response(200, connection_status(connection))
+
+
 @app.delete("/connections/<connection_id>")
 def delete_connection(connection_id: str):
     services.token_service().delete(requests_in.connection_id(connection_id))

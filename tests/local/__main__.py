@@ -244,7 +244,9 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
         if local_provider is not None:
             base = local_provider.base_url
             defaults.update(ProviderAuthorizeUrl=f"{base}/oauth2/authorize", ProviderTokenUrl=f"{base}/oauth2/token",
-                            ProviderApiBaseUrl=base, ProviderRevocationUrl=f"{base}/oauth2/revoke", ProviderIssuer="")
+                            ProviderApiBaseUrl=base, ProviderRevocationUrl=f"{base}/oauth2/revoke", ProviderIssuer="",
+                            # API keys: the stand-in's per-pod API (INSIGHTLY_API_URL_TEMPLATE overrides it)
+                            InsightlyApiUrlTemplate=local_provider.api_url_template)
         if demo:
             defaults["AllowedReturnOrigins"] = f"http://{host}:{demo_port},http://localhost:{demo_port}"
         stack = Stack(name=stack_name, region=region, parameters={**defaults, **configured})
@@ -303,7 +305,7 @@ def sam_env(stack: Stack, *, aws_endpoint_url: str, public_base_url: str = SAM_L
     for logical in stack.of_type("AWS::Serverless::Function"):
         env = stack.function_environment(logical)
         for key in ("PROVIDER_AUTHORIZE_URL", "PROVIDER_TOKEN_URL", "PROVIDER_API_BASE_URL",
-                    "PROVIDER_REVOCATION_URL", "REFRESH_QUEUE_URL"):
+                    "PROVIDER_REVOCATION_URL", "REFRESH_QUEUE_URL", "INSIGHTLY_API_URL_TEMPLATE"):
             if env.get(key):
                 env[key] = _docker_url(env[key])
         env.update(AWS_ENDPOINT_URL=_docker_url(aws_endpoint_url), PUBLIC_BASE_URL=public_base_url,

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from broker.key_page import CSRF_COOKIE
 
 from .fake_provider import FakeInsightly
 from .lambda_events import LambdaContext, http_event, iam_identity, lambda_context, load_handler, match_route
@@ -92,6 +95,32 @@ class InProcessBroker:
     def complete(self, session_id: str, completion_code) -> Answer:
         return self.call("POST", f"/connect-sessions/{session_id}/complete",
                          body={"completion_code": completion_code})
+
+    # -- the API-key page, step by step ---------------------------------------------------------
+
+    def open_key_page(self, connect_url: str) -> Answer:
+        return self.call("GET", "/connect/api-key", query=urlsplit(connect_url).query)
+
+    def submit_key(self, page: Answer, api_key: str, api_url: str, *, cookie: str | None = "from-page") -> Answer:
+        """POST the form the page rendered, as the browser would (its CSRF cookie unless told)."""
+        fields = dict(re.findall(r'name="(session|csrf)" value="([^"]+)"', page.body))
+        secret = page.cookie(CSRF_COOKIE).value if cookie == "from-page" else cookie
+        return self.call("POST", "/connect/api-key", signed=False,
+                         body=urlencode({**fields, "api_key": api_key, "api_url": api_url}),
+                         headers={"Content-Type": "application/x-www-form-urlencoded"},
+                         cookies=[f"{CSRF_COOKIE}={secret}"] if secret else None)
+
+    def connect_with_key(self, connection_id: str, api_key: str, api_url: str) -> Answer:
+        """An api_key session -> the key page -> a submit -> the SaaS backend completes it."""
+        session = self.call("POST", "/connect-sessions", body={
+            "connection_id": connection_id, "return_to": RETURN_TO, "auth_mode": "api_key"})
+        assert session.status == 201, session.body
+        landing = self.submit_key(self.open_key_page(session.json["connect_url"]), api_key, api_url)
+        returned = query_of(landing.location)
+        if returned.get("status") == "pending":
+            assert returned["session_id"] == session.json["session_id"]
+            landing.completion = self.complete(returned["session_id"], returned["completion_code"])
+        return landing
 
     def connect(self, connection_id: str = "user-1", *, approve: bool = True) -> Answer:
         """Session -> authorize -> the person approves (or denies) -> callback -> and, when the

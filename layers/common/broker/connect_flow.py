@@ -33,6 +33,7 @@ from .connections import Connection, ConnectionStore, NewCredentials
 from .errors import BrokerError, CredentialsUnreadable, InvalidRequest, ProviderRejected, ProviderUnavailable
 from .flowstore import AuthState, FlowStore
 from .insightly import provider_user
+from .kinds import OAUTH2, check_auth_mode
 from .lifecycle import CONNECTED, LifecycleEvents
 from .observability import count, logger
 from .provider import ProviderClient
@@ -40,6 +41,7 @@ from .tokens import expiry_and_due, iso, sealed_fields
 from .vault import TokenVault
 
 CALLBACK_PATH = "/oauth/callback"
+KEY_PAGE_PATH = "/connect/api-key"
 BROWSER_COOKIE = "ic_oauth_browser"
 # Provider error codes passed on to return_to as they are; anything else is "provider_error".
 KNOWN_PROVIDER_ERRORS = frozenset({
@@ -121,16 +123,19 @@ class ConnectFlow:
     # -- POST /connect-sessions ------------------------------------------------------------
 
     def create_session(self, body: str | None, *, base_url: str) -> dict[str, str]:
-        data = requests_in.json_object(body, allowed={"connection_id", "return_to"},
+        data = requests_in.json_object(body, allowed={"connection_id", "return_to", "auth_mode"},
                                        required={"connection_id", "return_to"})
         connection_id = requests_in.connection_id(data["connection_id"])
         return_to = requests_in.return_to(data["return_to"], self.settings.allowed_return_origins)
+        auth_mode = check_auth_mode(data.get("auth_mode"), self.settings.auth_modes)
         token, session_id = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         expires_at = self._now() + self.settings.flow_ttl_seconds
         self.flows.put_session(token, session_id=session_id, connection_id=connection_id, return_to=return_to,
-                               expires_at=expires_at)
+                               expires_at=expires_at, auth_mode=auth_mode)
+        # The page of the kind: the provider's consent (through /oauth/authorize) or the key page.
+        page = "/oauth/authorize" if auth_mode == OAUTH2 else KEY_PAGE_PATH
         # session_id is for the SaaS's own server-side session of this user, never for a browser.
-        return {"connect_url": with_query(f"{base_url}/oauth/authorize", session=token),
+        return {"connect_url": with_query(f"{base_url}{page}", session=token), "auth_mode": auth_mode,
                 "session_id": session_id, "expires_at": iso(expires_at)}
 
     # -- GET /oauth/authorize --------------------------------------------------------------
@@ -139,7 +144,7 @@ class ConnectFlow:
         params = requests_in.query_params(raw_query)
         token = requests_in.random_token(requests_in.single(params, "session", max_length=64), "session")
         client_id = self.credentials.get().client_id  # before the session is spent: a bad secret burns nothing
-        session = self.flows.consume_session(token, now=self._now())
+        session = self.flows.consume_session(token, now=self._now(), auth_mode=OAUTH2)
         state, browser_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self.flows.put_state(state, browser_secret=browser_secret, connection_id=session.connection_id,
                              return_to=session.return_to, expires_at=self._now() + self.settings.flow_ttl_seconds,
@@ -277,6 +282,8 @@ class ConnectFlow:
         return {"swept": swept, "not_swept": failed}
 
     def _revoke_pending(self, pending: NewCredentials) -> None:
+        if pending.auth_mode != OAUTH2:
+            return  # an API key has nothing to revoke at Insightly (the user regenerates it)
         try:
             sealed = self.vault.open(pending.connection_id, pending.credentials)
         except CredentialsUnreadable:

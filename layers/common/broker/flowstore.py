@@ -50,6 +50,8 @@ class ConnectSession:
     connection_id: str
     return_to: str
     session_id: str | None = None  # None: a session created before session binding
+    auth_mode: str = "oauth2"
+    attempts: int = 0  # API keys Insightly refused on the key page so far
 
 
 @dataclass(frozen=True)
@@ -67,19 +69,46 @@ class FlowStore:
     # -- connect sessions ----------------------------------------------------------------
 
     def put_session(self, token: str, *, session_id: str, connection_id: str, return_to: str,
-                    expires_at: int) -> None:
+                    expires_at: int, auth_mode: str = "oauth2") -> None:
         self._put(f"session#{digest(token)}", {
             "connection_id": {"S": connection_id},
+            "auth_mode": {"S": auth_mode},
             "return_to": {"S": return_to},
             "session_masked": {"S": mask(session_id, token, "link")},
             "session_hash": {"S": digest(session_id)},
             "expires_at": {"N": str(expires_at)},
         })
 
-    def consume_session(self, token: str, *, now: int) -> ConnectSession:
-        item = self._consume(f"session#{digest(token)}", now=now, what="connect session")
-        return ConnectSession(item["connection_id"]["S"], item["return_to"]["S"],
-                              _unmask(item, token, "link"))
+    def consume_session(self, token: str, *, now: int, auth_mode: str = "oauth2") -> ConnectSession:
+        """Spend the session, if it is live and of this auth mode (a session for the key page
+        does not start an OAuth flow, nor the reverse; a mismatch spends nothing)."""
+        item = self._consume(f"session#{digest(token)}", now=now, what="connect session", auth_mode=auth_mode)
+        return _session(item, token)
+
+    def peek_session(self, token: str, *, now: int, auth_mode: str) -> ConnectSession:
+        """Read a live session without spending it (the key page: a mistyped key must not)."""
+        item = self._db.get_item(TableName=self._table, Key={"flow_key": {"S": f"session#{digest(token)}"}},
+                                 ConsistentRead=True).get("Item")
+        if not item or item.get("auth_mode", {}).get("S", "oauth2") != auth_mode:
+            raise InvalidRequest("unknown or already used connect session", code="invalid_session")
+        if int(item["expires_at"]["N"]) <= now:
+            raise InvalidRequest("the connect session has expired; start again", code="session_expired")
+        return _session(item, token)
+
+    def record_refused_attempt(self, token: str, *, now: int) -> int:
+        """Count a key Insightly refused; answers the count. Only a live session counts."""
+        try:
+            answer = self._db.update_item(
+                TableName=self._table, Key={"flow_key": {"S": f"session#{digest(token)}"}},
+                UpdateExpression="ADD attempts :one",
+                ConditionExpression="attribute_exists(flow_key) AND expires_at > :now",
+                ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"N": str(now)}},
+                ReturnValues="UPDATED_NEW")
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise
+            raise InvalidRequest("unknown or already used connect session", code="invalid_session") from None
+        return int(answer["Attributes"]["attempts"]["N"])
 
     # -- OAuth states ----------------------------------------------------------------------
 
@@ -175,10 +204,16 @@ class FlowStore:
             ConditionExpression="attribute_not_exists(flow_key)",
         )
 
-    def _consume(self, key: str, *, now: int, what: str, browser_hash: str | None = None) -> dict:
+    def _consume(self, key: str, *, now: int, what: str, browser_hash: str | None = None,
+                 auth_mode: str | None = None) -> dict:
         """Delete the item if it is live (and bound to this browser); one call either way."""
         condition = "attribute_exists(flow_key) AND expires_at > :now"
         values = {":now": {"N": str(now)}}
+        if auth_mode is not None:
+            # Sessions from before auth modes carry none: they were OAuth sessions.
+            condition += (" AND (auth_mode = :mode OR attribute_not_exists(auth_mode))" if auth_mode == "oauth2"
+                          else " AND auth_mode = :mode")
+            values[":mode"] = {"S": auth_mode}
         if browser_hash is not None:
             condition += " AND browser_hash = :browser"
             values[":browser"] = {"S": browser_hash}
@@ -199,8 +234,16 @@ class FlowStore:
                 raise InvalidRequest(f"unknown or already used {what}", code=f"invalid_{kind}") from None
             if int(old["expires_at"]["N"]) <= now:
                 raise InvalidRequest(f"the {what} has expired; start again", code=f"{kind}_expired") from None
+            if auth_mode is not None:
+                raise InvalidRequest(f"unknown or already used {what}", code=f"invalid_{kind}") from None
             raise InvalidRequest(f"the {what} was issued to another browser", code="state_mismatch") from None
         return answer["Attributes"]
+
+
+def _session(item: dict, token: str) -> ConnectSession:
+    return ConnectSession(item["connection_id"]["S"], item["return_to"]["S"], _unmask(item, token, "link"),
+                          auth_mode=item.get("auth_mode", {}).get("S", "oauth2"),
+                          attempts=int(item.get("attempts", {}).get("N", "0")))
 
 
 def _unmask(item: dict, key: str, label: str) -> str | None:

@@ -6,11 +6,13 @@ from __future__ import annotations
 from functools import lru_cache
 
 from . import aws
+from .api_keys import ApiKeyConnect
 from .client_credentials import ClientCredentialSource
 from .config import settings
 from .connect_flow import ConnectFlow
 from .connections import ConnectionStore
 from .flowstore import FlowStore
+from .insightly import InsightlyApi
 from .lifecycle import LifecycleEvents
 from .provider import ProviderClient
 from .tokens import TokenService
@@ -35,11 +37,22 @@ def connect_flow() -> ConnectFlow:
 
 
 @lru_cache(maxsize=1)
+def insightly_api() -> InsightlyApi:
+    cfg = settings()
+    return InsightlyApi(timeout=(cfg.http_connect_timeout, cfg.http_read_timeout))
+
+
+@lru_cache(maxsize=1)
 def token_service() -> TokenService:
-    return TokenService(settings(), **_shared())
+    return TokenService(settings(), insightly=insightly_api(), **_shared())
+
+
+@lru_cache(maxsize=1)
+def api_key_connect() -> ApiKeyConnect:
+    return ApiKeyConnect(settings(), flow=connect_flow(), api=insightly_api())
 
 
 def reset() -> None:
-    for cached in (settings, _shared, connect_flow, token_service):
+    for cached in (settings, _shared, connect_flow, insightly_api, token_service, api_key_connect):
         cached.cache_clear()
     aws.reset()
