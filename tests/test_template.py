@@ -51,32 +51,80 @@ def test_no_sam_policy_templates_or_crud_policies():
         assert "Policies" not in function["Properties"]
 
 
-def test_key_policy_grants_use_only_under_the_token_set_encryption_context():
-    key = RESOURCES["TokenKey"]["Properties"]
-    assert key["EnableKeyRotation"] is True
-    use_actions = {"kms:encrypt", "kms:decrypt", "kms:reencrypt*", "kms:generatedatakey", "kms:generatedatakey*",
-                   "kms:*", "kms:create*"}
+TOKEN_SET, API_KEY = "oauth2-token-set", "insightly-api-key"  # the vault's encryption-context purposes
+USE_ACTIONS = {"kms:encrypt", "kms:decrypt", "kms:reencrypt*", "kms:generatedatakey", "kms:generatedatakey*",
+               "kms:*", "kms:create*"}
+
+
+def key_use_grants() -> dict[str, set[tuple[str, str]]]:
+    """{role: {(kms action, encryption-context purpose)}} from the key policy; checks that every
+    use is bound to one connection and to named purposes, and that nothing else grants use."""
     granted = {}
-    for statement in statements(key["KeyPolicy"]):
+    for statement in statements(RESOURCES["TokenKey"]["Properties"]["KeyPolicy"]):
         actions = {a.lower() for a in as_list(statement["Action"])}
-        principals = as_list(statement["Principal"]["AWS"])
-        if actions & use_actions:
-            condition = statement["Condition"]
-            assert condition["StringEquals"]["kms:EncryptionContext:purpose"] == "oauth2-token-set"
-            assert sorted(condition["ForAllValues:StringEquals"]["kms:EncryptionContextKeys"]) == [
-                "connection_id", "purpose"]
-            for principal in principals:
-                granted.setdefault(principal["Fn::GetAtt"][0], set()).update(actions)
-        else:
+        if not actions & USE_ACTIONS:
             assert not any(a.startswith(("kms:encrypt", "kms:decrypt", "kms:generate", "kms:reencrypt"))
                            or a in ("kms:*", "kms:create*", "kms:creategrant") for a in actions)
-    assert "AuthorizeRole" not in granted, "the authorize function must have no KMS access"
-    # Envelope encryption: sealing asks for a data key (GenerateDataKey); kms:Encrypt is no longer used.
-    assert granted == {"CallbackRole": {"kms:generatedatakey"}, "ConnectionsRole": {"kms:decrypt"},
-                       "RefreshRole": {"kms:generatedatakey", "kms:decrypt"},
-                       "RefreshWorkerRole": {"kms:generatedatakey", "kms:decrypt"},
-                       # to revoke expired pending completions; it can read no connection item
-                       "SchedulerRole": {"kms:decrypt"}}
+            continue
+        condition = statement["Condition"]
+        # No other operator (StringLike, ...) that could widen the purpose or the context.
+        assert set(condition) == {"StringEquals", "ForAllValues:StringEquals", "Null"}, statement["Sid"]
+        assert list(condition["StringEquals"]) == ["kms:EncryptionContext:purpose"], statement["Sid"]
+        purposes = as_list(condition["StringEquals"]["kms:EncryptionContext:purpose"])
+        assert set(purposes) <= {TOKEN_SET, API_KEY}, statement["Sid"]
+        assert sorted(condition["ForAllValues:StringEquals"]["kms:EncryptionContextKeys"]) == [
+            "connection_id", "purpose"]
+        assert condition["Null"] == {"kms:EncryptionContext:connection_id": "false"}
+        for principal in as_list(statement["Principal"]["AWS"]):
+            granted.setdefault(principal["Fn::GetAtt"][0], set()).update(
+                (action, purpose) for action in actions for purpose in purposes)
+    return granted
+
+
+def test_key_policy_grants_each_role_only_the_actions_and_purposes_it_needs():
+    key = RESOURCES["TokenKey"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    # Envelope encryption: sealing asks for a data key (GenerateDataKey); kms:Encrypt is not used.
+    assert key_use_grants() == {
+        "CallbackRole": {("kms:generatedatakey", TOKEN_SET)},
+        # revokes a replaced grant; seals keys sent to PUT /connections/{connection_id}/api-key
+        "ConnectionsRole": {("kms:decrypt", TOKEN_SET), ("kms:generatedatakey", API_KEY)},
+        # seals the key typed into the page; it can open nothing
+        "KeyPageRole": {("kms:generatedatakey", API_KEY)},
+        # hand out and check both kinds; a key check never re-seals
+        "RefreshRole": {("kms:decrypt", TOKEN_SET), ("kms:decrypt", API_KEY), ("kms:generatedatakey", TOKEN_SET)},
+        "RefreshWorkerRole": {("kms:decrypt", TOKEN_SET), ("kms:decrypt", API_KEY),
+                              ("kms:generatedatakey", TOKEN_SET)},
+        # to revoke expired pending completions; it can read no connection item
+        "SchedulerRole": {("kms:decrypt", TOKEN_SET)},
+    }  # and nothing for the authorize function
+
+
+def role_grants(role_name: str) -> dict[str, set[str]]:
+    """{resource logical id (or ARN text): {action}} of one role's own policies."""
+    grants = {}
+    for name, statement in role_statements():
+        if name != role_name:
+            continue
+        assert statement["Effect"] == "Allow"
+        resource = statement["Resource"]
+        if isinstance(resource, dict) and "Fn::GetAtt" in resource:
+            resource = resource["Fn::GetAtt"][0]
+        grants.setdefault(json.dumps(resource) if not isinstance(resource, str) else resource, set()).update(
+            a.lower() for a in as_list(statement["Action"]))
+    return grants
+
+
+def test_the_key_page_stores_a_key_but_reads_no_connection_and_no_client_secret():
+    # The page is public: whoever gets code execution in it must find nothing stored to read.
+    assert role_grants("KeyPageRole") == {
+        # the session survives a mistyped key (GetItem), counts refused attempts (UpdateItem),
+        # is consumed on success (DeleteItem), which stores the pending completion (PutItem)
+        "FlowTable": {"dynamodb:getitem", "dynamodb:updateitem", "dynamodb:deleteitem", "dynamodb:putitem"},
+        "ConnectionsTable": {"dynamodb:updateitem"},  # links at once when SessionBinding is none
+        "LifecycleBus": {"events:putevents"},
+    }
+    assert not any(action.startswith("kms:decrypt") for action, _ in key_use_grants()["KeyPageRole"])
 
 
 ACCOUNT = "arn:aws:iam::123456789012:root"
@@ -133,6 +181,9 @@ def test_routes_match_the_public_contract_with_iam_on_backend_routes():
         ("GET", "/connections/{connection_id}/token"): ("RefreshFunction", "AWS_IAM"),
         ("POST", "/connections/{connection_id}/refresh"): ("RefreshFunction", "AWS_IAM"),
         ("DELETE", "/connections/{connection_id}"): ("ConnectionsFunction", "AWS_IAM"),
+        ("PUT", "/connections/{connection_id}/api-key"): ("ConnectionsFunction", "AWS_IAM"),
+        ("GET", "/connect/api-key"): ("KeyPageFunction", "NONE"),
+        ("POST", "/connect/api-key"): ("KeyPageFunction", "NONE"),
     }
 
 
@@ -150,6 +201,10 @@ def test_data_tables_have_pitr_a_sparse_due_index_and_ttl():
     assert [k["AttributeName"] for k in index["KeySchema"]] == ["due_shard", "refresh_due_at"]
     flow = RESOURCES["FlowTable"]["Properties"]
     assert flow["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    [pending] = flow["GlobalSecondaryIndexes"]
+    # The sweep reads expired completions from the index only: it must see the kind (an API key
+    # has nothing to revoke) and the sealed credentials.
+    assert {"connection_id", "credentials", "auth_mode"} <= set(pending["Projection"]["NonKeyAttributes"])
 
 
 def test_the_scheduler_runs_on_the_schedule_parameter():
@@ -158,12 +213,40 @@ def test_the_scheduler_runs_on_the_schedule_parameter():
     assert TEMPLATE["Parameters"]["RefreshSchedule"]["Default"] == "rate(5 minutes)"
 
 
-def test_every_provider_and_flow_parameter_reaches_the_functions_by_its_env_name():
+# Parameters that shape resources, not the code: where each one goes instead.
+RESOURCE_PARAMETERS = {
+    "RefreshSchedule": "SchedulerFunction", "RefreshWorkerMaxConcurrency": "RefreshWorkerFunction",
+    "ExistingClientSecretArn": "Globals", "KeyAdministratorArns": "TokenKey",
+    "ApiThrottlingBurstLimit": "HttpApi", "ApiThrottlingRateLimit": "HttpApi", "LogLevel": "Globals",
+}
+
+
+def test_every_setting_parameter_reaches_every_function_by_its_env_name():
     env = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     for name in TEMPLATE["Parameters"]:
-        if name.startswith(("Provider", "AllowedReturn", "Refresh", "DueIndex", "PublicBase", "KeepAlive",
-                            "ReauthAfter")) and name not in ("RefreshSchedule", "RefreshWorkerMaxConcurrency"):
+        if name in RESOURCE_PARAMETERS:
+            where = TEMPLATE["Globals"] if RESOURCE_PARAMETERS[name] == "Globals" else RESOURCES[
+                RESOURCE_PARAMETERS[name]]
+            assert f'{{"Ref": "{name}"}}' in json.dumps(where), name
+        else:
             assert env[parameter_env_name(name)] == {"Ref": name}, name
+    for function in FUNCTIONS.values():  # no function overrides a setting with its own value
+        assert not set(function["Properties"].get("Environment", {}).get("Variables", {})) & set(env)
+
+
+def test_the_auth_modes_pattern_allows_exactly_what_the_settings_loader_accepts():
+    from broker.config import Settings
+    from broker.errors import ConfigurationError
+
+    parameter = TEMPLATE["Parameters"]["AuthModes"]
+    env = Stack().function_environment("KeyPageFunction")
+    for value in ("oauth2", "api_key", "oauth2,api_key", "api_key,oauth2"):
+        assert re.fullmatch(parameter["AllowedPattern"], value), value
+        assert Settings.from_env({**env, "AUTH_MODES": value}).auth_modes == tuple(value.split(","))
+    for value in ("", "oauth2,oauth2", "api_key,", "OAUTH2", "oauth2, api_key", "basic", "oauth2,api_key,oauth2"):
+        assert not re.fullmatch(parameter["AllowedPattern"], value), value
+    with pytest.raises(ConfigurationError):
+        Settings.from_env({**env, "AUTH_MODES": "oauth2,oauth2"})
 
 
 def test_the_settings_loader_accepts_the_templates_environment():
@@ -174,3 +257,6 @@ def test_the_settings_loader_accepts_the_templates_environment():
     assert settings.provider.authorize_url == "https://api.insightly.com/v3.1/oauth2/authorize"
     assert settings.provider.userinfo_url == "https://api.insightly.com/v3.1/Users/Me"
     assert settings.due_index_shards == 8 and settings.cookie_secure is True
+    assert settings.auth_modes == ("oauth2", "api_key") and settings.app_name == "this app"
+    assert settings.insightly_api_url_template == "https://api.{pod}.insightly.com/v3.1"
+    assert settings.api_key_check_seconds == 86400

@@ -24,6 +24,8 @@ EVENT_FILES = sorted((ROOT / "events").glob("*.json"))
 # The session id and completion code events/connections.complete-session.json carries.
 SESSION_ID = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
 COMPLETION_CODE = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8"
+# The Insightly API key events/key_page.submit.json and connections.put-api-key.json carry.
+API_KEY = "3f2b8c1e-7d4a-4e9b-a6c5-0d1e2f3a4b5c"
 EXPECTED = {
     "authorize": (302, "https://api.insightly.com/v3.1/oauth2/authorize?"),
     "callback": (302, f"{RETURN_TO}?status=pending&session_id={SESSION_ID}&completion_code="),
@@ -34,6 +36,9 @@ EXPECTED = {
     "connections.delete": (204, None),
     "refresh.token": (200, None),
     "refresh.force": (200, None),
+    "key_page": (200, None),
+    "key_page.submit": (302, f"{RETURN_TO}?status=pending&session_id={SESSION_ID}&completion_code="),
+    "connections.put-api-key": (200, None),
 }
 
 
@@ -46,9 +51,18 @@ def seed(broker, event):
     flow = services.connect_flow()
     query = dict(parse_qsl(event.get("rawQueryString", "")))
     expires = int(time.time()) + 600
-    if "session" in query:
-        flow.flows.put_session(query["session"], session_id=SESSION_ID, connection_id="user-1",
-                               return_to=RETURN_TO, expires_at=expires)
+    form = dict(parse_qsl(event.get("body") or "")) if event["routeKey"] == "POST /connect/api-key" else {}
+    session = query.get("session") or form.get("session")
+    if session:
+        api_key_page = event["routeKey"].endswith("/connect/api-key")
+        flow.flows.put_session(session, session_id=SESSION_ID, connection_id="user-1", return_to=RETURN_TO,
+                               expires_at=expires, **({"auth_mode": "api_key"} if api_key_page else {}))
+    if event["routeKey"] in ("POST /connect/api-key", "PUT /connections/{connection_id}/api-key"):
+        # An Insightly account on pod na1 whose live key is the one in the event file.
+        account = broker.provider.issue_api_key("na1")
+        del broker.provider.api_keys[account["api_key"]]
+        broker.provider.api_keys[API_KEY] = account["account"]
+        broker.provider.accounts[account["account"]].api_key = API_KEY
     if "state" in query:
         cookie = event["cookies"][0].partition("=")[2]
         flow.flows.put_state(query["state"], browser_secret=cookie, connection_id="user-1", return_to=RETURN_TO,
