@@ -17,12 +17,11 @@ from typing import Any
 import requests
 from requests.auth import AuthBase, HTTPBasicAuth
 
-from . import deadline
 from .errors import BrokerError, ConfigurationError, InvalidRequest, ProviderUnavailable
+from .outbound import HttpClient
 from .provider import parse_retry_after
 
 DEFAULT_API_URL_TEMPLATE = "https://api.{pod}.insightly.com/v3.1"
-USER_AGENT = "insightly-connect/0.1"
 POD = re.compile(r"[a-z0-9]{2,10}")
 MAX_API_URL_INPUT = 512
 # Printable ASCII without the space: checked before anything is lower-cased, so a look-alike
@@ -195,27 +194,21 @@ def provider_user(raw: dict) -> dict[str, str]:
 # -- the API -----------------------------------------------------------------------------------
 
 
-class InsightlyApi:
+class InsightlyApi(HttpClient):
     """Calls to Insightly's API with a credential given per call. Every error raised by a
     call carries `rate_limit` (the RateLimit of the answer, or None) so the caller can
     record the quota whatever happened."""
 
+    who = "Insightly"
+
     def __init__(self, *, session: requests.Session | None = None, timeout: tuple[float, float] = (3.05, 8.0),
                  clock: Callable[[], float] = time.time):
-        self._session = session
-        self._timeout = timeout
+        super().__init__(timeout=timeout, session=session)
         self.clock = clock
-
-    @property
-    def session(self) -> requests.Session:
-        if self._session is None:  # reused across warm invocations for keep-alive
-            self._session = requests.Session()
-            self._session.headers["User-Agent"] = USER_AGENT
-        return self._session
 
     def users_me(self, api_base_url: str, auth: AuthBase) -> tuple[dict[str, str], RateLimit | None]:
         """Who the credential belongs to (id, email, name) and the quota the answer showed."""
-        response = self._send("GET", api_base_url.rstrip("/") + "/Users/Me", auth)
+        response = self._send("GET", api_base_url.rstrip("/") + "/Users/Me", auth=auth)
         rate = RateLimit.from_headers(response.headers, now=self.clock())
         self._raise_for_status(response, rate)
         try:
@@ -226,24 +219,11 @@ class InsightlyApi:
             raise self._with_rate(ProviderUnavailable("Insightly's Users/Me answer is not a JSON object"), rate)
         return provider_user(body), rate
 
-    def _send(self, method: str, url: str, auth: AuthBase, **kwargs) -> requests.Response:
-        # Never wait past the function's own end: keep a second to record the outcome.
-        budget = deadline.seconds_left() - 1.0
-        if budget < 0.5:
-            raise self._with_rate(ProviderUnavailable("no time left in this invocation to call Insightly"), None)
-        connect, read = self._timeout
+    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
         try:
-            # No redirects: a credential is sent to the template's host and nowhere else.
-            return self.session.request(method, url, auth=auth, headers={"Accept": "application/json"},
-                                        timeout=(min(connect, budget), min(read, budget)),
-                                        allow_redirects=False, **kwargs)
-        except requests.Timeout:
-            error = ProviderUnavailable("Insightly did not answer in time")
-        except requests.RequestException:
-            error = ProviderUnavailable("Insightly could not be reached")
-        # Raised outside the except block: the library's exception (its text may hold the
-        # URL) is not chained onto ours.
-        raise self._with_rate(error, None)
+            return super()._send(method, url, **kwargs)
+        except ProviderUnavailable as error:
+            raise self._with_rate(error, None) from None
 
     def _raise_for_status(self, response: requests.Response, rate: RateLimit | None) -> None:
         status = response.status_code

@@ -15,13 +15,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
 
-from . import deadline
 from .client_credentials import ClientCredentials
 from .config import ProviderSettings
 from .errors import ProviderRejected, ProviderUnavailable
 from .observability import logger
+from .outbound import HttpClient
 
-USER_AGENT = "insightly-connect/0.1"
 MAX_RETRY_AFTER = 3600  # a provider asking for a longer pause is not believed past an hour
 MAX_EXPIRES_IN = 31_536_000  # one year: a longer lifetime is an anomaly, treated as unknown
 _SECONDS = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() also takes "²"
@@ -93,19 +92,11 @@ def _retry_after(response: requests.Response) -> int | None:
     return parse_retry_after(response.headers.get("Retry-After"))
 
 
-class ProviderClient:
+class ProviderClient(HttpClient):
     def __init__(self, settings: ProviderSettings, *, timeout: tuple[float, float] = (3.05, 8.0),
                  session: requests.Session | None = None):
+        super().__init__(timeout=timeout, session=session)
         self.settings = settings
-        self._timeout = timeout
-        self._session = session
-
-    @property
-    def session(self) -> requests.Session:
-        if self._session is None:  # reused across warm invocations for keep-alive
-            self._session = requests.Session()
-            self._session.headers["User-Agent"] = USER_AGENT
-        return self._session
 
     def authorization_url(self, *, client_id: str, redirect_uri: str, state: str,
                           code_challenge: str | None) -> str:
@@ -157,22 +148,6 @@ class ProviderClient:
             return self._send("POST", url, data=form, auth=(creds.client_id, creds.client_secret))
         return self._send("POST", url, data={**form, "client_id": creds.client_id,
                                              "client_secret": creds.client_secret})
-
-    def _send(self, method: str, url: str, **kwargs) -> requests.Response:
-        headers = {"Accept": "application/json", **kwargs.pop("headers", {})}
-        # Never wait past the function's own end: keep a second to record the outcome.
-        budget = deadline.seconds_left() - 1.0
-        if budget < 0.5:
-            raise ProviderUnavailable("no time left in this invocation to call the provider")
-        connect, read = self._timeout
-        timeout = (min(connect, budget), min(read, budget))
-        try:
-            return self.session.request(method, url, headers=headers, timeout=timeout,
-                                        allow_redirects=False, **kwargs)
-        except requests.Timeout as exc:
-            raise ProviderUnavailable("the provider did not answer in time") from exc
-        except requests.RequestException as exc:
-            raise ProviderUnavailable("the provider could not be reached") from exc
 
     @staticmethod
     def _json_or_raise(response: requests.Response) -> dict[str, Any]:
