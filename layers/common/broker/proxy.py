@@ -38,6 +38,7 @@ MAX_PATH_CHARS = 2048
 # percent-encoded, so nothing in the path can start a query, fragment or matrix parameter.
 _PATH_SAFE = "/-._~!$'()*+,=&"
 _FORBIDDEN_CHARS = ("\\", "@", "%")
+_DELIMITERS = set("/\\.:@%?#;")
 
 
 def _refuse(reason: str) -> InvalidRequest:
@@ -75,7 +76,10 @@ def safe_path(raw_path_param: str) -> str:
         raise _refuse(f"it is over {MAX_PATH_CHARS} characters")
     _check_path(raw_path_param)
     # Fullwidth dots and solidi (U+FF0E, U+FF0F...) become '.' and '/' for a server that
-    # normalises Unicode: check that reading too.
+    # normalises Unicode: no look-alike of a delimiter, and that reading checked too.
+    for ch in raw_path_param:
+        if not ch.isascii() and any(c in _DELIMITERS for c in unicodedata.normalize("NFKC", ch)):
+            raise _refuse("it has a look-alike of a path delimiter")
     normalised = unicodedata.normalize("NFKC", raw_path_param)
     if normalised != raw_path_param:
         _check_path(normalised)
