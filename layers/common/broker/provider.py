@@ -70,14 +70,14 @@ def _expires_in(value: Any) -> int | None:
     return seconds
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> int | None:
+def parse_retry_after(value: str | None, *, now: datetime | None = None, cap: int = MAX_RETRY_AFTER) -> int | None:
     """Retry-After (RFC 9110 10.2.3): delay-seconds or an HTTP date, as seconds from now,
-    capped at an hour; None for anything else."""
+    capped (an hour unless told); None for anything else."""
     if not value or len(value) > 64:
         return None
     value = value.strip()
     if _SECONDS.fullmatch(value):
-        return min(int(value), MAX_RETRY_AFTER)
+        return min(int(value), cap)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -85,7 +85,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> int 
     if when is None or when.tzinfo is None:
         return None
     delay = (when - (now or datetime.now(timezone.utc))).total_seconds()
-    return min(max(int(delay), 0), MAX_RETRY_AFTER)
+    return min(max(int(delay), 0), cap)
 
 
 def _retry_after(response: requests.Response) -> int | None:

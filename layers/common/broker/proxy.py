@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email.utils
 import json
 import math
 import random
@@ -24,12 +23,15 @@ import time
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
 from .errors import BrokerError, InvalidRequest, ProviderUnavailable
+from .insightly import RateLimit
+from .provider import parse_retry_after
 
 # -- 1. path safety ------------------------------------------------------------------------
 
@@ -324,13 +326,6 @@ PROBE_SECONDS = 30
 
 
 @dataclass(frozen=True)
-class RateLimit:
-    limit: int
-    remaining: int
-    observed_at: float
-
-
-@dataclass(frozen=True)
 class QuotaState:
     """What the connection item records about Insightly's quota (epoch seconds)."""
 
@@ -340,20 +335,10 @@ class QuotaState:
 
 
 def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """Retry-After as seconds from now: delta-seconds or an HTTP date, capped at 24 h;
-    anything unreadable is None (ignored)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(min(int(value), MAX_RETRY_AFTER))
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None or when.tzinfo is None:
-        return None
-    return min(max(when.timestamp() - now, 0.0), float(MAX_RETRY_AFTER))
+    """Retry-After as seconds from now (the provider's parser, capped at 24 h for the daily
+    quota); anything unreadable is None (ignored)."""
+    seconds = parse_retry_after(value, now=datetime.fromtimestamp(now, timezone.utc), cap=MAX_RETRY_AFTER)
+    return None if seconds is None else float(seconds)
 
 
 def locally_throttled(state: QuotaState, now: float) -> int | None:
@@ -382,7 +367,7 @@ def after_response(state: QuotaState, *, status: int, retry_after: str | None,
     now + backoff_seconds (QuotaBackoffSeconds). Any other answer ends a throttle (it was
     the probe's)."""
     rate_limit = observed if observed is not None else state.rate_limit
-    exhausted = status == 429 or (observed is not None and observed.remaining <= 0)
+    exhausted = status == 429 or (observed is not None and observed.is_exhausted())
     if exhausted:
         wait = retry_after_seconds(retry_after, now)
         until = now + (wait if wait is not None else backoff_seconds)
@@ -391,7 +376,7 @@ def after_response(state: QuotaState, *, status: int, retry_after: str | None,
 
 
 def _step(rate_limit: RateLimit | None) -> int | None:
-    if rate_limit is None or rate_limit.limit <= 0:
+    if rate_limit is None or not rate_limit.limit or rate_limit.remaining is None:
         return None
     return math.floor(10 * max(rate_limit.remaining, 0) / rate_limit.limit)
 
