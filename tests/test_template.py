@@ -95,6 +95,8 @@ def test_key_policy_grants_each_role_only_the_actions_and_purposes_it_needs():
         "RefreshRole": {("kms:decrypt", TOKEN_SET), ("kms:decrypt", API_KEY), ("kms:generatedatakey", TOKEN_SET)},
         "RefreshWorkerRole": {("kms:decrypt", TOKEN_SET), ("kms:decrypt", API_KEY),
                               ("kms:generatedatakey", TOKEN_SET)},
+        # the proxy hands out both kinds and renews on an expired token or a 401, like /token
+        "ProxyRole": {("kms:decrypt", TOKEN_SET), ("kms:decrypt", API_KEY), ("kms:generatedatakey", TOKEN_SET)},
         # to revoke expired pending completions; it can read no connection item
         "SchedulerRole": {("kms:decrypt", TOKEN_SET)},
     }  # and nothing for the authorize function
@@ -167,7 +169,7 @@ def test_named_key_administrators_replace_the_account_and_only_the_root_user_can
     assert (ACCOUNT, {}) in who_may(policy, "kms:describekey")  # inventory and audit tools still see the key
     decrypters = {principal.rsplit("-", 1)[-1] for principal, _ in who_may(policy, "kms:decrypt")}
     # not the administrators
-    assert decrypters == {"ConnectionsRole", "RefreshRole", "RefreshWorkerRole", "SchedulerRole"}
+    assert decrypters == {"ConnectionsRole", "RefreshRole", "RefreshWorkerRole", "ProxyRole", "SchedulerRole"}
 
 
 def test_routes_match_the_public_contract_with_iam_on_backend_routes():
@@ -182,6 +184,7 @@ def test_routes_match_the_public_contract_with_iam_on_backend_routes():
         ("POST", "/connections/{connection_id}/refresh"): ("RefreshFunction", "AWS_IAM"),
         ("DELETE", "/connections/{connection_id}"): ("ConnectionsFunction", "AWS_IAM"),
         ("PUT", "/connections/{connection_id}/api-key"): ("ConnectionsFunction", "AWS_IAM"),
+        ("ANY", "/connections/{connection_id}/proxy/{path+}"): ("ProxyFunction", "AWS_IAM"),
         ("GET", "/connect/api-key"): ("KeyPageFunction", "NONE"),
         ("POST", "/connect/api-key"): ("KeyPageFunction", "NONE"),
     }

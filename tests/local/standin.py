@@ -76,6 +76,15 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self.server.app._dispatch(self, "POST")
 
+    def do_PUT(self):  # the API answers 405 where it has no route, as Insightly does
+        self.server.app._dispatch(self, "PUT")
+
+    def do_PATCH(self):
+        self.server.app._dispatch(self, "PATCH")
+
+    def do_DELETE(self):
+        self.server.app._dispatch(self, "DELETE")
+
     def log_message(self, format, *args):
         log.debug("%s %s", self.address_string(), format % args)
 

@@ -32,7 +32,8 @@ from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit
 import requests
 
 FAULTS = ("429", "500", "timeout", "invalid_grant", "invalid_client")
-API_FAULTS = ("429", "500", "timeout")  # what the API routes (on="api") can be made to answer
+API_FAULTS = ("429", "500", "503", "timeout")
+SESSION_COOKIE = "AWSALB=fake-balancer-cookie; Path=/; HttpOnly"  # what the API routes (on="api") can be made to answer
 FAULT_TARGETS = ("token", "api")
 POD = re.compile(r"[a-z0-9]{2,10}")
 DAY = 86400
@@ -103,6 +104,8 @@ class FakeInsightly:
     api_keys: dict = field(default_factory=dict)  # live key -> account id
     revoked_api_keys: list = field(default_factory=list)
     api_faults: deque = field(default_factory=deque)
+    # method, path and headers of the latest API calls (bounded: the stand-in runs for hours)
+    api_requests: deque = field(default_factory=lambda: deque(maxlen=1000))
     clock: Callable[[], float] = time.time
 
     def __post_init__(self):
@@ -202,6 +205,7 @@ class FakeInsightly:
             self.calls.clear()
             self.faults.clear()
             self.api_faults.clear()
+            self.api_requests.clear()
             self.revoked.clear()
             self.revoked_api_keys.clear()
             for account in self.accounts.values():  # a fresh daily window
@@ -315,6 +319,8 @@ class FakeInsightly:
                       if m == method and (found := pattern.fullmatch(path))), None)
         with self._lock:
             self.calls["api"] += 1
+            self.api_requests.append({"method": method, "path": path,
+                                      "headers": {k.lower(): v for k, v in headers.items()}})
             if route is not None:
                 self.calls[route[0]] += 1
             if self.api_faults:
@@ -323,6 +329,8 @@ class FakeInsightly:
                     raise requests.ReadTimeout("fake provider timed out")
                 if fault == "429":
                     return 429, {"Retry-After": str(self.retry_after)}, {"Message": "Too many requests"}
+                if fault == "503":
+                    return 503, {}, {"Message": "Service unavailable"}
                 return 500, {}, {"Message": "An error has occurred."}
             account = self._caller(pod, headers)
             if account is None:
@@ -339,7 +347,8 @@ class FakeInsightly:
                     "Message": "API request limit exceeded"}
             account.used += 1
             status, extra, answer = getattr(self, "_" + route[0])(account, query, body, **route[1].groupdict())
-            return status, {**account.rate_headers(), **extra}, answer
+            # Insightly's load balancer sets a cookie: nothing a proxy may pass on.
+            return status, {**account.rate_headers(), **extra, "Set-Cookie": SESSION_COOKIE}, answer
 
     def _caller(self, pod: str | None, headers: dict[str, str]) -> Account | None:
         auth = headers.get("Authorization", "")
@@ -478,6 +487,6 @@ class FakeInsightly:
                              r"(?P<path>/(?:Users/Me|Contacts(?:/[^?#]*)?))(?:\?(?P<query>[^#]*))?$")
         mock.add_callback("POST", f"{self.base_url}/oauth2/token", callback=adapt(self.token_endpoint))
         mock.add_callback("POST", f"{self.base_url}/oauth2/revoke", callback=adapt(self.revoke_endpoint))
-        for method in ("GET", "POST"):
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):  # the API answers 405 where it has no route
             mock.add_callback(method, api_url, callback=api)
         return self

@@ -114,6 +114,8 @@ class Settings:
     # How often an API key is checked with Users/Me (each check spends one of the account's
     # daily requests); 0 turns checks off.
     api_key_check_seconds: int = 86400
+    # The proxy answers 429 itself this long after Insightly's 429 when it sent no Retry-After.
+    quota_backoff_seconds: int = 900
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ = os.environ) -> Settings:
@@ -159,6 +161,9 @@ class Settings:
         if check_seconds < 0:
             raise ConfigurationError("API_KEY_CHECK_SECONDS must be 0 or more")
         app_name = " ".join(env.get("APP_NAME", "this app").split())[:80] or "this app"
+        quota_backoff = number("QUOTA_BACKOFF_SECONDS", "900")
+        if not 1 <= quota_backoff <= 86400:
+            raise ConfigurationError("QUOTA_BACKOFF_SECONDS must be between 1 and 86400")
 
         def provider_url(name: str, *, required: bool = True) -> str:
             value = need(name) if required else env.get(name, "").strip()
@@ -194,6 +199,7 @@ class Settings:
             app_name=app_name,
             insightly_api_url_template=api_url_template,
             api_key_check_seconds=check_seconds,
+            quota_backoff_seconds=quota_backoff,
         )
 
 

@@ -76,6 +76,7 @@ class Connection:
     quota_alert: str | None = None  # "low" | "exhausted": the quota event already sent
     last_checked_at: int | None = None
     last_used_at: int | None = None  # the last call this credential made that Insightly accepted
+    throttled_until: int | None = None  # the proxy answers 429 itself until then (daily quota)
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Connection:
@@ -106,6 +107,7 @@ class Connection:
             quota_alert=data.get("quota_alert"),
             last_checked_at=number("last_checked_at"),
             last_used_at=number("last_used_at"),
+            throttled_until=number("throttled_until"),
         )
 
 
@@ -192,6 +194,23 @@ class ConnectionStore:
             condition="version = :version AND (attribute_not_exists(lease_until) OR lease_until < :now)",
             extra_values={":version": connection.version, ":now": now},
         )
+
+    def record_quota(self, connection_id: str, *, sets: dict[str, Any], remove: list[str] | None = None) -> None:
+        """What the proxy saw of the daily quota (and that the credential worked): no version
+        bump, nothing about credentials, and never a write that recreates a deleted item."""
+        with contextlib.suppress(StaleWrite):
+            self._update(connection_id, sets=sets, remove=remove, condition="attribute_exists(connection_id)")
+
+    def claim_probe(self, connection: Connection, *, until: int) -> bool:
+        """After a quota throttle passed, one caller may call Insightly to see if the quota is
+        back: the one whose write moves throttled_until on from the value everyone read."""
+        try:
+            self._update(connection.connection_id, sets={"throttled_until": until},
+                         condition="throttled_until = :seen",
+                         extra_values={":seen": connection.throttled_until})
+        except StaleWrite:
+            return False
+        return True
 
     def mark_needs_reauth(self, connection: Connection, *, error: dict[str, Any], now: int) -> None:
         # Out of the due index: there is nothing left to refresh with.

@@ -13,6 +13,7 @@ from .connect_flow import ConnectFlow
 from .connections import ConnectionStore
 from .flowstore import FlowStore
 from .insightly import InsightlyApi
+from .insightly_proxy import InsightlyProxy
 from .lifecycle import LifecycleEvents
 from .provider import ProviderClient
 from .tokens import TokenService
@@ -52,7 +53,12 @@ def api_key_connect() -> ApiKeyConnect:
     return ApiKeyConnect(settings(), flow=connect_flow(), api=insightly_api())
 
 
+@lru_cache(maxsize=1)
+def insightly_proxy() -> InsightlyProxy:
+    return InsightlyProxy(token_service(), quota_backoff_seconds=settings().quota_backoff_seconds)
+
+
 def reset() -> None:
-    for cached in (settings, _shared, connect_flow, insightly_api, token_service, api_key_connect):
+    for cached in (settings, _shared, connect_flow, insightly_api, token_service, api_key_connect, insightly_proxy):
         cached.cache_clear()
     aws.reset()

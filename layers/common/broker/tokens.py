@@ -152,7 +152,12 @@ class TokenService:
     def access_token(self, connection_id: str) -> dict[str, Any]:
         """A credential that works now: an access token valid for at least the skew (refreshed
         first when it is not), or the API key; either way with the whole Authorization header."""
-        conn = self._active(connection_id)
+        return self.answer_for(self._active(connection_id))
+
+    def answer_for(self, conn: Connection) -> dict[str, Any]:
+        """/token's answer for a connection already read (and active): the proxy reads the
+        item once for its quota guard and the credential alike."""
+        connection_id = conn.connection_id
         if self._kind(conn).fresh(conn, self._now()):
             return self._token_answer(conn, self._open(conn))
         with self._single_flight(connection_id) as waited:
@@ -214,7 +219,7 @@ class TokenService:
                 continue
             if deleted:
                 count("ConnectionsDeleted")
-                self._emit(DELETED, conn, status="deleted", reason="deleted_by_backend")
+                self.emit(DELETED, conn, status="deleted", reason="deleted_by_backend")
                 logger.info("connection deleted", extra={"connection_id": connection_id})
             return
         raise Conflict("the connection kept changing during the delete; try again", code="refresh_conflict")
@@ -271,7 +276,7 @@ class TokenService:
                            value=(time.monotonic() - started) * 1000)
         if conn.failure_count:
             count("RefreshRecovered")
-            self._emit(RECOVERED, conn, status=ACTIVE, reason=(conn.last_error or {}).get("code"))
+            self.emit(RECOVERED, conn, status=ACTIVE, reason=(conn.last_error or {}).get("code"))
         logger.info("credential renewed", extra={"connection_id": conn.connection_id, "auth_mode": kind.auth_mode})
         return self._token_answer(dataclasses.replace(conn, expires_at=renewal.expires_at), sealed)
 
@@ -310,7 +315,7 @@ class TokenService:
                     raise
             self.sleep(0.1 * 2 ** attempt)
         if event:
-            self._emit(event, conn, status=ACTIVE, reason="quota")
+            self.emit(event, conn, status=ACTIVE, reason="quota")
 
     def _terminal(self, conn: Connection, exc: BrokerError, reason: str) -> dict[str, Any]:
         """The provider no longer accepts this connection's credential (invalid_grant, no
@@ -345,9 +350,9 @@ class TokenService:
         self.connections.record_failure(conn, owner=owner, error=error_record(exc, now), retry_at=retry_at, now=now,
                                         extra=extra)
         if conn.failure_count == 0:
-            self._emit(REFRESH_FAILED, conn, status=ACTIVE, reason=exc.code)
+            self.emit(REFRESH_FAILED, conn, status=ACTIVE, reason=exc.code)
         if event:
-            self._emit(event, conn, status=ACTIVE, reason="quota")
+            self.emit(event, conn, status=ACTIVE, reason="quota")
     def _client_rejected(self, conn: Connection, owner: str) -> None:
         """The provider refuses the broker's client credentials, even freshly fetched: a fault
         of the deployment (a rotated or wrong secret), never of this connection. Cool it down
@@ -379,13 +384,13 @@ class TokenService:
             pass  # someone re-connected meanwhile: their credentials stand
         else:
             count("NeedsReauth")
-            self._emit(NEEDS_REAUTH_EVENT, conn, status=NEEDS_REAUTH, reason=reason)
+            self.emit(NEEDS_REAUTH_EVENT, conn, status=NEEDS_REAUTH, reason=reason)
             logger.warning("connection needs re-authorization",
                            extra={"connection_id": conn.connection_id, "reason": reason})
         raise Conflict("the provider no longer accepts this connection's credential; reconnect it",
                        code="needs_reauth")
 
-    def _emit(self, detail_type: str, conn: Connection, *, status: str, reason: str | None) -> None:
+    def emit(self, detail_type: str, conn: Connection, *, status: str, reason: str | None) -> None:
         if self.events is not None:
             self.events.emit(detail_type, connection_id=conn.connection_id, status=status, reason=reason,
                              at=self._now())

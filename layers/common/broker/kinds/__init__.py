@@ -37,6 +37,9 @@ class Renewal:
 class CredentialKind(Protocol):
     auth_mode: str
     purpose: str  # the vault's encryption-context purpose for this kind's ciphertexts
+    # Whether a request Insightly answered 401 is worth sending again after a renewal: a
+    # refreshed access token may work where the old one did not; a checked key is the same key.
+    retry_after_renewal: bool
 
     def authorization(self, sealed: dict[str, Any]) -> AuthBase:
         """How a request to Insightly is authenticated with this credential."""

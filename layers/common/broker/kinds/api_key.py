@@ -26,6 +26,7 @@ QUOTA_WINDOW_SECONDS = 86400  # Insightly's daily limit counts over a moving 24 
 class ApiKeyKind:
     auth_mode = API_KEY
     purpose = API_KEY_PURPOSE
+    retry_after_renewal = False
 
     def __init__(self, settings: Settings, *, api: InsightlyApi, clock: Callable[[], float] = time.time):
         self.settings = settings

@@ -74,6 +74,7 @@ def revoke_token_set(provider: ProviderClient, credentials: ClientCredentialSour
 class OAuth2Kind:
     auth_mode = OAUTH2
     purpose = PURPOSE
+    retry_after_renewal = True
 
     def __init__(self, settings: Settings, *, provider: ProviderClient, credentials: ClientCredentialSource,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,

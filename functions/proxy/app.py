@@ -1,0 +1,16 @@
+"""ANY /connections/{connection_id}/proxy/{path+}: the SaaS backend calls Insightly through the
+broker. No resolver: every method and any path go to the one proxy, which shapes the answer."""
+
+from aws_lambda_powertools.logging import correlation_paths
+
+from broker import deadline, services
+from broker.observability import logger, metrics, tracer
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
+@metrics.log_metrics(capture_cold_start_metric=True)
+@tracer.capture_lambda_handler(capture_response=False)  # answers carry CRM data
+def lambda_handler(event, context):
+    deadline.start(context)
+    connection_id = (event.get("pathParameters") or {}).get("connection_id", "")
+    return services.insightly_proxy().call(connection_id, event).as_lambda_result()
