@@ -276,7 +276,7 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
         local.sqs_sources = sqs_event_sources(stack, session.client("sqs"))
         started += [s.start() for s in local.sqs_sources]
         if demo_app is not None:
-            local.demo = demo_app.point_at(gateway.url, local.provider_base_url).start()
+            local.demo = demo_app.point_at(gateway.url).start()
         if env_file is not None:
             local.env_file = write_sam_env_file(local, Path(env_file))
         return local

@@ -3,13 +3,17 @@
 A SaaS backend needs five calls to the broker, each signed with SigV4 (the broker's
 backend routes use IAM auth):
 
-    POST   /connect-sessions            -> keep session_id in the user's own server-side
+    POST   /connect-sessions            -> {"auth_mode": "oauth2"} (Insightly's consent page)
+                                           or "api_key" (the broker's key page); keep
+                                           session_id in the user's own server-side
                                            session, send the browser to connect_url
     POST   /connect-sessions/{session_id}/complete
                                         -> on return, if session_id is the one in this
                                            user's session: link the connection
-    GET    /connections/{id}            -> status and the Insightly user (never a token)
-    GET    /connections/{id}/token      -> a valid access token, refreshed by the broker if due
+    GET    /connections/{id}            -> status, the Insightly user, the kind and the
+                                           observed daily quota (never a credential)
+    GET    /connections/{id}/token      -> api_base_url and the whole Authorization header,
+                                           whichever the kind: one code path calls Insightly
     DELETE /connections/{id}            -> revoke and forget
 
 The broker sends the browser back to `return_to` with
@@ -19,7 +23,7 @@ default), `?status=connected` (SessionBinding=none) or `?status=error&error=<cod
 connect link useless to anyone but the user who started it: a link someone else opened
 comes back to a browser whose session does not hold that session_id, and is not completed.
 
-    app = DemoApp(broker_url="http://127.0.0.1:3000", provider_api_base=standin.base_url).start()
+    app = DemoApp(broker_url="http://127.0.0.1:3000").start()
     print(app.url)
     app.stop()
 """
@@ -64,8 +68,10 @@ class BrokerClient:
         SigV4Auth(self.credentials, "execute-api", self.region).add_auth(request)
         return requests.request(method, request.url, data=data, headers=dict(request.headers), timeout=TIMEOUT)
 
-    def create_connect_session(self, connection_id: str, return_to: str) -> requests.Response:
-        return self.call("POST", "/connect-sessions", {"connection_id": connection_id, "return_to": return_to})
+    def create_connect_session(self, connection_id: str, return_to: str,
+                               auth_mode: str = "oauth2") -> requests.Response:
+        return self.call("POST", "/connect-sessions",
+                         {"connection_id": connection_id, "return_to": return_to, "auth_mode": auth_mode})
 
     def complete_connect_session(self, session_id: str, completion_code: str) -> requests.Response:
         return self.call("POST", f"/connect-sessions/{quote(session_id, safe='')}/complete",
@@ -96,20 +102,21 @@ FLASH = {
     "disconnected": "Insightly disconnected",
 }
 DECLINED = "You declined access to Insightly. Nothing was connected."
+TOO_MANY_ATTEMPTS = "Insightly refused the API key too many times. Nothing was connected; start again."
+QUOTA_USED_UP = "Insightly's daily API limit for this account is used up; try again later."
+AUTH_MODES = {"oauth2": "OAuth", "api_key": "API key"}
 NOT_YOURS = "This connection was not started from your session. Nothing was connected."
 SESSION_COOKIE = "demo_session"
 
 
 class DemoApp:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, broker_url: str = "http://127.0.0.1:3000",
-                 region: str = "us-east-1", *, provider_api_base: str = "https://api.insightly.com/v3.1",
-                 connection_id: str = "demo-user", access_key: str | None = None, secret_key: str | None = None,
-                 session_token: str | None = None):
+                 region: str = "us-east-1", *, connection_id: str = "demo-user", access_key: str | None = None,
+                 secret_key: str | None = None, session_token: str | None = None):
         # A deployed backend would use its role: botocore.session.Session().get_credentials().
         credentials = Credentials(access_key or os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
                                   secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"), session_token)
         self.broker = BrokerClient(broker_url, region, credentials)
-        self.provider_api_base = provider_api_base.rstrip("/")
         self.connection_id = connection_id
         # The SaaS's own server-side sessions (cookie value -> data); a real app has its own store.
         self.sessions: dict[str, dict] = {}
@@ -118,11 +125,10 @@ class DemoApp:
         self._server = ThreadedServer(host, port, _Handler, name="demo-app", app=self)
         self.url = self._server.url
 
-    def point_at(self, broker_url: str, provider_api_base: str | None = None) -> DemoApp:
-        """Use this broker (and provider API): for an app built before the broker's URL was known."""
+    def point_at(self, broker_url: str) -> DemoApp:
+        """Use this broker: for an app built before the broker's URL was known. (Where to call
+        Insightly comes from the broker's /token answer.)"""
         self.broker.url = broker_url.rstrip("/")
-        if provider_api_base is not None:
-            self.provider_api_base = provider_api_base.rstrip("/")
         return self
 
     def start(self) -> DemoApp:
@@ -155,14 +161,18 @@ class DemoApp:
         if status == "pending":
             return self.complete(query, session if session is not None else {})
         if status == "error":
-            message = DECLINED if error == "access_denied" else f"Connecting Insightly failed ({error[:100]})"
+            message = {"access_denied": DECLINED, "too_many_attempts": TOO_MANY_ATTEMPTS}.get(
+                error, f"Connecting Insightly failed ({error[:100]})")
         else:
             message = FLASH.get(status or "", "")
         return 200, {}, self.page(message)
 
-    def connect(self, session: dict | None = None) -> tuple[int, dict, str]:
+    def connect(self, session: dict | None = None, auth_mode: str = "oauth2") -> tuple[int, dict, str]:
+        """Both kinds start alike: a session, the browser sent to connect_url (Insightly's
+        consent page, or the broker's key page), and the same completion on return."""
         try:
-            answer = self.broker.create_connect_session(self.connection_id, return_to=self.url + "/")
+            answer = self.broker.create_connect_session(self.connection_id, return_to=self.url + "/",
+                                                        auth_mode=auth_mode)
         except requests.RequestException:
             return 502, {}, self.page("The connection broker is unreachable.")
         if answer.status_code != 201:
@@ -196,11 +206,17 @@ class DemoApp:
                 return 409, {}, self.page("Insightly needs to be connected again.")
             if answer.status_code != 200:
                 return 502, {}, self.page(f"The broker could not give a token ({broker_error(answer)})")
-            token = answer.json()["access_token"]
-            me = requests.get(f"{self.provider_api_base}/Users/Me", timeout=TIMEOUT,
-                              headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+            # One code path for both kinds: the broker says where to call and with which header
+            # (Bearer for OAuth, Basic for an API key on the account's own pod).
+            token = answer.json()
+            me = requests.get(f"{token['api_base_url']}/Users/Me", timeout=TIMEOUT,
+                              headers={"Authorization": token["authorization"], "Accept": "application/json"})
         except requests.RequestException:
             return 502, {}, self.page("The connection broker or Insightly is unreachable.")
+        if me.status_code in (401, 403):
+            return 502, {}, self.page(f"Insightly refused the credentials ({me.status_code}).")
+        if me.status_code == 429:
+            return 502, {}, self.page(QUOTA_USED_UP)
         if me.status_code != 200:
             return 502, {}, self.page(f"Insightly answered {me.status_code}.")
         user = me.json()
@@ -218,35 +234,58 @@ class DemoApp:
 
     # -- the page --------------------------------------------------------------------------------
 
-    def connection_status(self) -> str:
+    def connection_status(self) -> tuple[str, dict]:
+        """A line for people, and the status JSON (empty when there is none)."""
         try:
             answer = self.broker.connection(self.connection_id)
         except requests.RequestException:
-            return "Unknown: the connection broker is unreachable"
+            return "Unknown: the connection broker is unreachable", {}
         if answer.status_code == 404:
-            return "Not connected"
+            return "Not connected", {}
         if answer.status_code != 200:
-            return f"Unknown ({broker_error(answer)})"
+            return f"Unknown ({broker_error(answer)})", {}
         connection = answer.json()
         user = connection.get("provider_user") or {}
         who = " ".join(filter(None, [user.get("name"), f"({user['email']})" if user.get("email") else None]))
         if connection.get("status") == "active":
-            return f"Connected as {who}" if who else "Connected"
+            return (f"Connected as {who}" if who else "Connected"), connection
         if connection.get("status") == "needs_reauth":
-            return f"Needs to be connected again ({who})" if who else "Needs to be connected again"
-        return str(connection.get("status"))
+            return (f"Needs to be connected again ({who})" if who else "Needs to be connected again"), connection
+        return str(connection.get("status")), connection
+
+    @staticmethod
+    def connection_details(connection: dict) -> str:
+        """How it is connected and, for a key, how much of the account's daily quota is left
+        (each call, the broker's checks included, spends one)."""
+        if not connection:
+            return ""
+        e = html.escape
+        mode = AUTH_MODES.get(connection.get("auth_mode"), str(connection.get("auth_mode")))
+        if connection.get("pod"):
+            mode += f" (pod {connection['pod']})"
+        details = f'<p>Connected with: <span id="auth-mode">{e(mode)}</span></p>'
+        rate = connection.get("rate_limit") or {}
+        if isinstance(rate.get("limit"), int) and isinstance(rate.get("remaining"), int):
+            quota = f"{rate['remaining']:,} of {rate['limit']:,} requests left today"
+            quota += " (used up)" if rate["remaining"] == 0 else ""
+            details += f'<p>Insightly API quota: <span id="quota">{e(quota)}</span></p>'
+        return details
 
     def page(self, message: str, call_result: str = "") -> str:
         e = html.escape
         result = f'<p id="call-result" class="result">{e(call_result)}</p>' if call_result else ""
+        status, connection = self.connection_status()
         return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Demo SaaS</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{STYLE}</style></head><body><main>
 <h1>Demo SaaS</h1>
 <div id="message" class="message" role="status">{e(message)}</div>
-<p>Insightly: <strong id="status">{e(self.connection_status())}</strong></p>
+<p>Insightly: <strong id="status">{e(status)}</strong></p>
+{self.connection_details(connection)}
 {result}
 <div class="buttons">
 <form method="post" action="/connect"><button id="connect" type="submit">Connect Insightly</button></form>
+<form method="post" action="/connect-api-key">
+<button id="connect-api-key" type="submit">Connect with an API key</button></form>
 <form method="post" action="/call"><button id="call" type="submit">Call Insightly</button></form>
 <form method="post" action="/disconnect"><button id="disconnect" type="submit">Disconnect</button></form>
 </div></main></body></html>"""
@@ -254,7 +293,8 @@ class DemoApp:
 
 STYLE = """body{font-family:system-ui,sans-serif;background:#f4f6f8;color:#1f2933;margin:0}
 main{max-width:32rem;margin:4rem auto;background:#fff;border-radius:8px;padding:2rem;
-box-shadow:0 1px 4px rgba(0,0,0,.1)}h1{margin-top:0;font-size:1.4rem}.buttons{display:flex;gap:.75rem}
+box-shadow:0 1px 4px rgba(0,0,0,.1)}h1{margin-top:0;font-size:1.4rem}.buttons{display:flex;flex-wrap:wrap;gap:.75rem}
+@media (max-width:36rem){main{margin:0;border-radius:0;padding:1.25rem}}
 button{font-size:1rem;padding:.6rem 1.1rem;border-radius:6px;border:1px solid #c5ccd3;background:#fff;cursor:pointer}
 #connect{background:#2563eb;border-color:#2563eb;color:#fff}.message:empty{display:none}
 .message{background:#eef4ff;border-radius:6px;padding:.6rem .9rem;margin-bottom:1rem}
@@ -274,8 +314,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))  # the forms carry nothing
         app = self.server.app
-        route = {"/connect": lambda: app.connect(self._session()), "/call": app.call_insightly,
-                 "/disconnect": app.disconnect}
+        route = {"/connect": lambda: app.connect(self._session()),
+                 "/connect-api-key": lambda: app.connect(self._session(), auth_mode="api_key"),
+                 "/call": app.call_insightly, "/disconnect": app.disconnect}
         action = route.get(urlsplit(self.path).path)
         if action is None:
             return self._send(404, {}, "Not found")
@@ -312,9 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--broker-url", default="http://127.0.0.1:3000")
-    parser.add_argument("--provider-api-base", default="https://api.insightly.com/v3.1")
     args = parser.parse_args(argv)
-    app = DemoApp(args.host, args.port, args.broker_url, provider_api_base=args.provider_api_base).start()
+    app = DemoApp(args.host, args.port, args.broker_url).start()
     print(f"Demo SaaS at {app.url}", flush=True)
     try:
         threading.Event().wait()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import html
 import json
 import re
 import socket
@@ -14,13 +16,19 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from tests.local.demo_app import DECLINED, NOT_YOURS, DemoApp
+from tests.local.demo_app import DECLINED, NOT_YOURS, TOO_MANY_ATTEMPTS, DemoApp
 
 ACCESS_TOKEN = "at-never-shown-to-the-browser"
+API_KEY = "key-never-shown-to-the-browser"
+BEARER = f"Bearer {ACCESS_TOKEN}"
+BASIC = "Basic " + base64.b64encode(f"{API_KEY}:".encode()).decode()
 AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)"
                   r"/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=(?P<signature>[0-9a-f]{64})$")
-CONNECTED = {"connection_id": "demo-user", "status": "active",
-             "provider_user": {"id": "4242", "email": "ada@example.com", "name": "Ada <Lovelace>"}}
+CONNECTED = {"connection_id": "demo-user", "status": "active", "auth_mode": "oauth2",
+             "provider_user": {"id": "4242", "email": "ada@example.com", "name": "Ada <Lovelace>"},
+             "pod": None, "api_base_url": None, "rate_limit": None}
+KEY_CONNECTED = {**CONNECTED, "auth_mode": "api_key", "pod": "eu1", "api_base_url": "https://api.eu1.insightly.com/v3.1",
+                 "rate_limit": {"limit": 1000, "remaining": 999, "observed_at": "2030-01-01T00:00:00Z"}}
 
 
 class FakeBroker:
@@ -29,6 +37,7 @@ class FakeBroker:
     def __init__(self):
         self.answers: dict[tuple[str, str], tuple[int, dict | None]] = {}
         self.requests: list[dict] = []
+        self.insightly_authorization = BEARER  # what the fake Insightly under /api accepts
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,10 +46,11 @@ class FakeBroker:
                 fake.requests.append({"method": self.command, "path": self.path, "headers": self.headers,
                                       "body": body, "url": fake.url + self.path})
                 status, answer = fake.answers.get((self.command, self.path), (404, {"error": "not_found"}))
-                if self.path == "/api/Users/Me":
-                    ok = self.headers["Authorization"] == f"Bearer {ACCESS_TOKEN}"
+                if self.path.startswith("/api/") and self.path.endswith("/Users/Me"):
+                    ok = self.headers["Authorization"] == fake.insightly_authorization
                     ok = ok and self.headers["Accept"] == "application/json"
-                    status, answer = (200, answer) if ok else (401, {"Message": "Unauthorized"})
+                    if not ok:
+                        status, answer = 401, {"Message": "Unauthorized"}
                 raw = json.dumps(answer).encode() if answer is not None else b""
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -75,7 +85,7 @@ def broker():
 
 @pytest.fixture
 def demo(broker):
-    app = DemoApp(broker_url=broker.url, provider_api_base=broker.url + "/api").start()
+    app = DemoApp(broker_url=broker.url).start()
     yield app
     app.stop()
 
@@ -101,11 +111,15 @@ def message_of(page: str) -> str:
     return re.search(r'<div id="message"[^>]*>(.*?)</div>', page, re.S).group(1)
 
 
+def text_of(page: str, element_id: str) -> str:
+    return re.search(rf'id="{element_id}"[^>]*>(.*?)</', page, re.S).group(1)
+
+
 def test_home_when_not_connected(broker, demo):
     page = requests.get(demo.url + "/", timeout=5)
     assert page.status_code == 200 and "<title>Demo SaaS</title>" in page.text
     assert "Not connected" in page.text and message_of(page.text) == ""
-    for button in ("connect", "call", "disconnect"):
+    for button in ("connect", "connect-api-key", "call", "disconnect"):
         assert f'id="{button}"' in page.text
     (call,) = broker.requests
     assert (call["method"], call["path"]) == ("GET", "/connections/demo-user")
@@ -117,6 +131,21 @@ def test_home_when_connected_shows_the_insightly_user_escaped(broker, demo):
     broker.answers[("GET", "/connections/demo-user")] = (200, CONNECTED)
     page = requests.get(demo.url + "/", timeout=5).text
     assert "Connected as Ada &lt;Lovelace&gt; (ada@example.com)" in page and "<Lovelace>" not in page
+    assert text_of(page, "auth-mode") == "OAuth" and 'id="quota"' not in page
+
+
+def test_home_when_connected_with_an_api_key_shows_the_mode_and_the_quota(broker, demo):
+    broker.answers[("GET", "/connections/demo-user")] = (200, KEY_CONNECTED)
+    page = requests.get(demo.url + "/", timeout=5).text
+    assert text_of(page, "status") == "Connected as Ada &lt;Lovelace&gt; (ada@example.com)"
+    assert text_of(page, "auth-mode") == "API key (pod eu1)"
+    assert text_of(page, "quota") == "999 of 1,000 requests left today"
+
+
+def test_the_quota_says_when_it_is_used_up(broker, demo):
+    broker.answers[("GET", "/connections/demo-user")] = (200, {
+        **KEY_CONNECTED, "rate_limit": {"limit": 1000, "remaining": 0, "observed_at": "2030-01-01T00:00:00Z"}})
+    assert text_of(requests.get(demo.url + "/", timeout=5).text, "quota") == "0 of 1,000 requests left today (used up)"
 
 
 def test_home_when_the_connection_needs_reauth(broker, demo):
@@ -131,6 +160,7 @@ def test_home_when_the_connection_needs_reauth(broker, demo):
     ("?status=error&error=%3Cscript%3Ealert(1)%3C/script%3E", "Connecting Insightly failed (&lt;script&gt;alert(1)"
                                                               "&lt;/script&gt;)"),
     ("?status=disconnected", "Insightly disconnected"),
+    ("?status=error&error=too_many_attempts", TOO_MANY_ATTEMPTS),
     ("?status=%3Cb%3E", ""),
 ])
 def test_flash_messages_after_returning_from_the_broker(demo, query, message):
@@ -146,26 +176,40 @@ def test_connect_creates_a_signed_session_and_sends_the_browser_to_the_broker(br
     assert answer.status_code == 303 and answer.headers["Location"] == connect_url
     (call,) = broker.requests
     assert (call["method"], call["path"]) == ("POST", "/connect-sessions")
-    assert json.loads(call["body"]) == {"connection_id": "demo-user", "return_to": demo.url + "/"}
+    assert json.loads(call["body"]) == {"connection_id": "demo-user", "return_to": demo.url + "/",
+                                        "auth_mode": "oauth2"}
     assert_validly_signed(call)  # the body is part of the signature
+
+
+def test_connect_with_an_api_key_sends_the_browser_to_the_key_page(broker, demo):
+    key_page = broker.url + "/connect/api-key?session=abc"
+    broker.answers[("POST", "/connect-sessions")] = (201, {"connect_url": key_page, "session_id": SESSION_ID,
+                                                           "auth_mode": "api_key", "expires_at": "x"})
+    answer = requests.post(demo.url + "/connect-api-key", allow_redirects=False, timeout=5)
+    assert answer.status_code == 303 and answer.headers["Location"] == key_page
+    (call,) = broker.requests
+    assert json.loads(call["body"]) == {"connection_id": "demo-user", "return_to": demo.url + "/",
+                                        "auth_mode": "api_key"}
+    assert_validly_signed(call)
 
 
 SESSION_ID = "s" * 42 + "A"
 PENDING = f"/?status=pending&session_id={SESSION_ID}&completion_code={'c' * 43}"
 
 
-def started_connecting(broker, demo) -> requests.Session:
+def started_connecting(broker, demo, button: str = "/connect") -> requests.Session:
     """A browser that clicked Connect: its server-side session holds the broker's session_id."""
     broker.answers[("POST", "/connect-sessions")] = (201, {"connect_url": broker.url + "/oauth/authorize?session=a",
                                                            "session_id": SESSION_ID, "expires_at": "x"})
     browser = requests.Session()
-    assert browser.post(demo.url + "/connect", allow_redirects=False, timeout=5).status_code == 303
+    assert browser.post(demo.url + button, allow_redirects=False, timeout=5).status_code == 303
     assert SESSION_ID not in str(browser.cookies.get_dict())  # kept server side
     return browser
 
 
-def test_returning_with_a_pending_connection_completes_it_for_the_session_that_started_it(broker, demo):
-    browser = started_connecting(broker, demo)
+@pytest.mark.parametrize("button", ["/connect", "/connect-api-key"])
+def test_returning_with_a_pending_connection_completes_it_for_the_session_that_started_it(broker, demo, button):
+    browser = started_connecting(broker, demo, button)
     complete = f"/connect-sessions/{SESSION_ID}/complete"
     broker.answers[("POST", complete)] = (200, CONNECTED)
 
@@ -179,8 +223,9 @@ def test_returning_with_a_pending_connection_completes_it_for_the_session_that_s
     assert again.status_code == 403 and len([r for r in broker.requests if r["path"] == complete]) == 1
 
 
-def test_a_pending_connection_another_session_started_is_not_completed(broker, demo):
-    started_connecting(broker, demo)  # the attacker's browser
+@pytest.mark.parametrize("button", ["/connect", "/connect-api-key"])
+def test_a_pending_connection_another_session_started_is_not_completed(broker, demo, button):
+    started_connecting(broker, demo, button)  # the attacker's browser
     victim = requests.Session()
 
     answer = victim.get(demo.url + PENDING, allow_redirects=False, timeout=5)
@@ -205,19 +250,52 @@ def test_connect_shows_the_brokers_refusal(broker, demo):
     assert answer.status_code == 502 and "(invalid_return_to)" in message_of(answer.text)
 
 
-def test_call_gets_a_token_from_the_broker_and_calls_insightly_with_it(broker, demo):
-    broker.answers[("GET", "/connections/demo-user/token")] = (200, {
-        "connection_id": "demo-user", "access_token": ACCESS_TOKEN, "token_type": "Bearer", "expires_at": None})
-    broker.answers[("GET", "/api/Users/Me")] = (200, {"USER_ID": 4242, "FIRST_NAME": "Ada", "LAST_NAME": "Lovelace",
-                                                      "EMAIL_ADDRESS": "ada@example.com"})
+TOKEN_ANSWERS = {
+    "oauth2": {"connection_id": "demo-user", "auth_mode": "oauth2", "api_base_url": "{broker}/api/v3.1",
+               "authorization": BEARER, "access_token": ACCESS_TOKEN, "token_type": "Bearer",
+               "expires_at": "2030-01-01T00:00:00Z"},
+    "api_key": {"connection_id": "demo-user", "auth_mode": "api_key", "api_base_url": "{broker}/api/eu1/v3.1",
+                "authorization": BASIC, "api_key": API_KEY, "expires_at": None},
+}
+ME = {"USER_ID": 4242, "FIRST_NAME": "Ada", "LAST_NAME": "Lovelace", "EMAIL_ADDRESS": "ada@example.com"}
+
+
+@pytest.mark.parametrize("auth_mode", ["oauth2", "api_key"])
+def test_call_uses_one_code_path_for_both_kinds(broker, demo, auth_mode):
+    """Whatever the kind, the backend calls {api_base_url}/Users/Me with the `authorization` header."""
+    token = {k: v.replace("{broker}", broker.url) if isinstance(v, str) else v
+             for k, v in TOKEN_ANSWERS[auth_mode].items()}
+    me_path = token["api_base_url"].removeprefix(broker.url) + "/Users/Me"
+    broker.answers[("GET", "/connections/demo-user/token")] = (200, token)
+    broker.answers[("GET", me_path)] = (200, ME)
+    broker.insightly_authorization = token["authorization"]
+
     answer = requests.post(demo.url + "/call", timeout=5)
+
     assert answer.status_code == 200
-    result = re.search(r'id="call-result"[^>]*>(.*?)</p>', answer.text).group(1)
-    assert result == "Insightly says you are Ada Lovelace (ada@example.com)"
-    assert ACCESS_TOKEN not in answer.text
+    assert text_of(answer.text, "call-result") == "Insightly says you are Ada Lovelace (ada@example.com)"
+    assert ACCESS_TOKEN not in answer.text and API_KEY not in answer.text
+    assert token["authorization"].split()[1] not in answer.text
     token_call = next(r for r in broker.requests if r["path"] == "/connections/demo-user/token")
     assert_validly_signed(token_call)
-    assert [r["path"] for r in broker.requests].count("/api/Users/Me") == 1
+    (me_call,) = [r for r in broker.requests if r["path"].startswith("/api/")]
+    assert me_call["path"] == me_path and me_call["headers"]["Authorization"] == token["authorization"]
+
+
+@pytest.mark.parametrize(("status", "message"), [
+    (401, "Insightly refused the credentials (401)."),
+    (429, "Insightly's daily API limit for this account is used up; try again later."),
+    (500, "Insightly answered 500."),
+])
+def test_call_explains_what_insightly_answered(broker, demo, status, message):
+    token = {**TOKEN_ANSWERS["api_key"], "api_base_url": broker.url + "/api/eu1/v3.1"}
+    broker.answers[("GET", "/connections/demo-user/token")] = (200, token)
+    broker.answers[("GET", "/api/eu1/v3.1/Users/Me")] = (status, {"Message": "x"})
+    broker.insightly_authorization = BASIC if status != 401 else "Basic a-regenerated-key"
+
+    answer = requests.post(demo.url + "/call", timeout=5)
+
+    assert answer.status_code == 502 and html.unescape(message_of(answer.text)) == message
 
 
 @pytest.mark.parametrize(("status", "error", "message"), [
@@ -261,7 +339,7 @@ def test_an_app_built_before_the_broker_is_pointed_at_it(broker):
     app = DemoApp()  # bound now: its URL is known before the broker's
     try:
         assert app.url.startswith("http://127.0.0.1:")
-        app.point_at(broker.url + "/", broker.url + "/api").start()
+        app.point_at(broker.url + "/").start()
         broker.answers[("GET", "/connections/demo-user")] = (200, CONNECTED)
         assert "Connected as Ada &lt;Lovelace&gt;" in requests.get(app.url + "/", timeout=5).text
         assert_validly_signed(broker.requests[-1])

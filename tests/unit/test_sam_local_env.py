@@ -74,3 +74,12 @@ def test_the_functions_in_a_container_accept_the_local_stand_in_and_deployed_one
         assert Settings.from_env(variables).provider.token_url.startswith("http://host.docker.internal:9000/")
         with pytest.raises(ConfigurationError):
             Settings.from_env({**variables, "ALLOW_LOOPBACK_HTTP_PROVIDER": "false"})
+
+
+def test_api_key_calls_from_a_container_reach_the_stand_in_on_this_machine(env_file):
+    # The committed file, and what `make local` writes for its own stand-in: the {pod} stays.
+    for variables in env_file.values():
+        assert variables["INSIGHTLY_API_URL_TEMPLATE"] == "http://host.docker.internal:9000/{pod}/v3.1"
+    stack = Stack(parameters={"InsightlyApiUrlTemplate": "http://127.0.0.1:9123/{pod}/v3.1"})
+    for variables in sam_env(stack, aws_endpoint_url="http://127.0.0.1:5000").values():
+        assert variables["INSIGHTLY_API_URL_TEMPLATE"] == "http://host.docker.internal:9123/{pod}/v3.1"
