@@ -14,6 +14,8 @@ deleting the messages:
     R1  + X more connections, none due              -> (R1 - R0) / X = cost per connection not due
     R2  D of them due                               -> (R2 - R1) / D = cost per due connection
 and R2 / D, the cost per due connection with the run's fixed cost spread over D.
+API-key connections (issue 8) the same way, from a run with nothing due (K0): + Y keys, none
+due (K1); D of them due (K2); D due again but postponed, their account's quota used up (K3).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from aws_lambda_powertools.utilities import parameters
 
 from tests.bench.harness import aws_calls, broker_output, make_due, moto_stack, now
 from tests.local.schedule import sqs_event_sources
-from tests.support.inprocess import query_of
+from tests.support.inprocess import RETURN_TO, query_of
 from tests.support.lambda_events import LambdaContext, load_handler
 
 PROVIDER_CALLS = ("token", "users_me", "revoke")  # "token" counts every token endpoint call
@@ -53,6 +55,21 @@ FLOORS = {
     "scheduled: per due (+ fixed share)":
         {"dynamodb": 3, "query_pages": 1, "kms": 2, "secretsmanager": 0, "provider": 1},
     "scheduled: per not-due (marginal)":
+        {"dynamodb": 0, "query_pages": 0, "kms": 0, "secretsmanager": 0, "provider": 0},
+    # API-key connections (issue 8, point 12). "provider" is the Insightly call (Users/Me).
+    "key page render": {"dynamodb": 1, "kms": 0, "secretsmanager": 0, "provider": 0},
+    "key page submit, key refused": None,
+    # Issue 8 asked <= 2 DynamoDB. The page reads the session before it calls Insightly, so
+    # nobody can use it to try keys without a live session: 1 read + 2 writes (spend the
+    # session, store the pending completion) = 3, one over the issue's figure by design.
+    "key page submit": {"dynamodb": 3, "kms": 1, "secretsmanager": 0, "provider": 1},
+    "PUT api-key": {"dynamodb": 1, "kms": 1, "secretsmanager": 0, "provider": 1},
+    "token, api_key": {"dynamodb": 1, "kms": 1, "secretsmanager": 0, "provider": 0},
+    "forced check, api_key": {"dynamodb": 3, "kms": 1, "secretsmanager": 0, "provider": 1},
+    "scheduled: per due key (marginal)":
+        {"dynamodb": 3, "query_pages": 1, "kms": 1, "secretsmanager": 0, "provider": 1},
+    "scheduled: per due key, postponed (marginal)": None,
+    "scheduled: per not-due key (marginal)":
         {"dynamodb": 0, "query_pages": 0, "kms": 0, "secretsmanager": 0, "provider": 0},
 }
 
@@ -142,6 +159,28 @@ def measure(*, quick: bool) -> dict:
         row("status", meter(lambda: broker.call("GET", "/connections/user-1")), lambda a: a.status == 200)
         row("delete (+ revocation)", meter(lambda: broker.call("DELETE", "/connections/user-1")),
             lambda a: a.status == 204)
+
+        # -- API-key connections: the key page, the backend's PUT, /token and a check --------
+        account = moto.provider.issue_api_key("na1")
+        key_session = broker.call("POST", "/connect-sessions", body={
+            "connection_id": "key-user", "return_to": RETURN_TO, "auth_mode": "api_key"})
+        assert key_session.status == 201
+        page = row("key page render", meter(lambda: broker.open_key_page(key_session.json["connect_url"])),
+                   lambda a: a.status == 200)
+        page = row("key page submit, key refused",
+                   meter(lambda: broker.submit_key(page, "not-the-right-key", account["api_url"])),
+                   lambda a: a.status == 422)
+        landing = row("key page submit", meter(lambda: broker.submit_key(page, account["api_key"], account["api_url"])),
+                      lambda a: a.status == 302 and query_of(a.location)["status"] == "pending")
+        returned = query_of(landing.location)
+        assert broker.complete(returned["session_id"], returned["completion_code"]).status == 200
+        key_body = {"api_key": account["api_key"], "api_url": account["api_url"]}
+        row("PUT api-key", meter(lambda: broker.call("PUT", "/connections/key-put/api-key", body=key_body)),
+            lambda a: a.status == 200 and a.json["auth_mode"] == "api_key")
+        row("token, api_key", meter(lambda: broker.call("GET", "/connections/key-user/token")),
+            lambda a: a.status == 200 and a.json["authorization"].startswith("Basic "))
+        row("forced check, api_key", meter(lambda: broker.call("POST", "/connections/key-user/refresh")),
+            lambda a: a.status == 200 and a.json["auth_mode"] == "api_key")
         parameters.clear_caches()  # a new container: the client secret is not cached yet
         cold_url = broker.create_session("user-2").json["connect_url"]
         row("authorize, cold container", meter(lambda: broker.authorize(cold_url)),
@@ -181,7 +220,38 @@ def measure(*, quick: bool) -> dict:
         row("scheduled: per due (marginal)", difference(r2, r1, due))
         row("scheduled: per due (+ fixed share)", difference(r2, None, due))
         row("scheduled: per not-due (marginal)", difference(r1, r0, not_due + due))
-    runs = f"R0: 1 connection, not due; R1: +{not_due + due} not due; R2: {due} of those due"
+
+        # -- the scheduled path for API-key connections (checks with Users/Me) -----------------
+        k0 = meter(scheduled_run)
+        assert k0["answer"]["enqueued"] == 0
+        keys = [f"key-tenant-{n:03d}" for n in range(not_due + due)]
+        for connection_id in keys:  # one account each: no account's quota runs low
+            key = moto.provider.issue_api_key("na1")
+            assert broker.call("PUT", f"/connections/{connection_id}/api-key",
+                               body={"api_key": key["api_key"], "pod": "na1"}).status == 200
+        k1 = meter(scheduled_run)
+        assert k1["answer"]["enqueued"] == 0
+        for connection_id in keys[:due]:
+            make_due(dynamodb, moto.connections_table, connection_id, now())
+        checks_before = moto.provider.calls["users_me"]
+        k2 = meter(scheduled_run)
+        assert k2["answer"]["enqueued"] == due and moto.provider.calls["users_me"] - checks_before == due
+        for connection_id in keys[:due]:  # due again, but the last answer said the quota is used up
+            dynamodb.update_item(TableName=moto.connections_table, Key={"connection_id": {"S": connection_id}},
+                                 UpdateExpression="SET refresh_due_at = :due, rate_limit = :rate",
+                                 ExpressionAttributeValues={":due": {"N": str(now() - 60)}, ":rate": {"M": {
+                                     "limit": {"N": "1000"}, "remaining": {"N": "0"},
+                                     "observed_at": {"N": str(now())}}}})
+        checks_before = moto.provider.calls["users_me"]
+        k3 = meter(scheduled_run)
+        assert k3["answer"]["enqueued"] == due and moto.provider.calls["users_me"] == checks_before
+
+        row("scheduled: per due key (marginal)", difference(k2, k1, due))
+        row("scheduled: per due key, postponed (marginal)", difference(k3, k1, due))
+        row("scheduled: per not-due key (marginal)", difference(k1, k0, not_due + due))
+    runs = (f"R0: 1 connection, not due; R1: +{not_due + due} not due; R2: {due} of those due; "
+            f"K0: nothing due; K1: +{not_due + due} API keys, none due; K2: {due} of those due; "
+            f"K3: the same {due} due again, quota used up")
     return {"rows": rows, "scheduled": {"due": due, "not_due": not_due, "shards": 8, "runs": runs}}
 
 
