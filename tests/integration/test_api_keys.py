@@ -307,3 +307,19 @@ def test_the_key_is_nowhere_in_plaintext(broker, provider, account, dynamodb, st
         assert secret not in captured_logs.getvalue()
         assert secret not in json.dumps(lifecycle_events())
         assert all(secret not in (a.body or "") for a in answers)
+
+
+def test_a_fault_after_the_session_is_spent_sends_the_browser_back_with_an_error(broker, account, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    from broker import services
+
+    def table_down(*args, **kwargs):
+        raise ClientError({"Error": {"Code": "InternalServerError", "Message": "down"}}, "PutItem")
+
+    page = broker.open_key_page(key_session(broker).json["connect_url"])
+    monkeypatch.setattr(services.api_key_connect().flow.flows, "put_completion", table_down)
+
+    answer = broker.submit_key(page, account["api_key"], account["api_url"])
+
+    assert answer.status == 302 and query_of(answer.location) == {"status": "error", "error": "storage_unavailable"}

@@ -119,7 +119,7 @@ class ApiKeyConnect:
             return self._form(token, exc, form["api_url"], status=exc.status)
         session = self.flow.flows.consume_session(token, now=self._now(), auth_mode=API_KEY)
         auth = AuthState(session.connection_id, session.return_to, session.session_id)
-        return PageAnswer(location=self.flow.finish(auth, new))
+        return PageAnswer(location=self.flow.end(auth, lambda: self.flow.finish(auth, new)))
 
     def _form(self, token: str, error: BrokerError | None = None, api_url: str = "", *,
               status: int = 200) -> PageAnswer:

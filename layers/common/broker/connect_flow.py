@@ -171,9 +171,14 @@ class ConnectFlow:
         else:
             requests_in.single(params, "code", required=False, max_length=2048)
         auth = self.flows.consume_state(state, browser_secret=browser_secret, now=self._now())
+        return Redirect(self.end(auth, lambda: self._link(params, auth, verifier=pkce_verifier(browser_secret, state),
+                                                          redirect_uri=base_url + CALLBACK_PATH)))
+
+    def end(self, auth: AuthState, step: Callable[[], str]) -> str:
+        """Run what follows a spent state or session (the OAuth callback, the key page): from
+        then on every outcome is a redirect to return_to, an error code included."""
         try:
-            location = self._link(params, auth, verifier=pkce_verifier(browser_secret, state),
-                                  redirect_uri=base_url + CALLBACK_PATH)
+            return step()
         except BrokerError as caught:
             exc = caught
         except Exception as fault:  # noqa: BLE001 - the state is spent: whatever failed, answer with a redirect
@@ -183,11 +188,9 @@ class ConnectFlow:
                               code="storage_unavailable" if storage else "internal_error")
             logger.error("connection not stored",
                          extra={"connection_id": auth.connection_id, "exception_type": type(fault).__name__})
-        else:
-            return Redirect(location)
         logger.warning("connection failed", extra={"connection_id": auth.connection_id, "error": exc.code})
         count("ConnectionsFailed")
-        return Redirect(with_query(auth.return_to, status="error", error=exc.code))
+        return with_query(auth.return_to, status="error", error=exc.code)
 
     def _link(self, params: dict[str, list[str]], auth: AuthState, *, verifier: str, redirect_uri: str) -> str:
         connection_id = auth.connection_id
