@@ -19,7 +19,9 @@ import responses
 from botocore.client import BaseClient
 from moto import mock_aws
 
-from broker.connect_flow import ConnectFlow, provider_user
+from broker.connect_flow import ConnectFlow
+from broker.connections import NewCredentials
+from broker.insightly import provider_user
 from broker.provider import TokenSet
 from broker.tokens import expiry_and_due, sealed_fields
 from tests.local.aws import put_client_credentials
@@ -185,9 +187,9 @@ def store_connection(flow: ConnectFlow, provider: FakeInsightly, connection_id: 
     """Store a connection as the callback does: the broker's own vault and store."""
     tokens = mint_token_set(provider)
     expires_at, due = expiry_and_due(tokens.expires_in, True, at, flow.settings.refresh_lead_seconds)
-    flow.connections.save_connected(connection_id, credentials=flow.vault.seal(connection_id, sealed_fields(tokens)),
-                                    expires_at=expires_at, refresh_due_at=due,
-                                    provider_user=provider_user(provider.user), scopes="", now=at)
+    flow.connections.save_connected(NewCredentials(
+        connection_id, credentials=flow.vault.seal(connection_id, sealed_fields(tokens)), expires_at=expires_at,
+        refresh_due_at=due, provider_user=provider_user(provider.user)), now=at)
 
 
 def make_due(dynamodb, table: str, connection_id: str, at: int) -> None:

@@ -21,8 +21,8 @@ import time
 import boto3
 
 from broker import services
-from broker.connect_flow import provider_user
 from broker.connections import due_shard
+from broker.insightly import provider_user
 from broker.tokens import sealed_fields
 from tests.bench.calls import SCHEDULE_EVENT
 from tests.bench.harness import aws_calls, mint_token_set, moto_stack, now, versions
