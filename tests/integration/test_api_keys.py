@@ -323,3 +323,17 @@ def test_a_fault_after_the_session_is_spent_sends_the_browser_back_with_an_error
     answer = broker.submit_key(page, account["api_key"], account["api_url"])
 
     assert answer.status == 302 and query_of(answer.location) == {"status": "error", "error": "storage_unavailable"}
+
+
+def test_a_quota_answer_with_one_header_only_is_stored_and_read_back(broker, provider, account, monkeypatch):
+    from tests.support import fake_provider
+
+    real = fake_provider.Account.rate_headers
+    monkeypatch.setattr(fake_provider.Account, "rate_headers",
+                        lambda self: {k: v for k, v in real(self).items() if k != "X-RateLimit-Limit"})
+
+    assert broker.connect_with_key("user-1", account["api_key"], account["api_url"]).linked
+
+    status = broker.call("GET", "/connections/user-1")
+    assert status.status == 200 and status.json["rate_limit"]["limit"] is None
+    assert status.json["rate_limit"]["remaining"] == 999

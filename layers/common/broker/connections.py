@@ -103,7 +103,8 @@ class Connection:
             first_failed_at=number("first_failed_at"),
             pod=data.get("pod"),
             api_base_url=data.get("api_base_url"),
-            rate_limit={k: int(v) for k, v in data["rate_limit"].items()} if data.get("rate_limit") else None,
+            rate_limit=({k: int(v) for k, v in data["rate_limit"].items() if v is not None}
+                        if data.get("rate_limit") else None),
             quota_alert=data.get("quota_alert"),
             last_checked_at=number("last_checked_at"),
             last_used_at=number("last_used_at"),

@@ -180,8 +180,10 @@ class RateLimit:
     def is_exhausted(self) -> bool:
         return self.remaining == 0
 
-    def as_dict(self) -> dict[str, int | None]:
-        return {"limit": self.limit, "remaining": self.remaining, "observed_at": self.observed_at}
+    def as_dict(self) -> dict[str, int]:
+        """As stored on the connection: the headers Insightly sent, and when."""
+        return {k: v for k, v in (("limit", self.limit), ("remaining", self.remaining),
+                                  ("observed_at", self.observed_at)) if v is not None}
 
 
 def provider_user(raw: dict) -> dict[str, str]:

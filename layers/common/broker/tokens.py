@@ -111,8 +111,7 @@ def quota_change(conn: Connection, rate: RateLimit | None) -> tuple[dict[str, An
     event = None
     if rank[alert] > rank.get(conn.quota_alert, 0):
         event = QUOTA_EXHAUSTED if alert == "exhausted" else QUOTA_LOW
-    stored = {k: v for k, v in rate.as_dict().items() if v is not None}
-    return {"rate_limit": stored, "quota_alert": alert}, event
+    return {"rate_limit": rate.as_dict(), "quota_alert": alert}, event
 
 
 class TokenService:
