@@ -337,3 +337,19 @@ def test_a_quota_answer_with_one_header_only_is_stored_and_read_back(broker, pro
     status = broker.call("GET", "/connections/user-1")
     assert status.status == 200 and status.json["rate_limit"]["limit"] is None
     assert status.json["rate_limit"]["remaining"] == 999
+
+
+def test_a_key_check_failing_for_days_is_never_marked(broker, provider, account, dynamodb, stack, lifecycle_events):
+    assert broker.connect_with_key("user-1", account["api_key"], account["api_url"]).linked
+    dynamodb.update_item(TableName=stack.refs["ConnectionsTable"], Key={"connection_id": {"S": "user-1"}},
+                         UpdateExpression="SET first_failed_at = :long_ago, failure_count = :n",
+                         ExpressionAttributeValues={":long_ago": {"N": "1000"}, ":n": {"N": "40"}})
+    lifecycle_events()
+    provider.fail_next("500", on="api")
+
+    make_due(dynamodb, stack, "user-1")
+    refresh_in_background(stack)
+
+    # Only Insightly's 401/403 says a key is gone; an outage, however long, is not its fault.
+    assert broker.call("GET", "/connections/user-1").json["status"] == "active"
+    assert "NeedsReauth" not in [e["detail-type"] for e in lifecycle_events()]

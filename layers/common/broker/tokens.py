@@ -335,7 +335,8 @@ class TokenService:
         now = self._now()
         count("RefreshTransientFailure")
         failing_for = now - (conn.first_failed_at or now)
-        if failing_for >= self.settings.reauth_after_failing_days * 86400:
+        if (self._kind(conn).gives_up_after_failing_days
+                and failing_for >= self.settings.reauth_after_failing_days * 86400):
             with contextlib.suppress(Conflict):
                 self._needs_reauth(conn, "refresh_failing", exc)
             return

@@ -40,6 +40,9 @@ class CredentialKind(Protocol):
     # Whether a request Insightly answered 401 is worth sending again after a renewal: a
     # refreshed access token may work where the old one did not; a checked key is the same key.
     retry_after_renewal: bool
+    # Whether renewals failing for ReauthAfterFailingDays mark the connection needs_reauth: a
+    # refresh token left unused that long may be gone; a key is only ever refused by a 401/403.
+    gives_up_after_failing_days: bool
 
     def authorization(self, sealed: dict[str, Any]) -> AuthBase:
         """How a request to Insightly is authenticated with this credential."""

@@ -27,6 +27,7 @@ class ApiKeyKind:
     auth_mode = API_KEY
     purpose = API_KEY_PURPOSE
     retry_after_renewal = False
+    gives_up_after_failing_days = False
 
     def __init__(self, settings: Settings, *, api: InsightlyApi, clock: Callable[[], float] = time.time):
         self.settings = settings

@@ -75,6 +75,7 @@ class OAuth2Kind:
     auth_mode = OAUTH2
     purpose = PURPOSE
     retry_after_renewal = True
+    gives_up_after_failing_days = True
 
     def __init__(self, settings: Settings, *, provider: ProviderClient, credentials: ClientCredentialSource,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
