@@ -16,6 +16,7 @@ from broker.connect_flow import pkce_challenge, pkce_verifier
 from broker.connections import NewCredentials
 from tests.integration.test_connect_flow import REDIRECT_URI
 from tests.integration.test_tokens import make_due
+from tests.support.fake_provider import OAUTH_ACCOUNT
 from tests.support.inprocess import RETURN_TO
 from tests.support.lambda_events import LambdaContext, load_handler
 from tests.support.stack import ROOT, Stack
@@ -39,7 +40,12 @@ EXPECTED = {
     "key_page": (200, None),
     "key_page.submit": (302, f"{RETURN_TO}?status=pending&session_id={SESSION_ID}&completion_code="),
     "connections.put-api-key": (200, None),
+    "proxy.get-contacts": (200, None),
+    "proxy.post-contact": (200, None),
 }
+# The contact Insightly holds when events/proxy.get-contacts.json lists the account's contacts.
+CONTACT = {"CONTACT_ID": 1, "FIRST_NAME": "Ada", "LAST_NAME": "Lovelace", "EMAIL_ADDRESS": "ada@example.com"}
+PROXY_EVENTS = sorted((ROOT / "events").glob("proxy.*.json"))
 
 
 def test_every_event_file_is_covered():
@@ -70,6 +76,8 @@ def seed(broker, event):
         broker.provider.codes[query.get("code", "-")] = {
             "client_id": broker.provider.client_id, "redirect_uri": REDIRECT_URI, "used": False,
             "challenge": pkce_challenge(pkce_verifier(cookie, query["state"]))}
+    if event["routeKey"].startswith("ANY /connections/{connection_id}/proxy/"):
+        broker.provider.accounts[OAUTH_ACCOUNT].contacts[1] = dict(CONTACT)
     if event["routeKey"].endswith("/complete"):
         sealed = flow.vault.seal("user-1", {"access_token": "at", "refresh_token": "rt", "token_type": "Bearer"})
         pending = NewCredentials("user-1", credentials=sealed, expires_at=expires, refresh_due_at=expires - 300,
@@ -94,6 +102,35 @@ def test_an_http_event_file_is_served_by_its_handler(broker, path: Path):
     assert answer.status == status, answer.body
     if location:
         assert answer.location.startswith(location)
+
+
+@pytest.mark.parametrize("path", PROXY_EVENTS, ids=lambda p: p.stem)
+def test_a_proxy_event_file_reaches_insightly_as_the_connection(broker, path: Path):
+    """What the proxy route sends on: the event's method, path and query at the connection's
+    API base with the connection's credential, never the caller's SigV4 headers; and what
+    comes back is Insightly's answer."""
+    event = json.loads(path.read_text())
+    assert event["pathParameters"]["path"] == event["rawPath"].split("/proxy/", 1)[1]  # decoded once
+    broker.connect("user-1")
+    seed(broker, event)
+    token = broker.call("GET", "/connections/user-1/token").json
+    before = len(broker.provider.api_requests)
+
+    answer = broker.invoke("functions/proxy/", event)
+
+    sent = list(broker.provider.api_requests)[before:]
+    assert [(r["method"], r["path"]) for r in sent] == [(event["requestContext"]["http"]["method"],
+                                                         "/" + event["pathParameters"]["path"])]
+    assert sent[0]["headers"]["authorization"] == token["authorization"]
+    assert not {"x-amz-date", "cookie"} & set(sent[0]["headers"])
+    contacts = broker.provider.accounts[OAUTH_ACCOUNT].contacts
+    if event["requestContext"]["http"]["method"] == "GET":
+        assert json.loads(answer.body) == [CONTACT] and answer.headers["X-Total-Count"] == "1"
+    else:
+        created = json.loads(answer.body)
+        assert contacts[created["CONTACT_ID"]] == created
+        assert {k: created[k] for k in json.loads(event["body"])} == json.loads(event["body"])
+    assert "Set-Cookie" not in answer.headers and "X-Broker-Error" not in answer.headers
 
 
 def test_the_schedule_event_file_runs_the_scheduler(broker, dynamodb, stack):
