@@ -24,6 +24,10 @@ and what each figure means; docs/cost.md turns the call counts into money.
 5. Worker pool (pool.py). One worker batch of 10 at 300 ms provider latency, one refresh
    after the other vs the worker's thread pool: wall time per batch against
    ceil(10 / threads) x latency.
+6. The proxy (proxy.py). GET Contacts through the proxy vs straight to the stand-in on the
+   local stack at 1, 4 and 16 callers: added latency p50/p95 and the throughput ratio; and
+   AWS and Insightly calls per proxied call (fresh token, 401 recovery, local 429) against
+   issue 9's floors, under moto in-process.
 
 Options: --latency-ms (provider latency, default 100); --connections K (connections stored
 for the throughput test, a multiple of 160, default 480: the N-worker step refreshes
@@ -59,10 +63,10 @@ import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 
-from tests.bench import calls, coldstart, pool, reads, throughput  # noqa: E402
+from tests.bench import calls, coldstart, pool, proxy, reads, throughput  # noqa: E402
 from tests.bench.harness import RESULTS_DIR, broker_output, loopback_only  # noqa: E402
 
-SECTIONS = ("throughput", "reads", "calls", "coldstart", "pool")
+SECTIONS = ("throughput", "reads", "calls", "coldstart", "pool", "proxy")
 
 
 def arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -134,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda: coldstart.measure(samples=3 if args.quick else 9), coldstart.table)
     section("pool", "5. A worker batch of 10 at 300 ms: one by one vs the pool (bound: ceil(10/threads) x 300 ms)",
             lambda: pool.measure(latency_ms=300, rounds=1 if args.quick else 3), pool.table)
+    section("proxy", "6. The proxy: proxied vs direct on the local stack; calls per proxied call vs issue 9's floors",
+            lambda: proxy.measure(latency_ms=args.latency_ms, quick=args.quick), proxy.table)
 
     results["seconds"] = round(time.monotonic() - started, 1)
     results["machine"]["load_average_at_end"] = os.getloadavg()

@@ -73,7 +73,7 @@ def test_connect_with_an_api_key_in_a_browser(local, backend, browser, account):
         status = backend.connection("demo-user").json()
         assert status["api_base_url"] == local.provider.api_url("eu1")  # rebuilt from the template
 
-        # Call Insightly: /token's api_base_url and Authorization header, Basic on the account's pod
+        # Call Insightly: through the broker's proxy, which sends Basic to the account's pod
         api_calls = local.provider.calls["api"]
         page.click("#call")
         expect(page.locator("#call-result")).to_have_text("Insightly says you are Grace Hopper (grace@example.com)")

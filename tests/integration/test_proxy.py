@@ -180,3 +180,17 @@ def test_an_unknown_connection_and_a_needs_reauth_one_are_broker_errors(broker):
     raw = proxied(broker, "GET", "Contacts", connection_id="nobody")
 
     assert raw["statusCode"] == 404 and raw["headers"]["X-Broker-Error"] == "connection_not_found"
+
+
+def test_a_cookie_insightly_set_for_one_connection_never_goes_out_with_another(broker, provider):
+    """The proxy's HTTP session is shared by every connection in a warm container: a cookie jar
+    there would send one tenant's Insightly cookies (AWSALB here) with the next tenant's call."""
+    for connection_id in ("tenant-a", "tenant-b"):
+        account = provider.issue_api_key("na1")
+        assert broker.connect_with_key(connection_id, account["api_key"], account["api_url"]).linked
+
+    first = proxied(broker, "GET", "Contacts", connection_id="tenant-a")
+    second = proxied(broker, "GET", "Contacts", connection_id="tenant-b")
+
+    assert first["statusCode"] == second["statusCode"] == 200
+    assert [r for r in provider.api_requests if "cookie" in r["headers"]] == []

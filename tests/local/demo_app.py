@@ -12,9 +12,15 @@ backend routes use IAM auth):
                                            user's session: link the connection
     GET    /connections/{id}            -> status, the Insightly user, the kind and the
                                            observed daily quota (never a credential)
-    GET    /connections/{id}/token      -> api_base_url and the whole Authorization header,
-                                           whichever the kind: one code path calls Insightly
+    ANY    /connections/{id}/proxy/{path}
+                                        -> Insightly's own answer to {path} (Users/Me,
+                                           Contacts?top=5, ...): the broker adds the
+                                           credential, follows the pod, recovers from a 401
+                                           and guards the daily quota, whichever the kind
     DELETE /connections/{id}            -> revoke and forget
+
+(GET /connections/{id}/token hands out api_base_url and the Authorization header instead,
+for a backend that must call Insightly itself; this app does not need it.)
 
 The broker sends the browser back to `return_to` with
 `?status=pending&session_id=<id>&completion_code=<code>` (SessionBinding=confirm, the
@@ -39,7 +45,7 @@ import secrets
 import threading
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import requests
 from botocore.auth import SigV4Auth
@@ -48,7 +54,7 @@ from botocore.credentials import Credentials
 
 from tests.local.server import ThreadedServer
 
-TIMEOUT = (3.05, 30)  # a token call may include a refresh at the provider
+TIMEOUT = (3.05, 30)  # a proxied call may include a refresh and retries at the provider
 
 
 # -- the integration: what a SaaS backend does ---------------------------------------------------
@@ -61,10 +67,12 @@ class BrokerClient:
         self.region = region
         self.credentials = credentials
 
-    def call(self, method: str, path: str, body: dict | None = None) -> requests.Response:
+    def call(self, method: str, path: str, body: dict | None = None, *, query: dict[str, str] | None = None,
+             headers: dict[str, str] | None = None) -> requests.Response:
         data = json.dumps(body) if body is not None else None
-        headers = {"Content-Type": "application/json"} if data else {}
-        request = AWSRequest(method=method, url=self.url + path, data=data, headers=headers)
+        headers = {**({"Content-Type": "application/json"} if data else {}), **(headers or {})}
+        url = self.url + path + ("?" + urlencode(query) if query else "")
+        request = AWSRequest(method=method, url=url, data=data, headers=headers)
         SigV4Auth(self.credentials, "execute-api", self.region).add_auth(request)
         return requests.request(method, request.url, data=data, headers=dict(request.headers), timeout=TIMEOUT)
 
@@ -85,6 +93,13 @@ class BrokerClient:
 
     def delete(self, connection_id: str) -> requests.Response:
         return self.call("DELETE", f"/connections/{quote(connection_id, safe='')}")
+
+    def proxy(self, connection_id: str, method: str, path: str, body: dict | None = None, *,
+              query: dict[str, str] | None = None) -> requests.Response:
+        """Insightly's `path` (below its API base, e.g. "Contacts") through the broker, which
+        injects the connection's credential: the backend never holds one."""
+        return self.call(method, f"/connections/{quote(connection_id, safe='')}/proxy/{quote(path, safe='/')}",
+                         body, query=query, headers={"Accept": "application/json"})
 
 
 def broker_error(response: requests.Response) -> str:
@@ -107,6 +122,7 @@ QUOTA_USED_UP = "Insightly's daily API limit for this account is used up; try ag
 AUTH_MODES = {"oauth2": "OAuth", "api_key": "API key"}
 NOT_YOURS = "This connection was not started from your session. Nothing was connected."
 SESSION_COOKIE = "demo_session"
+CONTACTS_SHOWN = 5
 
 
 class DemoApp:
@@ -126,8 +142,8 @@ class DemoApp:
         self.url = self._server.url
 
     def point_at(self, broker_url: str) -> DemoApp:
-        """Use this broker: for an app built before the broker's URL was known. (Where to call
-        Insightly comes from the broker's /token answer.)"""
+        """Use this broker: for an app built before the broker's URL was known. (Insightly is
+        called through the broker's proxy, so its URL is all the app needs.)"""
         self.broker.url = broker_url.rstrip("/")
         return self
 
@@ -198,30 +214,47 @@ class DemoApp:
         return 303, {"Location": f"/?status=connected&connection_id={quote(self.connection_id)}"}, ""
 
     def call_insightly(self) -> tuple[int, dict, str]:
+        """Users/Me through the broker's proxy: one code path for both kinds (Bearer for
+        OAuth, Basic on the account's own pod for an API key, chosen by the broker)."""
         try:
-            answer = self.broker.token(self.connection_id)
-            if answer.status_code == 404:
-                return 409, {}, self.page("Connect Insightly first.")
-            if answer.status_code == 409:
-                return 409, {}, self.page("Insightly needs to be connected again.")
-            if answer.status_code != 200:
-                return 502, {}, self.page(f"The broker could not give a token ({broker_error(answer)})")
-            # One code path for both kinds: the broker says where to call and with which header
-            # (Bearer for OAuth, Basic for an API key on the account's own pod).
-            token = answer.json()
-            me = requests.get(f"{token['api_base_url']}/Users/Me", timeout=TIMEOUT,
-                              headers={"Authorization": token["authorization"], "Accept": "application/json"})
+            me = self.broker.proxy(self.connection_id, "GET", "Users/Me")
         except requests.RequestException:
-            return 502, {}, self.page("The connection broker or Insightly is unreachable.")
-        if me.status_code in (401, 403):
-            return 502, {}, self.page(f"Insightly refused the credentials ({me.status_code}).")
-        if me.status_code == 429:
-            return 502, {}, self.page(QUOTA_USED_UP)
+            return 502, {}, self.page("The connection broker is unreachable.")
         if me.status_code != 200:
-            return 502, {}, self.page(f"Insightly answered {me.status_code}.")
+            return self.proxy_refusal(me)
         user = me.json()
         name = " ".join(str(user[k]) for k in ("FIRST_NAME", "LAST_NAME") if user.get(k))
         return 200, {}, self.page("", call_result=f"Insightly says you are {name} ({user.get('EMAIL_ADDRESS', '')})")
+
+    def list_contacts(self) -> tuple[int, dict, str]:
+        """The first contacts and how many there are (Insightly's X-Total-Count), through the proxy."""
+        try:
+            answer = self.broker.proxy(self.connection_id, "GET", "Contacts",
+                                       query={"top": str(CONTACTS_SHOWN), "count_total": "true"})
+        except requests.RequestException:
+            return 502, {}, self.page("The connection broker is unreachable.")
+        if answer.status_code != 200:
+            return self.proxy_refusal(answer)
+        contacts = answer.json()
+        if not isinstance(contacts, list):
+            return 502, {}, self.page("Insightly answered something that is not a list of contacts.")
+        return 200, {}, self.page("", contacts=(contacts[:CONTACTS_SHOWN], answer.headers.get("X-Total-Count")))
+
+    def proxy_refusal(self, answer: requests.Response) -> tuple[int, dict, str]:
+        """What a person reads when a proxied call did not succeed. X-Broker-Error marks the
+        broker's own answers; anything else is Insightly's, passed on as it came."""
+        error = answer.headers.get("X-Broker-Error")
+        if error == "connection_not_found":
+            return 409, {}, self.page("Connect Insightly first.")
+        if error == "needs_reauth":
+            return 409, {}, self.page("Insightly needs to be connected again.")
+        if answer.status_code == 429:  # Insightly's 429, or the broker's while the quota is gone
+            return 502, {}, self.page(QUOTA_USED_UP)
+        if error == "provider_unauthorized" or (not error and answer.status_code in (401, 403)):
+            return 502, {}, self.page(f"Insightly refused the credentials ({answer.status_code}).")
+        if error:
+            return 502, {}, self.page(f"The broker could not call Insightly ({error[:100]})")
+        return 502, {}, self.page(f"Insightly answered {answer.status_code}.")
 
     def disconnect(self) -> tuple[int, dict, str]:
         try:
@@ -271,9 +304,24 @@ class DemoApp:
             details += f'<p>Insightly API quota: <span id="quota">{e(quota)}</span></p>'
         return details
 
-    def page(self, message: str, call_result: str = "") -> str:
+    @staticmethod
+    def contacts_list(contacts: list, total: str | None) -> str:
+        e = html.escape
+        items = []
+        for contact in contacts:
+            contact = contact if isinstance(contact, dict) else {}
+            name = " ".join(str(contact[k]) for k in ("FIRST_NAME", "LAST_NAME") if contact.get(k)) or "(no name)"
+            email = f" ({contact['EMAIL_ADDRESS']})" if contact.get("EMAIL_ADDRESS") else ""
+            items.append(f"<li>{e(name + email)}</li>")
+        count = f"{len(contacts)} of {total} contacts" if total else f"{len(contacts)} contacts"
+        return (f'<section id="contacts"><p>Contacts: <span id="contacts-count">{e(count)}</span></p>'
+                f'<ul id="contacts-list">{"".join(items)}</ul></section>')
+
+    def page(self, message: str, call_result: str = "", contacts: tuple[list, str | None] | None = None) -> str:
         e = html.escape
         result = f'<p id="call-result" class="result">{e(call_result)}</p>' if call_result else ""
+        if contacts is not None:
+            result += self.contacts_list(*contacts)
         status, connection = self.connection_status()
         return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Demo SaaS</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{STYLE}</style></head><body><main>
@@ -287,6 +335,7 @@ class DemoApp:
 <form method="post" action="/connect-api-key">
 <button id="connect-api-key" type="submit">Connect with an API key</button></form>
 <form method="post" action="/call"><button id="call" type="submit">Call Insightly</button></form>
+<form method="post" action="/contacts"><button id="contacts-button" type="submit">Contacts</button></form>
 <form method="post" action="/disconnect"><button id="disconnect" type="submit">Disconnect</button></form>
 </div></main></body></html>"""
 
@@ -316,7 +365,7 @@ class _Handler(BaseHTTPRequestHandler):
         app = self.server.app
         route = {"/connect": lambda: app.connect(self._session()),
                  "/connect-api-key": lambda: app.connect(self._session(), auth_mode="api_key"),
-                 "/call": app.call_insightly, "/disconnect": app.disconnect}
+                 "/call": app.call_insightly, "/contacts": app.list_contacts, "/disconnect": app.disconnect}
         action = route.get(urlsplit(self.path).path)
         if action is None:
             return self._send(404, {}, "Not found")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import json
 import re
@@ -18,10 +17,6 @@ from botocore.credentials import Credentials
 
 from tests.local.demo_app import DECLINED, NOT_YOURS, TOO_MANY_ATTEMPTS, DemoApp
 
-ACCESS_TOKEN = "at-never-shown-to-the-browser"
-API_KEY = "key-never-shown-to-the-browser"
-BEARER = f"Bearer {ACCESS_TOKEN}"
-BASIC = "Basic " + base64.b64encode(f"{API_KEY}:".encode()).decode()
 AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)"
                   r"/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=(?P<signature>[0-9a-f]{64})$")
 CONNECTED = {"connection_id": "demo-user", "status": "active", "auth_mode": "oauth2",
@@ -35,9 +30,9 @@ class FakeBroker:
     """Answers from a table of (method, path) -> (status, body); records every request."""
 
     def __init__(self):
-        self.answers: dict[tuple[str, str], tuple[int, dict | None]] = {}
+        # (method, path with query) -> (status, body) or (status, body, headers)
+        self.answers: dict[tuple[str, str], tuple] = {}
         self.requests: list[dict] = []
-        self.insightly_authorization = BEARER  # what the fake Insightly under /api accepts
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -45,14 +40,11 @@ class FakeBroker:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 fake.requests.append({"method": self.command, "path": self.path, "headers": self.headers,
                                       "body": body, "url": fake.url + self.path})
-                status, answer = fake.answers.get((self.command, self.path), (404, {"error": "not_found"}))
-                if self.path.startswith("/api/") and self.path.endswith("/Users/Me"):
-                    ok = self.headers["Authorization"] == fake.insightly_authorization
-                    ok = ok and self.headers["Accept"] == "application/json"
-                    if not ok:
-                        status, answer = 401, {"Message": "Unauthorized"}
+                status, answer, *extra = fake.answers.get((self.command, self.path), (404, {"error": "not_found"}))
                 raw = json.dumps(answer).encode() if answer is not None else b""
                 self.send_response(status)
+                for name, value in (extra[0] if extra else {}).items():
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
@@ -67,9 +59,6 @@ class FakeBroker:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
-
-    def broker_requests(self) -> list[dict]:
-        return [r for r in self.requests if not r["path"].startswith("/api/")]
 
     def stop(self):
         self.server.shutdown()
@@ -119,7 +108,7 @@ def test_home_when_not_connected(broker, demo):
     page = requests.get(demo.url + "/", timeout=5)
     assert page.status_code == 200 and "<title>Demo SaaS</title>" in page.text
     assert "Not connected" in page.text and message_of(page.text) == ""
-    for button in ("connect", "connect-api-key", "call", "disconnect"):
+    for button in ("connect", "connect-api-key", "call", "contacts-button", "disconnect"):
         assert f'id="{button}"' in page.text
     (call,) = broker.requests
     assert (call["method"], call["path"]) == ("GET", "/connections/demo-user")
@@ -250,62 +239,82 @@ def test_connect_shows_the_brokers_refusal(broker, demo):
     assert answer.status_code == 502 and "(invalid_return_to)" in message_of(answer.text)
 
 
-TOKEN_ANSWERS = {
-    "oauth2": {"connection_id": "demo-user", "auth_mode": "oauth2", "api_base_url": "{broker}/api/v3.1",
-               "authorization": BEARER, "access_token": ACCESS_TOKEN, "token_type": "Bearer",
-               "expires_at": "2030-01-01T00:00:00Z"},
-    "api_key": {"connection_id": "demo-user", "auth_mode": "api_key", "api_base_url": "{broker}/api/eu1/v3.1",
-                "authorization": BASIC, "api_key": API_KEY, "expires_at": None},
-}
 ME = {"USER_ID": 4242, "FIRST_NAME": "Ada", "LAST_NAME": "Lovelace", "EMAIL_ADDRESS": "ada@example.com"}
+ME_PATH = "/connections/demo-user/proxy/Users/Me"
+CONTACTS_PATH = "/connections/demo-user/proxy/Contacts?top=5&count_total=true"
+CONTACTS = [{"CONTACT_ID": n, "FIRST_NAME": f"Grace{n}", "LAST_NAME": "Hopper", "EMAIL_ADDRESS": f"g{n}@example.com"}
+            for n in range(1, 6)]
 
 
-@pytest.mark.parametrize("auth_mode", ["oauth2", "api_key"])
-def test_call_uses_one_code_path_for_both_kinds(broker, demo, auth_mode):
-    """Whatever the kind, the backend calls {api_base_url}/Users/Me with the `authorization` header."""
-    token = {k: v.replace("{broker}", broker.url) if isinstance(v, str) else v
-             for k, v in TOKEN_ANSWERS[auth_mode].items()}
-    me_path = token["api_base_url"].removeprefix(broker.url) + "/Users/Me"
-    broker.answers[("GET", "/connections/demo-user/token")] = (200, token)
-    broker.answers[("GET", me_path)] = (200, ME)
-    broker.insightly_authorization = token["authorization"]
+def proxied_calls(broker) -> list[dict]:
+    return [r for r in broker.requests if "/proxy/" in r["path"]]
+
+
+def test_call_goes_through_the_proxy_signed_and_never_asks_for_a_credential(broker, demo):
+    """One code path for both kinds: the broker picks Bearer or Basic and the pod, so the app
+    sends the same signed GET .../proxy/Users/Me and never holds a token or a key."""
+    broker.answers[("GET", ME_PATH)] = (200, ME)
 
     answer = requests.post(demo.url + "/call", timeout=5)
 
     assert answer.status_code == 200
     assert text_of(answer.text, "call-result") == "Insightly says you are Ada Lovelace (ada@example.com)"
-    assert ACCESS_TOKEN not in answer.text and API_KEY not in answer.text
-    assert token["authorization"].split()[1] not in answer.text
-    token_call = next(r for r in broker.requests if r["path"] == "/connections/demo-user/token")
-    assert_validly_signed(token_call)
-    (me_call,) = [r for r in broker.requests if r["path"].startswith("/api/")]
-    assert me_call["path"] == me_path and me_call["headers"]["Authorization"] == token["authorization"]
+    (call,) = proxied_calls(broker)
+    assert call["method"] == "GET" and call["path"] == ME_PATH and call["headers"]["Accept"] == "application/json"
+    assert_validly_signed(call)
+    assert not [r for r in broker.requests if r["path"].endswith("/token")]
 
 
-@pytest.mark.parametrize(("status", "message"), [
-    (401, "Insightly refused the credentials (401)."),
-    (429, "Insightly's daily API limit for this account is used up; try again later."),
-    (500, "Insightly answered 500."),
+def test_contacts_shows_the_first_five_and_insightlys_total_through_the_proxy(broker, demo):
+    hostile = {**CONTACTS[0], "FIRST_NAME": "<img src=x>"}
+    broker.answers[("GET", CONTACTS_PATH)] = (200, [hostile, *CONTACTS[1:]], {"X-Total-Count": "42"})
+
+    answer = requests.post(demo.url + "/contacts", timeout=5)
+
+    assert answer.status_code == 200
+    assert text_of(answer.text, "contacts-count") == "5 of 42 contacts"
+    items = re.findall(r"<li>(.*?)</li>", re.search(r'<ul id="contacts-list">(.*?)</ul>', answer.text).group(1))
+    assert items[0] == "&lt;img src=x&gt; Hopper (g1@example.com)" and "<img" not in answer.text
+    assert items[1:] == [f"Grace{n} Hopper (g{n}@example.com)" for n in range(2, 6)]
+    (call,) = proxied_calls(broker)
+    assert call["path"] == CONTACTS_PATH
+    assert_validly_signed(call)  # the query string is part of the signature
+
+
+def test_contacts_without_a_total_still_lists_them(broker, demo):
+    broker.answers[("GET", CONTACTS_PATH)] = (200, CONTACTS[:2])
+    assert text_of(requests.post(demo.url + "/contacts", timeout=5).text, "contacts-count") == "2 contacts"
+
+
+@pytest.mark.parametrize(("status", "headers", "message"), [
+    (401, {}, "Insightly refused the credentials (401)."),
+    (401, {"X-Broker-Error": "provider_unauthorized"}, "Insightly refused the credentials (401)."),
+    (429, {"Retry-After": "3600"}, "Insightly's daily API limit for this account is used up; try again later."),
+    (429, {"X-Broker-Error": "provider_quota_exhausted", "Retry-After": "600"},
+     "Insightly's daily API limit for this account is used up; try again later."),
+    (500, {}, "Insightly answered 500."),
+    (502, {"X-Broker-Error": "response_too_large"}, "The broker could not call Insightly (response_too_large)"),
+    (504, {"X-Broker-Error": "upstream_timeout"}, "The broker could not call Insightly (upstream_timeout)"),
 ])
-def test_call_explains_what_insightly_answered(broker, demo, status, message):
-    token = {**TOKEN_ANSWERS["api_key"], "api_base_url": broker.url + "/api/eu1/v3.1"}
-    broker.answers[("GET", "/connections/demo-user/token")] = (200, token)
-    broker.answers[("GET", "/api/eu1/v3.1/Users/Me")] = (status, {"Message": "x"})
-    broker.insightly_authorization = BASIC if status != 401 else "Basic a-regenerated-key"
+@pytest.mark.parametrize(("button", "path"), [("/call", ME_PATH), ("/contacts", CONTACTS_PATH)])
+def test_proxied_calls_explain_what_went_wrong(broker, demo, status, headers, message, button, path):
+    broker.answers[("GET", path)] = (status, {"Message": "x"}, headers)
 
-    answer = requests.post(demo.url + "/call", timeout=5)
+    answer = requests.post(demo.url + button, timeout=5)
 
     assert answer.status_code == 502 and html.unescape(message_of(answer.text)) == message
+    assert 'id="call-result"' not in answer.text and 'id="contacts-list"' not in answer.text
 
 
 @pytest.mark.parametrize(("status", "error", "message"), [
-    (404, "not_found", "Connect Insightly first."),
-    (409, "needs_reauth", "Insightly needs to be connected again."),
-    (502, "provider_unavailable", "The broker could not give a token (provider_unavailable)")])
-def test_call_explains_why_there_is_no_token(broker, demo, status, error, message):
-    broker.answers[("GET", "/connections/demo-user/token")] = (status, {"error": error, "message": "x"})
-    answer = requests.post(demo.url + "/call", timeout=5)
-    assert message_of(answer.text) == message and 'id="call-result"' not in answer.text
+    (404, "connection_not_found", "Connect Insightly first."),
+    (409, "needs_reauth", "Insightly needs to be connected again.")])
+@pytest.mark.parametrize("button", ["/call", "/contacts"])
+def test_proxied_calls_explain_the_connection_state(broker, demo, status, error, message, button):
+    for path in (ME_PATH, CONTACTS_PATH):
+        broker.answers[("GET", path)] = (status, {"error": error, "message": "x"}, {"X-Broker-Error": error})
+    answer = requests.post(demo.url + button, timeout=5)
+    assert answer.status_code == 409 and message_of(answer.text) == message
 
 
 def test_disconnect_deletes_signed_and_redirects(broker, demo):

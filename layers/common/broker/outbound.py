@@ -7,6 +7,8 @@ timeouts cut to what is left of the invocation, so no call outlives the function
 
 from __future__ import annotations
 
+from http.cookiejar import DefaultCookiePolicy
+
 import requests
 
 from . import deadline
@@ -30,6 +32,9 @@ class HttpClient:
         if self._session is None:
             self._session = requests.Session()
             self._session.headers["User-Agent"] = USER_AGENT
+            # No cookie jar: the session serves every connection in a warm container, so a
+            # cookie one tenant's answer set would go out with the next tenant's call.
+            self._session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
         return self._session
 
     def _send(self, method: str, url: str, **kwargs) -> requests.Response:
