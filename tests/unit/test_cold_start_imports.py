@@ -28,3 +28,12 @@ def test_a_handler_import_loads_no_vault_cipher_secrets_utility_or_xray_sdk(logi
                           capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout) == []
+
+
+@pytest.mark.parametrize("logical", ["RefreshFunction", "RefreshWorkerFunction"])
+def test_token_routes_and_the_worker_do_not_import_the_connect_flows(logical):
+    flows = ("broker.connect_flow", "broker.api_keys", "broker.flowstore", "broker.key_page")
+    done = subprocess.run([sys.executable, "-c", LOADED, *flows], env=environment(Stack(), logical),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == []
