@@ -38,6 +38,8 @@ def refuse(*args, **kwargs):
 socket.socket.connect = socket.socket.connect_ex = socket.socket.sendto = refuse
 if sys.argv[2]:
     sys.path.insert(0, sys.argv[2])
+if sys.argv[3]:  # as in the Lambda runtime, which has neither (nor does the layer)
+    sys.modules["OpenSSL"] = sys.modules["awscrt"] = None
 started = time.perf_counter()
 __import__(sys.argv[1])
 print("IMPORT_SECONDS", time.perf_counter() - started, len(sys.modules))
@@ -60,10 +62,11 @@ def environment(stack: Stack, logical: str) -> dict[str, str]:
     return env
 
 
-def sample(module: str, path: str, env: dict[str, str]) -> tuple[float, float, int]:
+def sample(module: str, path: str, env: dict[str, str], as_in_lambda: bool = False) -> tuple[float, float, int]:
     """Import seconds, whole-process seconds and modules loaded, for one fresh interpreter."""
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PROBE, module, path], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", PROBE, module, path, "1" if as_in_lambda else ""], env=env,
+                          capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
     process = time.perf_counter() - began
     line = next((x for x in done.stdout.splitlines() if x.startswith("IMPORT_SECONDS")), None)
@@ -73,23 +76,37 @@ def sample(module: str, path: str, env: dict[str, str]) -> tuple[float, float, i
     return float(seconds), process, int(modules)
 
 
+LAMBDA_BASE = "boto3, as Lambda"
+TRACE_HEADER_SAMPLED = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+
+
 def measure(*, samples: int) -> dict:
     stack = Stack()
     functions = {logical: res["Properties"]["CodeUri"].strip("/").split("/")[-1]
                  for logical, res in sorted(stack.of_type("AWS::Serverless::Function").items())}
-    probes = {"import boto3": ("boto3", "", environment(stack, next(iter(functions))))}
+    # name -> (module, sys.path entry, environment, as in the Lambda runtime, baseline row)
+    probes = {"import boto3": ("boto3", "", environment(stack, next(iter(functions))), False, "import boto3")}
     for logical, name in functions.items():
-        probes[name] = ("app", str(ROOT / "functions" / name), environment(stack, logical))
-    # What X-Ray costs at import: the on-demand token route once more with the tracer off.
-    probes["refresh, no X-Ray"] = ("app", str(ROOT / "functions" / "refresh"),
-                                   {**environment(stack, "RefreshFunction"), "POWERTOOLS_TRACE_DISABLED": "1"})
+        probes[name] = ("app", str(ROOT / "functions" / name), environment(stack, logical), False, "import boto3")
+    # The X-Ray share: the tracer is made on the first sampled invocation (broker.observability);
+    # this is the on-demand token route's import plus that, i.e. a traced first request.
+    probes["refresh + X-Ray"] = ("tests.bench.first_traced", str(ROOT / "functions" / "refresh"),
+                                 {**environment(stack, "RefreshFunction"), "_X_AMZN_TRACE_ID": TRACE_HEADER_SAMPLED},
+                                 False, "import boto3")
+    # The dev virtualenv has pyOpenSSL and awscrt, which boto3 loads when present (~100 ms here:
+    # cryptography, OpenSSL, the CRT); the Lambda runtime and the layer have neither. The same
+    # two imports with both blocked, each against its own baseline.
+    probes[LAMBDA_BASE] = ("boto3", "", probes["import boto3"][2], True, LAMBDA_BASE)
+    probes["refresh, as Lambda"] = ("app", *probes["refresh"][1:3], True, LAMBDA_BASE)
+    probes["authorize, as Lambda"] = ("app", *probes["authorize"][1:3], True, LAMBDA_BASE)
     # The vault's share: AES-GCM from `cryptography` (chosen over the AWS Encryption SDK, whose
-    # import measured ~5-10x longer; BENCHMARKS.md).
-    probes["vault AES-GCM"] = ("cryptography.hazmat.primitives.ciphers.aead", "", probes["import boto3"][2])
+    # import measured ~5-10x longer; BENCHMARKS.md). Loaded on the routes that seal or open.
+    probes["vault AES-GCM"] = ("cryptography.hazmat.primitives.ciphers.aead", "", probes["import boto3"][2], False,
+                               "import boto3")
     taken: dict[str, list] = {name: [] for name in probes}
     for round_ in range(samples + 1):
-        for name, (module, path, env) in probes.items():
-            measured = sample(module, path, env)
+        for name, (module, path, env, as_in_lambda, _) in probes.items():
+            measured = sample(module, path, env, as_in_lambda)
             if round_:  # the first round compiles bytecode: discarded
                 taken[name].append(measured)
     figures = {}
@@ -97,18 +114,18 @@ def measure(*, samples: int) -> dict:
         figures[name] = {"import_ms": round(statistics.median(v[0] for v in values) * 1000, 1),
                          "min_import_ms": round(min(v[0] for v in values) * 1000, 1),
                          "process_ms": round(statistics.median(v[1] for v in values) * 1000, 1),
-                         "modules": values[-1][2], "samples_ms": [round(v[0] * 1000, 1) for v in values]}
-    base = figures["import boto3"]["import_ms"]
+                         "modules": values[-1][2], "samples_ms": [round(v[0] * 1000, 1) for v in values],
+                         "baseline": probes[name][4]}
     for figure in figures.values():
-        figure["ratio_to_boto3"] = round(figure["import_ms"] / base, 2)
+        figure["ratio_to_boto3"] = round(figure["import_ms"] / figures[figure["baseline"]]["import_ms"], 2)
     return {"samples": samples, "tracer": "on (LAMBDA_TASK_ROOT set, POWERTOOLS_TRACE_DISABLED unset)",
             "figures": figures}
 
 
 def table(r: dict) -> str:
-    lines = [f"{'module':<17}  {'import ms':>9}  {'x boto3':>7}  {'min ms':>6}  {'process ms':>10}  {'modules':>7}"
+    lines = [f"{'module':<20}  {'import ms':>9}  {'x boto3':>7}  {'min ms':>6}  {'process ms':>10}  {'modules':>7}"
              f"   (median of {r['samples']}; tracer {r['tracer'].split()[0]}; bound ~1x: boto3 is imported anyway)"]
     for name, f in r["figures"].items():
-        lines.append(f"{name:<17}  {f['import_ms']:>9.0f}  {f['ratio_to_boto3']:>7.2f}  {f['min_import_ms']:>6.0f}  "
+        lines.append(f"{name:<20}  {f['import_ms']:>9.0f}  {f['ratio_to_boto3']:>7.2f}  {f['min_import_ms']:>6.0f}  "
                      f"{f['process_ms']:>10.0f}  {f['modules']:>7}")
     return "\n".join(lines)

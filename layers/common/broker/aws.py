@@ -6,11 +6,10 @@ one, and so tests can start moto before the first client exists.
 
 from __future__ import annotations
 
+import sys
 from functools import cache
 
 import boto3
-from aws_lambda_powertools.utilities import parameters
-from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 
@@ -53,6 +52,10 @@ def get_secret(name: str, **options):
     """parameters.get_secret, through a Secrets Manager client of this module (the one
     Powertools makes by default has botocore's 60 s timeouts). Installed as Powertools'
     default provider, so its cache and parameters.clear_caches() work as before."""
+    # lazily: only the client secret is read from Secrets Manager, once per container
+    from aws_lambda_powertools.utilities import parameters
+    from aws_lambda_powertools.utilities.parameters.constants import DEFAULT_PROVIDERS
+
     if "secrets" not in DEFAULT_PROVIDERS:
         DEFAULT_PROVIDERS["secrets"] = parameters.SecretsProvider(boto3_client=client("secretsmanager"))
     return parameters.get_secret(name, **options)
@@ -61,4 +64,6 @@ def get_secret(name: str, **options):
 def reset() -> None:
     """Forget cached clients (tests switch endpoints and credentials between runs)."""
     client.cache_clear()
-    DEFAULT_PROVIDERS.pop("secrets", None)
+    constants = sys.modules.get("aws_lambda_powertools.utilities.parameters.constants")
+    if constants is not None:  # else no provider was ever installed
+        constants.DEFAULT_PROVIDERS.pop("secrets", None)

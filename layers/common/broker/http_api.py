@@ -11,7 +11,6 @@ from aws_lambda_powertools.shared.cookies import Cookie, SameSite
 
 from . import requests_in
 from .config import settings
-from .connect_flow import CALLBACK_PATH
 from .errors import BrokerError, ConfigurationError, ProviderUnavailable
 from .observability import logger
 
@@ -95,4 +94,6 @@ def cookie_value(event, name: str) -> str | None:
 
 def callback_path(event) -> str:
     """The callback's path under the public URL: the browser cookie is scoped to it."""
+    from .connect_flow import CALLBACK_PATH  # lazily: the token routes never load the connect flow
+
     return urlsplit(base_url(event)).path.rstrip("/") + CALLBACK_PATH

@@ -1,23 +1,28 @@
 """The object graph of one container: built on first use from settings and boto3 clients,
-then reused while the container is warm. Tests call reset() to rebuild it."""
+then reused while the container is warm. Tests call reset() to rebuild it.
+
+The connect flows (OAuth and API-key) are imported by the factories that build them: the
+token routes and the refresh worker never use them, so their cold start does not load them."""
 
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from . import aws
-from .api_keys import ApiKeyConnect
 from .client_credentials import ClientCredentialSource
 from .config import settings
-from .connect_flow import ConnectFlow
 from .connections import ConnectionStore
-from .flowstore import FlowStore
 from .insightly import InsightlyApi
 from .insightly_proxy import InsightlyProxy
 from .lifecycle import LifecycleEvents
 from .provider import ProviderClient
 from .tokens import TokenService
 from .vault import TokenVault
+
+if TYPE_CHECKING:
+    from .api_keys import ApiKeyConnect
+    from .connect_flow import ConnectFlow
 
 
 @lru_cache(maxsize=1)
@@ -34,6 +39,9 @@ def _shared():
 
 @lru_cache(maxsize=1)
 def connect_flow() -> ConnectFlow:
+    from .connect_flow import ConnectFlow
+    from .flowstore import FlowStore
+
     return ConnectFlow(settings(), flows=FlowStore(aws.client("dynamodb"), settings().flow_table), **_shared())
 
 
@@ -50,6 +58,8 @@ def token_service() -> TokenService:
 
 @lru_cache(maxsize=1)
 def api_key_connect() -> ApiKeyConnect:
+    from .api_keys import ApiKeyConnect
+
     return ApiKeyConnect(settings(), flow=connect_flow(), api=insightly_api())
 
 

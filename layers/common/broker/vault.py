@@ -19,8 +19,6 @@ import os
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import CredentialsUnreadable, VaultUnavailable
 
@@ -54,6 +52,8 @@ class TokenVault:
         return header + json.dumps(context, sort_keys=True, separators=(",", ":")).encode()
 
     def seal(self, connection_id: str, token_set: dict[str, Any], *, purpose: str = PURPOSE) -> bytes:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # lazily: most routes never seal
+
         plaintext = json.dumps(token_set, separators=(",", ":")).encode()
         try:
             data_key = self._kms.generate_data_key(
@@ -68,6 +68,11 @@ class TokenVault:
         return header + nonce + sealed
 
     def open(self, connection_id: str, ciphertext: bytes, *, purpose: str = PURPOSE) -> dict[str, Any]:
+        # lazily: routes that neither seal nor open (authorize, connect sessions, the scheduler)
+        # skip the import
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         blob = bytes(ciphertext)
         if not blob or blob[0] != ENVELOPE_V1:
             return json.loads(self._decrypt(connection_id, blob, purpose))  # sealed by KMS Encrypt, before envelopes

@@ -1,0 +1,39 @@
+"""What a handler's import (Lambda's Init phase) loads: only what every invocation needs.
+
+Fresh interpreters with the function's environment from the template. pyOpenSSL and awscrt
+are blocked as absent: the Lambda runtime does not have them (nor does the layer), and in
+the dev virtualenv boto3 would otherwise load `cryptography` through pyOpenSSL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.bench.coldstart import environment
+from tests.support.stack import ROOT, Stack
+
+AS_IN_LAMBDA = "import sys; sys.modules['OpenSSL'] = sys.modules['awscrt'] = None\n"
+LOADED = AS_IN_LAMBDA + "import json, app; print(json.dumps(sorted(m for m in sys.modules if m in sys.argv[1:])))"
+ON_SOME_PATHS = ("cryptography", "aws_lambda_powertools.utilities.parameters", "aws_xray_sdk")
+CODE_URIS = {logical: res["Properties"]["CodeUri"]
+             for logical, res in Stack().of_type("AWS::Serverless::Function").items()}
+
+
+@pytest.mark.parametrize("logical", sorted(CODE_URIS))
+def test_a_handler_import_loads_no_vault_cipher_secrets_utility_or_xray_sdk(logical):
+    done = subprocess.run([sys.executable, "-c", LOADED, *ON_SOME_PATHS], env=environment(Stack(), logical),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == []
+
+
+@pytest.mark.parametrize("logical", ["RefreshFunction", "RefreshWorkerFunction"])
+def test_token_routes_and_the_worker_do_not_import_the_connect_flows(logical):
+    flows = ("broker.connect_flow", "broker.api_keys", "broker.flowstore", "broker.key_page")
+    done = subprocess.run([sys.executable, "-c", LOADED, *flows], env=environment(Stack(), logical),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == []
