@@ -1,14 +1,29 @@
 """End-to-end: the whole local stack (moto server, stand-in, gateway, demo app) on free
 loopback ports, driven over real HTTP and from a real browser."""
 
+import shutil
+
 import pytest
 import requests
 from botocore.credentials import Credentials
+from playwright.sync_api import sync_playwright
 
 from tests.local import start_local_stack
 from tests.local.demo_app import BrokerClient
 
 ARTIFACTS = __import__("pathlib").Path(__file__).resolve().parents[2] / ".e2e-artifacts"
+# Debian's Chromium (Playwright's own browser download is not used).
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield launched
+        launched.close()
 
 
 @pytest.fixture(scope="module")

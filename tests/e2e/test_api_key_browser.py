@@ -4,23 +4,14 @@ another case) -> back connected; then "Call Insightly" with the same code as for
 on a phone's width with JavaScript off, as the page must work without it."""
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests.e2e.conftest import ARTIFACTS
-from tests.e2e.test_browser import ARGS, CHROMIUM
 
 pytestmark = pytest.mark.e2e
 
 GRACE = {"USER_ID": 7001, "FIRST_NAME": "Grace", "LAST_NAME": "Hopper", "EMAIL_ADDRESS": "grace@example.com"}
 PHONE = {"width": 375, "height": 740}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
