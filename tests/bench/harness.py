@@ -26,7 +26,7 @@ from broker.provider import TokenSet
 from broker.tokens import expiry_and_due, sealed_fields
 from tests.local.aws import put_client_credentials
 from tests.local.gateway import EnvironmentOverlay, reset_broker
-from tests.support.fake_provider import FakeInsightly
+from tests.support.fake_provider import USER, FakeInsightly
 from tests.support.inprocess import InProcessBroker
 from tests.support.lambda_events import load_handler
 from tests.support.stack import ROOT, Stack
@@ -185,11 +185,15 @@ def mint_token_set(provider: FakeInsightly) -> TokenSet:
 
 def store_connection(flow: ConnectFlow, provider: FakeInsightly, connection_id: str, at: int) -> None:
     """Store a connection as the callback does: the broker's own vault and store."""
-    tokens = mint_token_set(provider)
+    store_tokens(flow, mint_token_set(provider), connection_id, at)
+
+
+def store_tokens(flow: ConnectFlow, tokens: TokenSet, connection_id: str, at: int) -> None:
+    """Store `tokens` (a set the provider issued) as the callback does."""
     expires_at, due = expiry_and_due(tokens.expires_in, True, at, flow.settings.refresh_lead_seconds)
     flow.connections.save_connected(NewCredentials(
         connection_id, credentials=flow.vault.seal(connection_id, sealed_fields(tokens)), expires_at=expires_at,
-        refresh_due_at=due, provider_user=provider_user(provider.user)), now=at)
+        refresh_due_at=due, provider_user=provider_user(USER)), now=at)
 
 
 def make_due(dynamodb, table: str, connection_id: str, at: int) -> None:
