@@ -183,6 +183,7 @@ def test_routes_match_the_public_contract_with_iam_on_backend_routes():
         ("GET", "/connections/{connection_id}/token"): ("RefreshFunction", "AWS_IAM"),
         ("POST", "/connections/{connection_id}/refresh"): ("RefreshFunction", "AWS_IAM"),
         ("DELETE", "/connections/{connection_id}"): ("ConnectionsFunction", "AWS_IAM"),
+        ("PATCH", "/connections/{connection_id}"): ("ConnectionsFunction", "AWS_IAM"),
         ("PUT", "/connections/{connection_id}/api-key"): ("ConnectionsFunction", "AWS_IAM"),
         ("ANY", "/connections/{connection_id}/proxy/{path+}"): ("ProxyFunction", "AWS_IAM"),
         ("GET", "/connect/api-key"): ("KeyPageFunction", "NONE"),

@@ -1,9 +1,11 @@
 """Backend routes for connect sessions and connections (IAM-signed calls from the SaaS)."""
 
+import time
+
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 
-from broker import deadline, requests_in, services
+from broker import deadline, labels, requests_in, services
 from broker.http_api import NO_STORE, base_url, create_app, json_response, request_body
 from broker.observability import logger, metrics, tracer
 from broker.tokens import connection_status
@@ -32,6 +34,13 @@ def get_connection(connection_id: str):
 @app.put("/connections/<connection_id>/api-key")
 def put_api_key(connection_id: str):
     connection = services.api_key_connect().connect_from_backend(connection_id, request_body(app.current_event))
+    return json_response(200, connection_status(connection))
+
+
+@app.patch("/connections/<connection_id>")
+def patch_connection(connection_id: str):
+    connection = labels.update_labels(services.token_service().connections, connection_id,
+                                      request_body(app.current_event), now=int(time.time()))
     return json_response(200, connection_status(connection))
 
 

@@ -35,6 +35,7 @@ EXPECTED = {
     "connections.complete-session": (200, None),
     "connections.get": (200, None),
     "connections.delete": (204, None),
+    "connections.patch": (200, None),
     "refresh.token": (200, None),
     "refresh.force": (200, None),
     "key_page": (200, None),

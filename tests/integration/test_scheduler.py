@@ -177,4 +177,4 @@ def test_connect_and_delete_are_told_to_the_saas(broker, lifecycle_events):
 
     events = lifecycle_events()
     assert [e["detail-type"] for e in events] == ["Connected", "Deleted"]
-    assert all(set(e["detail"]) == {"connection_id", "status", "reason", "at"} for e in events)
+    assert all(set(e["detail"]) == {"connection_id", "status", "reason", "at", "tags"} for e in events)

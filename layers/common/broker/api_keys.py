@@ -9,6 +9,7 @@ the backend, links at once.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from .errors import BrokerError, InvalidRequest, ProviderUnavailable
 from .flowstore import AuthState
 from .insightly import ApiAccessDenied, ApiKeyAuth, ApiKeyRejected, ApiUrlTemplate, InsightlyApi, check_api_key
 from .kinds import API_KEY
+from .labels import optional_tags
 from .observability import count, logger
 from .vault import API_KEY_PURPOSE
 
@@ -74,11 +76,14 @@ class ApiKeyConnect:
         """A key the SaaS collected in its own UI: checked the same way, linked at once (the
         backend is the party session binding protects)."""
         self._require_mode()
-        data = requests_in.json_object(body, allowed={"api_key", "api_url", "pod"}, required={"api_key"})
+        data = requests_in.json_object(body, allowed={"api_key", "api_url", "pod", "tags"},
+                                    required={"api_key"})
+        tags = optional_tags(data)  # before the key check: a bad tag costs no Insightly request
         if ("api_url" in data) == ("pod" in data):
             raise InvalidRequest("give exactly one of api_url and pod", code="invalid_api_url")
         connection_id = requests_in.connection_id(connection_id)
-        new = self.check(connection_id, data["api_key"], data.get("api_url", data.get("pod")))
+        new = dataclasses.replace(self.check(connection_id, data["api_key"], data.get("api_url", data.get("pod"))),
+                                  tags=tags)
         return link(new, connections=self.flow.connections, flows=self.flow.flows, events=self.flow.events,
                     revocation=bool(self.settings.provider.revocation_url), now=self._now())
 
@@ -118,7 +123,7 @@ class ApiKeyConnect:
             # A typo in the URL or an Insightly outage: nothing was refused, nothing counts.
             return self._form(token, exc, form["api_url"], status=exc.status)
         session = self.flow.flows.consume_session(token, now=self._now(), auth_mode=API_KEY)
-        auth = AuthState(session.connection_id, session.return_to, session.session_id)
+        auth = AuthState(session.connection_id, session.return_to, session.session_id, tags=session.tags)
         return PageAnswer(location=self.flow.end(auth, lambda: self.flow.finish(auth, new)))
 
     def _form(self, token: str, error: BrokerError | None = None, api_url: str = "", *,

@@ -16,6 +16,7 @@ a connect link opened by someone else's browser links nothing for its creator.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import secrets
@@ -34,6 +35,7 @@ from .errors import BrokerError, CredentialsUnreadable, InvalidRequest, Provider
 from .flowstore import AuthState, FlowStore
 from .insightly import provider_user
 from .kinds import OAUTH2, check_auth_mode
+from .labels import optional_tags
 from .lifecycle import CONNECTED, LifecycleEvents
 from .observability import count, logger
 from .provider import ProviderClient
@@ -85,7 +87,8 @@ def link(result: NewCredentials, *, connections: ConnectionStore, flows: FlowSto
     connection, replaced = connections.save_connected(result, now=now)
     count("ConnectionsCreated")
     if events is not None:
-        events.emit(CONNECTED, connection_id=result.connection_id, status="active", reason=None, at=now)
+        events.emit(CONNECTED, connection_id=result.connection_id, status="active", reason=None, at=now,
+                    tags=connection.tags)
     logger.info("connection linked", extra={"connection_id": result.connection_id, "auth_mode": result.auth_mode})
     if revocation and replaced is not None and replaced.auth_mode == "oauth2" and replaced.credentials:
         try:
@@ -123,15 +126,16 @@ class ConnectFlow:
     # -- POST /connect-sessions ------------------------------------------------------------
 
     def create_session(self, body: str | None, *, base_url: str) -> dict[str, str]:
-        data = requests_in.json_object(body, allowed={"connection_id", "return_to", "auth_mode"},
+        data = requests_in.json_object(body, allowed={"connection_id", "return_to", "auth_mode", "tags"},
                                        required={"connection_id", "return_to"})
         connection_id = requests_in.connection_id(data["connection_id"])
         return_to = requests_in.return_to(data["return_to"], self.settings.allowed_return_origins)
         auth_mode = check_auth_mode(data.get("auth_mode"), self.settings.auth_modes)
+        tags = optional_tags(data)
         token, session_id = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         expires_at = self._now() + self.settings.flow_ttl_seconds
         self.flows.put_session(token, session_id=session_id, connection_id=connection_id, return_to=return_to,
-                               expires_at=expires_at, auth_mode=auth_mode)
+                               expires_at=expires_at, auth_mode=auth_mode, tags=tags)
         # The page of the kind: the provider's consent (through /oauth/authorize) or the key page.
         page = "/oauth/authorize" if auth_mode == OAUTH2 else KEY_PAGE_PATH
         # session_id is for the SaaS's own server-side session of this user, never for a browser.
@@ -148,7 +152,7 @@ class ConnectFlow:
         state, browser_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self.flows.put_state(state, browser_secret=browser_secret, connection_id=session.connection_id,
                              return_to=session.return_to, expires_at=self._now() + self.settings.flow_ttl_seconds,
-                             session_id=session.session_id)
+                             session_id=session.session_id, tags=session.tags)
         challenge = pkce_challenge(pkce_verifier(browser_secret, state)) if self.settings.provider.use_pkce else None
         location = self.provider.authorization_url(client_id=client_id, redirect_uri=base_url + CALLBACK_PATH,
                                                    state=state, code_challenge=challenge)
@@ -234,6 +238,8 @@ class ConnectFlow:
         result.credentials are already sealed for the connection. With SessionBinding=none the
         connection is linked now; with confirm it waits for the SaaS backend to complete it.
         """
+        if auth.tags is not None:  # given on the connect session
+            result = dataclasses.replace(result, tags=auth.tags)
         if self.settings.session_binding == "none":
             self._save(result)
             return with_query(auth.return_to, status="connected", connection_id=auth.connection_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,7 @@ class NewCredentials:
     api_base_url: str | None = None
     rate_limit: dict[str, int] | None = None  # {limit, remaining, observed_at} when Insightly sent them
     checked_at: int | None = None  # api_key: when Users/Me last accepted the key
+    tags: dict[str, str] | None = None  # None: a re-connect keeps the connection's tags
 
 
 @dataclass
@@ -77,6 +79,8 @@ class Connection:
     last_checked_at: int | None = None
     last_used_at: int | None = None  # the last call this credential made that Insightly accepted
     throttled_until: int | None = None  # the proxy answers 429 itself until then (daily quota)
+    tags: dict[str, str] = field(default_factory=dict)
+    metadata: str | None = None  # the SaaS's JSON object, as text
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Connection:
@@ -109,7 +113,13 @@ class Connection:
             last_checked_at=number("last_checked_at"),
             last_used_at=number("last_used_at"),
             throttled_until=number("throttled_until"),
+            tags=dict(data.get("tags") or {}),
+            metadata=data.get("metadata"),
         )
+
+    @property
+    def metadata_object(self) -> dict[str, Any] | None:
+        return json.loads(self.metadata) if self.metadata else None
 
 
 def due_shard(connection_id: str, shards: int) -> str:
@@ -139,6 +149,8 @@ class ConnectionStore:
         kind_fields = {"pod": new.pod, "api_base_url": new.api_base_url, "rate_limit": new.rate_limit,
                        "last_checked_at": new.checked_at}
         sets.update({k: v for k, v in kind_fields.items() if v is not None})
+        if new.tags is not None:
+            sets["tags"] = new.tags
         remove = ["lease_owner", "lease_until", "last_error", "last_refreshed_at", "failure_count",
                   "first_failed_at", "quota_alert", "last_used_at", "throttled_until",
                   *(k for k, v in kind_fields.items() if v is None)]
@@ -157,6 +169,22 @@ class ConnectionStore:
         item.update(_to_ddb({k: v for k, v in (("expires_at", new.expires_at), ("refresh_due_at", new.refresh_due_at))
                              if v is not None}))
         return Connection.from_item(item), (Connection.from_item(old) if old else None)
+
+    def save_labels(self, connection_id: str, *, tags: dict[str, str] | None, metadata: str | None,
+                    now: int) -> Connection | None:
+        """Set tags and/or metadata of an existing connection (None leaves one as it is). No
+        version bump: labels never race a credential write. None when there is no connection."""
+        sets: dict[str, Any] = {"updated_at": now}
+        if tags is not None:
+            sets["tags"] = tags
+        if metadata is not None:
+            sets["metadata"] = metadata
+        try:
+            answer = self._update(connection_id, sets=sets, condition="attribute_exists(connection_id)",
+                                  return_new=True)
+        except StaleWrite:
+            return None
+        return Connection.from_item(answer["Attributes"])
 
     def acquire_lease(self, connection: Connection, *, owner: str, now: int, seconds: int) -> bool:
         try:

@@ -52,6 +52,7 @@ class ConnectSession:
     session_id: str | None = None  # None: a session created before session binding
     auth_mode: str = "oauth2"
     attempts: int = 0  # API keys Insightly refused on the key page so far
+    tags: dict[str, str] | None = None  # given on the connect session, for the connection
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class AuthState:
     connection_id: str
     return_to: str
     session_id: str | None = None
+    tags: dict[str, str] | None = None
 
 
 class FlowStore:
@@ -69,7 +71,7 @@ class FlowStore:
     # -- connect sessions ----------------------------------------------------------------
 
     def put_session(self, token: str, *, session_id: str, connection_id: str, return_to: str,
-                    expires_at: int, auth_mode: str = "oauth2") -> None:
+                    expires_at: int, auth_mode: str = "oauth2", tags: dict[str, str] | None = None) -> None:
         self._put(f"session#{digest(token)}", {
             "connection_id": {"S": connection_id},
             "auth_mode": {"S": auth_mode},
@@ -77,6 +79,7 @@ class FlowStore:
             "session_masked": {"S": mask(session_id, token, "link")},
             "session_hash": {"S": digest(session_id)},
             "expires_at": {"N": str(expires_at)},
+            **_tags_attribute(tags),
         })
 
     def consume_session(self, token: str, *, now: int, auth_mode: str = "oauth2") -> ConnectSession:
@@ -113,7 +116,7 @@ class FlowStore:
     # -- OAuth states ----------------------------------------------------------------------
 
     def put_state(self, state: str, *, browser_secret: str, connection_id: str, return_to: str,
-                  expires_at: int, session_id: str | None = None) -> None:
+                  expires_at: int, session_id: str | None = None, tags: dict[str, str] | None = None) -> None:
         session = {} if session_id is None else {
             "session_masked": {"S": mask(session_id, browser_secret, "state:" + state)},
             "session_hash": {"S": digest(session_id)},
@@ -124,13 +127,14 @@ class FlowStore:
             "return_to": {"S": return_to},
             "expires_at": {"N": str(expires_at)},
             **session,
+            **_tags_attribute(tags),
         })
 
     def consume_state(self, state: str, *, browser_secret: str, now: int) -> AuthState:
         item = self._consume(f"state#{digest(state)}", now=now, what="state",
                              browser_hash=digest(browser_secret))
         return AuthState(item["connection_id"]["S"], item["return_to"]["S"],
-                         _unmask(item, browser_secret, "state:" + state))
+                         _unmask(item, browser_secret, "state:" + state), tags=_tags(item))
 
     # -- pending completions (session binding) ------------------------------------------------
 
@@ -140,7 +144,7 @@ class FlowStore:
             "token_expires_at": pending.expires_at, "refresh_due_at": pending.refresh_due_at,
             "provider_user": pending.provider_user, "scopes": pending.scopes,
             "auth_mode": pending.auth_mode, "pod": pending.pod, "api_base_url": pending.api_base_url,
-            "rate_limit": pending.rate_limit, "checked_at": pending.checked_at,
+            "rate_limit": pending.rate_limit, "checked_at": pending.checked_at, "tags": pending.tags,
             "session_hash": digest(session_id), "complete_by": complete_by,
             # Sparse index: only pending completions carry the shard, so the sweep reads nothing else.
             "pending_shard": PENDING_SHARD, "expires_at": complete_by + PENDING_CLEANUP_SECONDS,
@@ -243,7 +247,7 @@ class FlowStore:
 def _session(item: dict, token: str) -> ConnectSession:
     return ConnectSession(item["connection_id"]["S"], item["return_to"]["S"], _unmask(item, token, "link"),
                           auth_mode=item.get("auth_mode", {}).get("S", "oauth2"),
-                          attempts=int(item.get("attempts", {}).get("N", "0")))
+                          attempts=int(item.get("attempts", {}).get("N", "0")), tags=_tags(item))
 
 
 def _unmask(item: dict, key: str, label: str) -> str | None:
@@ -264,7 +268,16 @@ def _pending(item: dict) -> NewCredentials:
         provider_user=dict(data.get("provider_user") or {}), scopes=data.get("scopes", ""),
         auth_mode=data.get("auth_mode", "oauth2"), pod=data.get("pod"), api_base_url=data.get("api_base_url"),
         rate_limit=_numbers(data.get("rate_limit")), checked_at=number("checked_at"),
+        tags=dict(data["tags"]) if data.get("tags") is not None else None,
     )
+
+
+def _tags_attribute(tags: dict[str, str] | None) -> dict:
+    return {} if tags is None else {"tags": _ser.serialize(tags)}
+
+
+def _tags(item: dict) -> dict[str, str] | None:
+    return _de.deserialize(item["tags"]) if "tags" in item else None
 
 
 def _numbers(value: Any) -> dict[str, int] | None:

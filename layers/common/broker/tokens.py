@@ -95,6 +95,8 @@ def connection_status(conn: Connection) -> dict[str, Any]:
         "pod": conn.pod,
         "api_base_url": conn.api_base_url,
         "last_checked_at": iso(conn.last_checked_at),
+        "tags": conn.tags,
+        "metadata": conn.metadata_object,
         "rate_limit": ({"limit": conn.rate_limit.get("limit"), "remaining": conn.rate_limit.get("remaining"),
                         "observed_at": iso(conn.rate_limit.get("observed_at"))} if conn.rate_limit else None),
     }
@@ -393,7 +395,7 @@ class TokenService:
     def emit(self, detail_type: str, conn: Connection, *, status: str, reason: str | None) -> None:
         if self.events is not None:
             self.events.emit(detail_type, connection_id=conn.connection_id, status=status, reason=reason,
-                             at=self._now())
+                             at=self._now(), tags=conn.tags)
 
     def _await_winner(self, conn: Connection) -> dict[str, Any]:
         """Another caller holds the lease: wait briefly for the token it stores."""
