@@ -52,6 +52,7 @@ class ConnectSession:
     session_id: str | None = None  # None: a session created before session binding
     auth_mode: str = "oauth2"
     attempts: int = 0  # API keys Insightly refused on the key page so far
+    display: str = "redirect"  # "popup": the flow ends with a page that posts to window.opener
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class AuthState:
     connection_id: str
     return_to: str
     session_id: str | None = None
+    display: str = "redirect"
 
 
 class FlowStore:
@@ -69,8 +71,9 @@ class FlowStore:
     # -- connect sessions ----------------------------------------------------------------
 
     def put_session(self, token: str, *, session_id: str, connection_id: str, return_to: str,
-                    expires_at: int, auth_mode: str = "oauth2") -> None:
+                    expires_at: int, auth_mode: str = "oauth2", display: str = "redirect") -> None:
         self._put(f"session#{digest(token)}", {
+            **_display(display),
             "connection_id": {"S": connection_id},
             "auth_mode": {"S": auth_mode},
             "return_to": {"S": return_to},
@@ -113,7 +116,7 @@ class FlowStore:
     # -- OAuth states ----------------------------------------------------------------------
 
     def put_state(self, state: str, *, browser_secret: str, connection_id: str, return_to: str,
-                  expires_at: int, session_id: str | None = None) -> None:
+                  expires_at: int, session_id: str | None = None, display: str = "redirect") -> None:
         session = {} if session_id is None else {
             "session_masked": {"S": mask(session_id, browser_secret, "state:" + state)},
             "session_hash": {"S": digest(session_id)},
@@ -124,13 +127,14 @@ class FlowStore:
             "return_to": {"S": return_to},
             "expires_at": {"N": str(expires_at)},
             **session,
+            **_display(display),
         })
 
     def consume_state(self, state: str, *, browser_secret: str, now: int) -> AuthState:
         item = self._consume(f"state#{digest(state)}", now=now, what="state",
                              browser_hash=digest(browser_secret))
         return AuthState(item["connection_id"]["S"], item["return_to"]["S"],
-                         _unmask(item, browser_secret, "state:" + state))
+                         _unmask(item, browser_secret, "state:" + state), display=_display_of(item))
 
     # -- pending completions (session binding) ------------------------------------------------
 
@@ -243,7 +247,16 @@ class FlowStore:
 def _session(item: dict, token: str) -> ConnectSession:
     return ConnectSession(item["connection_id"]["S"], item["return_to"]["S"], _unmask(item, token, "link"),
                           auth_mode=item.get("auth_mode", {}).get("S", "oauth2"),
-                          attempts=int(item.get("attempts", {}).get("N", "0")))
+                          attempts=int(item.get("attempts", {}).get("N", "0")), display=_display_of(item))
+
+
+def _display(display: str) -> dict:
+    # Only a popup is written: items of redirect flows stay as they were before displays.
+    return {"display": {"S": display}} if display != "redirect" else {}
+
+
+def _display_of(item: dict) -> str:
+    return item.get("display", {}).get("S", "redirect")
 
 
 def _unmask(item: dict, key: str, label: str) -> str | None:
