@@ -10,7 +10,8 @@ from tests.support.stack import Stack, load_template, parameter_env_name
 
 TEMPLATE = load_template()
 RESOURCES = TEMPLATE["Resources"]
-ROLES = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::IAM::Role"}
+# The functions' roles; BrokerCallerRole (assumed by callers in other accounts) is tested below.
+ROLES = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::IAM::Role" and k != "BrokerCallerRole"}
 FUNCTIONS = {k: v for k, v in RESOURCES.items() if v["Type"] == "AWS::Serverless::Function"}
 
 
@@ -222,6 +223,8 @@ RESOURCE_PARAMETERS = {
     "RefreshSchedule": "SchedulerFunction", "RefreshWorkerMaxConcurrency": "RefreshWorkerFunction",
     "ExistingClientSecretArn": "Globals", "KeyAdministratorArns": "TokenKey",
     "ApiThrottlingBurstLimit": "HttpApi", "ApiThrottlingRateLimit": "HttpApi", "LogLevel": "Globals",
+    "CallerAccountIds": "BrokerCallerRole", "CallerExternalId": "BrokerCallerRole",
+    "CallerPermissionSet": "Conditions",
 }
 
 
@@ -229,7 +232,8 @@ def test_every_setting_parameter_reaches_every_function_by_its_env_name():
     env = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     for name in TEMPLATE["Parameters"]:
         if name in RESOURCE_PARAMETERS:
-            where = TEMPLATE["Globals"] if RESOURCE_PARAMETERS[name] == "Globals" else RESOURCES[
+            where = TEMPLATE[RESOURCE_PARAMETERS[name]] if RESOURCE_PARAMETERS[name] in (
+                "Globals", "Conditions") else RESOURCES[
                 RESOURCE_PARAMETERS[name]]
             assert f'{{"Ref": "{name}"}}' in json.dumps(where), name
         else:
@@ -264,3 +268,92 @@ def test_the_settings_loader_accepts_the_templates_environment():
     assert settings.auth_modes == ("oauth2", "api_key") and settings.app_name == "this app"
     assert settings.insightly_api_url_template == "https://api.{pod}.insightly.com/v3.1"
     assert settings.api_key_check_seconds == 86400
+
+
+# -- BrokerCallerRole and the permission sets (issue 10, point 5) ----------------------------------
+
+CALLERS = "111111111111,222222222222"
+EXTERNAL_ID = "saas-external-id-0123456789"
+API_ARN = "arn:aws:execute-api:us-east-1:123456789012:insightly-connect-HttpApi/$default"
+SET_POLICIES = {"token-only": "BrokerTokenOnlyPolicy", "connect": "BrokerConnectPolicy", "admin": "BrokerAdminPolicy"}
+
+
+def invoke_allowed(document, method: str, path: str) -> bool:
+    """IAM's answer for execute-api:Invoke on METHOD path: a matching Deny wins; in execute-api
+    ARNs "*" spans "/", as fnmatch's does."""
+    arn = f"{API_ARN}/{method}{path}"
+    matching = [s["Effect"] for s in statements(document)
+                if any(fnmatch.fnmatchcase(arn, r) for r in as_list(s["Resource"]))]
+    return "Allow" in matching and "Deny" not in matching
+
+
+def permission_set(name: str) -> dict:
+    return Stack().resolve(RESOURCES[SET_POLICIES[name]]["Properties"]["PolicyDocument"])
+
+
+def test_without_caller_accounts_there_is_no_caller_role():
+    assert "BrokerCallerRole" not in Stack().of_type("AWS::IAM::Role")
+    assert RESOURCES["BrokerCallerRole"]["Condition"] == "HasCallerAccounts"
+    assert TEMPLATE["Outputs"]["BrokerCallerRoleArn"]["Condition"] == "HasCallerAccounts"
+
+
+@pytest.mark.parametrize("chosen", [None, "token-only", "connect", "admin"])
+def test_the_caller_role_trusts_only_the_listed_accounts_with_the_external_id_and_carries_one_set(chosen):
+    parameters = {"CallerAccountIds": CALLERS, "CallerExternalId": EXTERNAL_ID}
+    if chosen:
+        parameters["CallerPermissionSet"] = chosen
+    stack = Stack(parameters=parameters)
+
+    role = stack.resolve(stack.of_type("AWS::IAM::Role")["BrokerCallerRole"]["Properties"])
+
+    [trust] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Effect"] == "Allow" and trust["Action"] == "sts:AssumeRole"
+    assert trust["Principal"] == {"AWS": ["111111111111", "222222222222"]}
+    assert trust["Condition"] == {"StringEquals": {"sts:ExternalId": EXTERNAL_ID}}
+    assert role["ManagedPolicyArns"] == [f"insightly-connect-{SET_POLICIES[chosen or 'connect']}"]
+    assert "Policies" not in role
+
+
+def test_the_caller_parameters_refuse_what_is_not_an_account_list_or_an_external_id():
+    accounts = TEMPLATE["Parameters"]["CallerAccountIds"]["AllowedPattern"]
+    external = TEMPLATE["Parameters"]["CallerExternalId"]["AllowedPattern"]
+    for good in ("", "111111111111", CALLERS):
+        assert re.fullmatch(accounts, good), good
+    for bad in ("*", "11111111111", "111111111111,", "111111111111, 222222222222", "arn:aws:iam::111111111111:root"):
+        assert not re.fullmatch(accounts, bad), bad
+    assert re.fullmatch(external, EXTERNAL_ID) and not re.fullmatch(external, "short")
+    rule = TEMPLATE["Rules"]["CallerRoleNeedsAnExternalId"]
+    assert rule["Assertions"][0]["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "CallerExternalId"}, ""]}]}
+
+
+ROUTE_CALLS = {  # (method, path) -> the sets that may call it
+    ("POST", "/connect-sessions"): {"connect", "admin"},
+    ("POST", "/connect-sessions/s/complete"): {"connect", "admin"},
+    ("PUT", "/connections/u/api-key"): {"connect", "admin"},
+    ("GET", "/connections/u"): {"connect", "admin"},
+    ("GET", "/connections/u/token"): {"token-only", "admin"},
+    ("POST", "/connections/u/refresh"): {"admin"},
+    ("DELETE", "/connections/u"): {"admin"},
+    ("GET", "/connections/u/proxy/Contacts"): {"admin"},
+    ("GET", "/connections/u/proxy/Users/token"): {"admin"},  # ends in /token: still the proxy
+    ("POST", "/connections/u/proxy/Contacts"): {"admin"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SET_POLICIES))
+def test_each_permission_set_grants_exactly_its_routes(name):
+    document = permission_set(name)
+    for (method, path), sets in ROUTE_CALLS.items():
+        assert invoke_allowed(document, method, path) == (name in sets), (name, method, path)
+    for statement in statements(document):
+        assert statement["Action"] == "execute-api:Invoke"
+        assert all(r.startswith(API_ARN + "/") for r in as_list(statement["Resource"]))  # this API only
+
+
+def test_admin_covers_every_iam_route_of_the_template():
+    document = permission_set("admin")
+    for route in Stack().http_routes():
+        if route["auth"] == "AWS_IAM":
+            path = re.sub(r"\{[a-z_]+\+\}", "Users/Me", re.sub(r"\{[a-z_]+\}", "x", route["path"]))
+            method = "GET" if route["method"] == "ANY" else route["method"]
+            assert invoke_allowed(document, method, path), route

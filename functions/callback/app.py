@@ -4,7 +4,7 @@ from aws_lambda_powertools.logging import correlation_paths
 
 from broker import deadline, services
 from broker.connect_flow import BROWSER_COOKIE
-from broker.http_api import base_url, browser_cookie, callback_path, cookie_value, create_app, redirect
+from broker.http_api import base_url, browser_cookie, callback_path, cookie_value, create_app, flow_end
 from broker.observability import logger, metrics, tracer
 
 app = create_app()
@@ -20,7 +20,7 @@ def callback():
     )
     # The state is spent: the browser's secret is of no further use.
     expired = browser_cookie(BROWSER_COOKIE, "", path=callback_path(event), max_age=0)
-    return redirect(result.location, cookies=[expired])
+    return flow_end(result.location, popup=result.popup, cookies=[expired])
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)

@@ -7,7 +7,7 @@ from aws_lambda_powertools.logging import correlation_paths
 
 from broker import deadline, key_page, services
 from broker.connect_flow import KEY_PAGE_PATH
-from broker.http_api import NO_STORE, base_url, browser_cookie, cookie_value, create_app, redirect, request_body
+from broker.http_api import NO_STORE, base_url, browser_cookie, cookie_value, create_app, flow_end, request_body
 from broker.observability import logger, metrics, tracer
 
 app = create_app()
@@ -19,7 +19,7 @@ def _answer(result) -> Response:
     path = urlsplit(base_url(event)).path.rstrip("/") + KEY_PAGE_PATH
     if result.location is not None:  # the flow ended: the form's secret is of no further use
         expired = browser_cookie(key_page.CSRF_COOKIE, "", path=path, max_age=0)
-        return redirect(result.location, cookies=[expired])
+        return flow_end(result.location, popup=result.popup, cookies=[expired])
     cookie = browser_cookie(key_page.CSRF_COOKIE, result.cookie_secret, path=path,
                             max_age=connect.settings.flow_ttl_seconds)
     headers = {**NO_STORE, **key_page.response_headers(

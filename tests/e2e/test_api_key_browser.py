@@ -20,12 +20,20 @@ def account(standin):
     return standin("POST", "api-keys", {"pod": "eu1", "user": GRACE})
 
 
-def open_key_page(page, local):
+def open_key_page(page, local, *, popup: bool = True):
+    """The key page: in a popup with JavaScript (connect.js), in the page itself without it."""
     page.goto(local.demo_url)
     expect(page.locator("#status")).to_contain_text("Not connected")
-    page.click("#connect-api-key")
-    expect(page.locator("#api_key")).to_be_visible()
-    assert page.url.startswith(f"{local.gateway_url}/connect/api-key?session=")
+    if popup:
+        with page.expect_popup() as opened:
+            page.click("#connect-api-key")
+        key_page = opened.value
+    else:
+        page.click("#connect-api-key")
+        key_page = page
+    expect(key_page.locator("#api_key")).to_be_visible()
+    assert key_page.url.startswith(f"{local.gateway_url}/connect/api-key?session=")
+    return key_page
 
 
 def submit_key(page, api_key: str, api_url: str) -> None:
@@ -39,22 +47,22 @@ def test_connect_with_an_api_key_in_a_browser(local, backend, browser, account):
     context = browser.new_context()
     page = context.new_page()
     try:
-        open_key_page(page, local)
-        expect(page.get_by_label("API key")).to_have_attribute("type", "password")
-        page.screenshot(path=str(ARTIFACTS / "key-page.png"))
+        key_page = open_key_page(page, local)
+        expect(key_page.get_by_label("API key")).to_have_attribute("type", "password")
+        key_page.screenshot(path=str(ARTIFACTS / "key-page.png"))
 
         # A mistyped key: Insightly is asked once, says no; the form is back and nothing is stored
         api_calls = local.provider.calls["api"]
-        submit_key(page, "a-mistyped-key-0000", "eu1")
-        expect(page.locator("#message")).to_contain_text("Insightly did not accept this API key")
-        assert page.input_value("#api_key") == ""  # the key field is never refilled
-        page.screenshot(path=str(ARTIFACTS / "key-refused.png"))
+        submit_key(key_page, "a-mistyped-key-0000", "eu1")
+        expect(key_page.locator("#message")).to_contain_text("Insightly did not accept this API key")
+        assert key_page.input_value("#api_key") == ""  # the key field is never refilled
+        key_page.screenshot(path=str(ARTIFACTS / "key-refused.png"))
         assert local.provider.calls["api"] == api_calls + 1
         assert backend.connection("demo-user").status_code == 404
 
         # The right key, with the API URL pasted from User Settings -> API, in another case
         pasted = f"  {local.provider.api_url('eu1').upper()}/ "
-        submit_key(page, account["api_key"], pasted)
+        submit_key(key_page, account["api_key"], pasted)
         page.wait_for_url(f"{local.demo_url}/?status=connected*")  # the demo app completed the pending one
         expect(page.locator("#message")).to_contain_text("Insightly connected")
         expect(page.locator("#status")).to_have_text("Connected as Grace Hopper (grace@example.com)")
@@ -82,7 +90,7 @@ def test_the_key_page_works_on_a_phone_without_javascript(local, backend, browse
     context = browser.new_context(java_script_enabled=False, viewport=PHONE)
     page = context.new_page()
     try:
-        open_key_page(page, local)
+        open_key_page(page, local, popup=False)
         for field in ("#api_key", "#api_url", "button[type=submit]"):
             box = page.locator(field).bounding_box()
             assert box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], field  # no sideways scrolling

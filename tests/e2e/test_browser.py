@@ -20,11 +20,13 @@ def test_connect_call_decline_and_disconnect_in_a_browser(local, backend, page):
     page.goto(local.demo_url)
     expect(page.locator("#status")).to_contain_text("Not connected")
 
-    # Connect: the demo app -> the broker -> the stand-in's consent page -> approve -> back
-    page.click("#connect")
-    expect(page.locator("#approve")).to_be_visible()
-    page.screenshot(path=str(ARTIFACTS / "consent.png"))
-    page.click("#approve")
+    # Connect in a popup: the demo app -> the broker -> the stand-in's consent page -> approve
+    with page.expect_popup() as opened:
+        page.click("#connect")
+    popup = opened.value
+    expect(popup.locator("#approve")).to_be_visible()
+    popup.screenshot(path=str(ARTIFACTS / "consent.png"))
+    popup.click("#approve")
     page.wait_for_url(f"{local.demo_url}/?status=connected*")
     expect(page.locator("#message")).to_contain_text("Insightly connected")
     expect(page.locator("#status")).to_contain_text("Ada Lovelace")
@@ -38,8 +40,9 @@ def test_connect_call_decline_and_disconnect_in_a_browser(local, backend, page):
     version = backend.connection("demo-user").json()["connected_at"]
 
     # Decline on a second run: a friendly message, and nothing new stored
-    page.click("#connect")
-    page.click("#deny")
+    with page.expect_popup() as opened:
+        page.click("#connect")
+    opened.value.click("#deny")
     page.wait_for_url(f"{local.demo_url}/?status=error*")
     expect(page.locator("#message")).to_contain_text("You declined access to Insightly")
     page.screenshot(path=str(ARTIFACTS / "declined.png"))
@@ -57,8 +60,9 @@ def test_connect_call_decline_and_disconnect_in_a_browser(local, backend, page):
 
 def test_declining_the_first_time_stores_nothing(local, backend, page):
     page.goto(local.demo_url)
-    page.click("#connect")
-    page.click("#deny")
+    with page.expect_popup() as opened:
+        page.click("#connect")
+    opened.value.click("#deny")
 
     expect(page.locator("#message")).to_contain_text("You declined access to Insightly. Nothing was connected.")
     expect(page.locator("#status")).to_contain_text("Not connected")

@@ -22,6 +22,10 @@ backend routes use IAM auth):
 (GET /connections/{id}/token hands out api_base_url and the Authorization header instead,
 for a backend that must call Insightly itself; this app does not need it.)
 
+With `"display": "popup"` the buttons open the flow in a popup (clients/browser/connect.js,
+served here at /connect.js): the broker's last page posts the same outcome to this page,
+which completes it with the backend exactly as below (POST /complete).
+
 The broker sends the browser back to `return_to` with
 `?status=pending&session_id=<id>&completion_code=<code>` (SessionBinding=confirm, the
 default), `?status=connected` (SessionBinding=none) or `?status=error&error=<code>`.
@@ -45,6 +49,7 @@ import secrets
 import threading
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import requests
@@ -77,9 +82,11 @@ class BrokerClient:
         return requests.request(method, request.url, data=data, headers=dict(request.headers), timeout=TIMEOUT)
 
     def create_connect_session(self, connection_id: str, return_to: str,
-                               auth_mode: str = "oauth2") -> requests.Response:
-        return self.call("POST", "/connect-sessions",
-                         {"connection_id": connection_id, "return_to": return_to, "auth_mode": auth_mode})
+                               auth_mode: str = "oauth2", display: str = "redirect") -> requests.Response:
+        body = {"connection_id": connection_id, "return_to": return_to, "auth_mode": auth_mode}
+        if display != "redirect":
+            body["display"] = display
+        return self.call("POST", "/connect-sessions", body)
 
     def complete_connect_session(self, session_id: str, completion_code: str) -> requests.Response:
         return self.call("POST", f"/connect-sessions/{quote(session_id, safe='')}/complete",
@@ -115,6 +122,7 @@ def broker_error(response: requests.Response) -> str:
 FLASH = {
     "connected": "Insightly connected",
     "disconnected": "Insightly disconnected",
+    "unknown": "The connect window closed before it finished.",
 }
 DECLINED = "You declined access to Insightly. Nothing was connected."
 TOO_MANY_ATTEMPTS = "Insightly refused the API key too many times. Nothing was connected; start again."
@@ -122,6 +130,25 @@ QUOTA_USED_UP = "Insightly's daily API limit for this account is used up; try ag
 AUTH_MODES = {"oauth2": "OAuth", "api_key": "API key"}
 NOT_YOURS = "This connection was not started from your session. Nothing was connected."
 SESSION_COOKIE = "demo_session"
+CONNECT_JS = Path(__file__).resolve().parents[2] / "clients" / "browser" / "connect.js"
+# Both buttons open the flow in a popup when JavaScript runs; without it the forms redirect.
+POPUP_SCRIPT = """document.querySelectorAll("form[data-popup]").forEach(function (form) {
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    InsightlyConnect.connect(function () {
+      return fetch(form.dataset.popup, {method: "POST"}).then(function (answer) {
+        if (!answer.ok) throw new Error("the connect session was refused");
+        return answer.json();
+      }).then(function (session) { return session.connect_url; });
+    }).then(function (result) {
+      if (result.status === "blocked") return form.submit();
+      if (result.status !== "pending") return location.assign("/?" + new URLSearchParams(result));
+      // Completed by this app's backend, as after a redirect; the code stays out of the URL.
+      return fetch("/complete", {method: "POST", body: new URLSearchParams(result)})
+        .then(function (answer) { location.assign(answer.url); });
+    }, function () { location.assign("/?status=error&error=connect_session_refused"); });
+  });
+});"""
 CONTACTS_SHOWN = 5
 
 
@@ -183,18 +210,22 @@ class DemoApp:
             message = FLASH.get(status or "", "")
         return 200, {}, self.page(message)
 
-    def connect(self, session: dict | None = None, auth_mode: str = "oauth2") -> tuple[int, dict, str]:
+    def connect(self, session: dict | None = None, auth_mode: str = "oauth2",
+                display: str = "redirect") -> tuple[int, dict, str]:
         """Both kinds start alike: a session, the browser sent to connect_url (Insightly's
-        consent page, or the broker's key page), and the same completion on return."""
+        consent page, or the broker's key page), and the same completion on return. For a
+        popup, connect.js gets connect_url as JSON and opens it in the popup it opened."""
         try:
             answer = self.broker.create_connect_session(self.connection_id, return_to=self.url + "/",
-                                                        auth_mode=auth_mode)
+                                                        auth_mode=auth_mode, display=display)
         except requests.RequestException:
             return 502, {}, self.page("The connection broker is unreachable.")
         if answer.status_code != 201:
             return 502, {}, self.page(f"Could not start connecting Insightly ({broker_error(answer)})")
         if session is not None:  # server side only: the browser never sees session_id on the way out
             session["connect_session_id"] = answer.json()["session_id"]
+        if display == "popup":
+            return 201, {"Content-Type": "application/json"}, json.dumps({"connect_url": answer.json()["connect_url"]})
         return 303, {"Location": answer.json()["connect_url"]}, ""
 
     def complete(self, query: dict[str, str], session: dict) -> tuple[int, dict, str]:
@@ -331,13 +362,14 @@ class DemoApp:
 {self.connection_details(connection)}
 {result}
 <div class="buttons">
-<form method="post" action="/connect"><button id="connect" type="submit">Connect Insightly</button></form>
-<form method="post" action="/connect-api-key">
+<form method="post" action="/connect" data-popup="/connect-popup">
+<button id="connect" type="submit">Connect Insightly</button></form>
+<form method="post" action="/connect-api-key" data-popup="/connect-api-key-popup">
 <button id="connect-api-key" type="submit">Connect with an API key</button></form>
 <form method="post" action="/call"><button id="call" type="submit">Call Insightly</button></form>
 <form method="post" action="/contacts"><button id="contacts-button" type="submit">Contacts</button></form>
 <form method="post" action="/disconnect"><button id="disconnect" type="submit">Disconnect</button></form>
-</div></main></body></html>"""
+</div></main><script src="/connect.js"></script><script id="popup-connect">{POPUP_SCRIPT}</script></body></html>"""
 
 
 STYLE = """body{font-family:system-ui,sans-serif;background:#f4f6f8;color:#1f2933;margin:0}
@@ -356,15 +388,21 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         path, _, query = self.path.partition("?")
+        if path == "/connect.js":
+            return self._send(200, {"Content-Type": "text/javascript; charset=utf-8"}, CONNECT_JS.read_text())
         if path != "/":
             return self._send(404, {}, "Not found")
         self._send(*self.server.app.home(dict(parse_qsl(query)), self._session()))
 
     def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))  # the forms carry nothing
+        # Only /complete carries fields (the popup's outcome); the forms carry nothing.
+        form = dict(parse_qsl(self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 4096)).decode()))
         app = self.server.app
         route = {"/connect": lambda: app.connect(self._session()),
                  "/connect-api-key": lambda: app.connect(self._session(), auth_mode="api_key"),
+                 "/connect-popup": lambda: app.connect(self._session(), display="popup"),
+                 "/connect-api-key-popup": lambda: app.connect(self._session(), auth_mode="api_key", display="popup"),
+                 "/complete": lambda: app.complete(form, self._session()),
                  "/call": app.call_insightly, "/contacts": app.list_contacts, "/disconnect": app.disconnect}
         action = route.get(urlsplit(self.path).path)
         if action is None:

@@ -91,6 +91,9 @@ class Stack:
             if key == "Fn::Join":
                 sep, items = arg
                 return sep.join(str(i) for i in self.resolve(items))
+            if key == "Fn::Split":
+                sep, text = arg
+                return str(self.resolve(text)).split(sep)
             if key == "Condition":
                 return self.condition(arg)
         return {k: self.resolve(v) for k, v in node.items()}

@@ -356,3 +356,34 @@ def test_an_app_built_before_the_broker_is_pointed_at_it(broker):
         app.stop()
     with pytest.raises(requests.ConnectionError):
         requests.get(app.url + "/", timeout=2)
+
+
+@pytest.mark.parametrize("button,auth_mode", [("/connect-popup", "oauth2"), ("/connect-api-key-popup", "api_key")])
+def test_a_popup_connect_asks_for_display_popup_and_completes_the_posted_outcome_like_a_redirect(
+        broker, demo, button, auth_mode):
+    connect_url = broker.url + "/oauth/authorize?session=a"
+    broker.answers[("POST", "/connect-sessions")] = (201, {"connect_url": connect_url, "session_id": SESSION_ID,
+                                                           "expires_at": "x"})
+    browser = requests.Session()
+    started = browser.post(demo.url + button, allow_redirects=False, timeout=5)
+    assert started.status_code == 201 and started.json() == {"connect_url": connect_url}  # no session_id
+    (call,) = broker.requests
+    assert json.loads(call["body"]) == {"connection_id": "demo-user", "return_to": demo.url + "/",
+                                        "auth_mode": auth_mode, "display": "popup"}
+    broker.answers[("POST", f"/connect-sessions/{SESSION_ID}/complete")] = (200, CONNECTED)
+
+    answer = browser.post(demo.url + "/complete", data={"status": "pending", "session_id": SESSION_ID,
+                                                         "completion_code": "c" * 43},
+                          allow_redirects=False, timeout=5)
+
+    assert answer.status_code == 303 and answer.headers["Location"] == "/?status=connected&connection_id=demo-user"
+    other = requests.post(demo.url + "/complete", data={"session_id": SESSION_ID, "completion_code": "c" * 43},
+                          allow_redirects=False, timeout=5)
+    assert other.status_code == 403  # a browser whose session did not start it completes nothing
+
+
+def test_the_page_loads_connect_js_from_the_app_itself(demo):
+    page = requests.get(demo.url + "/", timeout=5).text
+    script = requests.get(demo.url + "/connect.js", timeout=5)
+    assert '<script src="/connect.js"></script>' in page and 'data-popup="/connect-popup"' in page
+    assert script.status_code == 200 and "InsightlyConnect" in script.text

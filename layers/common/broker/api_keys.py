@@ -39,6 +39,7 @@ class PageAnswer:
     cookie_secret: str | None = None
     location: str | None = None
     status: int = 200
+    popup: bool = False  # with a location: end with the popup page (display=popup) instead of a 302
 
 
 class ApiKeyConnect:
@@ -115,7 +116,8 @@ class ApiKeyConnect:
             if attempts >= MAX_REFUSED_ATTEMPTS:
                 self.flow.flows.consume_session(token, now=self._now(), auth_mode=API_KEY)
                 count("ConnectionsFailed")
-                return PageAnswer(location=with_query(session.return_to, status="error", error="too_many_attempts"))
+                return PageAnswer(location=with_query(session.return_to, status="error", error="too_many_attempts"),
+                                  popup=session.display == "popup")
             return self._form(token, exc, form["api_url"], status=422)
         except (InvalidRequest, ProviderUnavailable) as exc:
             if key_page.message_for(exc) is None:
@@ -123,8 +125,10 @@ class ApiKeyConnect:
             # A typo in the URL or an Insightly outage: nothing was refused, nothing counts.
             return self._form(token, exc, form["api_url"], status=exc.status)
         session = self.flow.flows.consume_session(token, now=self._now(), auth_mode=API_KEY)
-        auth = AuthState(session.connection_id, session.return_to, session.session_id, tags=session.tags)
-        return PageAnswer(location=self.flow.end(auth, lambda: self.flow.finish(auth, new)))
+        auth = AuthState(session.connection_id, session.return_to, session.session_id, tags=session.tags,
+                         display=session.display)
+        return PageAnswer(location=self.flow.end(auth, lambda: self.flow.finish(auth, new)),
+                          popup=auth.display == "popup")
 
     def _form(self, token: str, error: BrokerError | None = None, api_url: str = "", *,
               status: int = 200) -> PageAnswer:

@@ -38,6 +38,7 @@ from .kinds import OAUTH2, check_auth_mode
 from .labels import optional_tags
 from .lifecycle import CONNECTED, LifecycleEvents
 from .observability import count, logger
+from .popup import DISPLAYS
 from .provider import ProviderClient
 from .tokens import expiry_and_due, iso, sealed_fields
 from .vault import TokenVault
@@ -105,6 +106,7 @@ def link(result: NewCredentials, *, connections: ConnectionStore, flows: FlowSto
 class Redirect:
     location: str
     browser_secret: str | None = None  # set on the authorize redirect: goes into the cookie
+    popup: bool = False  # the flow's end for display=popup: a page posting to window.opener instead
 
 
 class ConnectFlow:
@@ -126,16 +128,19 @@ class ConnectFlow:
     # -- POST /connect-sessions ------------------------------------------------------------
 
     def create_session(self, body: str | None, *, base_url: str) -> dict[str, str]:
-        data = requests_in.json_object(body, allowed={"connection_id", "return_to", "auth_mode", "tags"},
+        data = requests_in.json_object(body, allowed={"connection_id", "return_to", "auth_mode", "tags", "display"},
                                        required={"connection_id", "return_to"})
         connection_id = requests_in.connection_id(data["connection_id"])
         return_to = requests_in.return_to(data["return_to"], self.settings.allowed_return_origins)
         auth_mode = check_auth_mode(data.get("auth_mode"), self.settings.auth_modes)
         tags = optional_tags(data)
+        display = data.get("display", "redirect")
+        if display not in DISPLAYS:
+            raise InvalidRequest(f"display must be one of: {', '.join(DISPLAYS)}", code="invalid_display")
         token, session_id = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         expires_at = self._now() + self.settings.flow_ttl_seconds
         self.flows.put_session(token, session_id=session_id, connection_id=connection_id, return_to=return_to,
-                               expires_at=expires_at, auth_mode=auth_mode, tags=tags)
+                               expires_at=expires_at, auth_mode=auth_mode, tags=tags, display=display)
         # The page of the kind: the provider's consent (through /oauth/authorize) or the key page.
         page = "/oauth/authorize" if auth_mode == OAUTH2 else KEY_PAGE_PATH
         # session_id is for the SaaS's own server-side session of this user, never for a browser.
@@ -152,7 +157,7 @@ class ConnectFlow:
         state, browser_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self.flows.put_state(state, browser_secret=browser_secret, connection_id=session.connection_id,
                              return_to=session.return_to, expires_at=self._now() + self.settings.flow_ttl_seconds,
-                             session_id=session.session_id, tags=session.tags)
+                             session_id=session.session_id, tags=session.tags, display=session.display)
         challenge = pkce_challenge(pkce_verifier(browser_secret, state)) if self.settings.provider.use_pkce else None
         location = self.provider.authorization_url(client_id=client_id, redirect_uri=base_url + CALLBACK_PATH,
                                                    state=state, code_challenge=challenge)
@@ -176,7 +181,8 @@ class ConnectFlow:
             requests_in.single(params, "code", required=False, max_length=2048)
         auth = self.flows.consume_state(state, browser_secret=browser_secret, now=self._now())
         return Redirect(self.end(auth, lambda: self._link(params, auth, verifier=pkce_verifier(browser_secret, state),
-                                                          redirect_uri=base_url + CALLBACK_PATH)))
+                                                          redirect_uri=base_url + CALLBACK_PATH)),
+                        popup=auth.display == "popup")
 
     def end(self, auth: AuthState, step: Callable[[], str]) -> str:
         """Run what follows a spent state or session (the OAuth callback, the key page): from

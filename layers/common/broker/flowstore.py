@@ -53,6 +53,7 @@ class ConnectSession:
     auth_mode: str = "oauth2"
     attempts: int = 0  # API keys Insightly refused on the key page so far
     tags: dict[str, str] | None = None  # given on the connect session, for the connection
+    display: str = "redirect"  # "popup": the flow ends with a page that posts to window.opener
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class AuthState:
     return_to: str
     session_id: str | None = None
     tags: dict[str, str] | None = None
+    display: str = "redirect"
 
 
 class FlowStore:
@@ -71,8 +73,10 @@ class FlowStore:
     # -- connect sessions ----------------------------------------------------------------
 
     def put_session(self, token: str, *, session_id: str, connection_id: str, return_to: str,
-                    expires_at: int, auth_mode: str = "oauth2", tags: dict[str, str] | None = None) -> None:
+                    expires_at: int, auth_mode: str = "oauth2", tags: dict[str, str] | None = None,
+                    display: str = "redirect") -> None:
         self._put(f"session#{digest(token)}", {
+            **_display(display),
             "connection_id": {"S": connection_id},
             "auth_mode": {"S": auth_mode},
             "return_to": {"S": return_to},
@@ -116,7 +120,8 @@ class FlowStore:
     # -- OAuth states ----------------------------------------------------------------------
 
     def put_state(self, state: str, *, browser_secret: str, connection_id: str, return_to: str,
-                  expires_at: int, session_id: str | None = None, tags: dict[str, str] | None = None) -> None:
+                  expires_at: int, session_id: str | None = None, tags: dict[str, str] | None = None,
+                  display: str = "redirect") -> None:
         session = {} if session_id is None else {
             "session_masked": {"S": mask(session_id, browser_secret, "state:" + state)},
             "session_hash": {"S": digest(session_id)},
@@ -128,13 +133,15 @@ class FlowStore:
             "expires_at": {"N": str(expires_at)},
             **session,
             **_tags_attribute(tags),
+            **_display(display),
         })
 
     def consume_state(self, state: str, *, browser_secret: str, now: int) -> AuthState:
         item = self._consume(f"state#{digest(state)}", now=now, what="state",
                              browser_hash=digest(browser_secret))
         return AuthState(item["connection_id"]["S"], item["return_to"]["S"],
-                         _unmask(item, browser_secret, "state:" + state), tags=_tags(item))
+                         _unmask(item, browser_secret, "state:" + state), tags=_tags(item),
+                         display=_display_of(item))
 
     # -- pending completions (session binding) ------------------------------------------------
 
@@ -247,7 +254,17 @@ class FlowStore:
 def _session(item: dict, token: str) -> ConnectSession:
     return ConnectSession(item["connection_id"]["S"], item["return_to"]["S"], _unmask(item, token, "link"),
                           auth_mode=item.get("auth_mode", {}).get("S", "oauth2"),
-                          attempts=int(item.get("attempts", {}).get("N", "0")), tags=_tags(item))
+                          attempts=int(item.get("attempts", {}).get("N", "0")), tags=_tags(item),
+                          display=_display_of(item))
+
+
+def _display(display: str) -> dict:
+    # Only a popup is written: items of redirect flows stay as they were before displays.
+    return {"display": {"S": display}} if display != "redirect" else {}
+
+
+def _display_of(item: dict) -> str:
+    return item.get("display", {}).get("S", "redirect")
 
 
 def _unmask(item: dict, key: str, label: str) -> str | None:

@@ -32,6 +32,17 @@ def redirect(location: str, cookies: list[Cookie] | None = None) -> Response:
     return Response(status_code=302, headers={**NO_STORE, "Location": location}, cookies=cookies or [])
 
 
+def flow_end(location: str, *, popup: bool, cookies: list[Cookie]) -> Response:
+    """The last answer of a connect flow: a 302 to return_to, or for display=popup the page
+    that posts the same outcome to window.opener (and redirects when there is none)."""
+    if not popup:
+        return redirect(location, cookies=cookies)
+    from .popup import render  # lazily: only the flow's last pages need it
+
+    page, headers = render(location)
+    return Response(status_code=200, headers={**NO_STORE, **headers}, body=page, cookies=cookies)
+
+
 def create_app() -> APIGatewayHttpResolver:
     """A resolver whose every error, expected or not, is a JSON error without internals."""
     app = APIGatewayHttpResolver()
