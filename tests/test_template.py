@@ -225,6 +225,7 @@ RESOURCE_PARAMETERS = {
     "ApiThrottlingBurstLimit": "HttpApi", "ApiThrottlingRateLimit": "HttpApi", "LogLevel": "Globals",
     "CallerAccountIds": "BrokerCallerRole", "CallerExternalId": "BrokerCallerRole",
     "CallerPermissionSet": "Conditions",
+    "WebhookUrl": "WebhookFunction",
 }
 
 
@@ -357,3 +358,46 @@ def test_admin_covers_every_iam_route_of_the_template():
             path = re.sub(r"\{[a-z_]+\+\}", "Users/Me", re.sub(r"\{[a-z_]+\}", "x", route["path"]))
             method = "GET" if route["method"] == "ANY" else route["method"]
             assert invoke_allowed(document, method, path), route
+
+# -- webhooks ----------------------------------------------------------------------------------
+
+WEBHOOK_RESOURCES = {"WebhookSecret", "WebhookRule", "WebhookQueue", "WebhookDeadLetterQueue", "WebhookQueuePolicy",
+                     "WebhookFunction", "WebhookRole"}
+
+
+def test_without_a_webhook_url_no_webhook_resource_exists():
+    off, on = Stack(), Stack(parameters={"WebhookUrl": "https://hooks.example.com/in"})
+    present = {k for k, v in RESOURCES.items() if off.condition(v.get("Condition"))}
+    assert not present & WEBHOOK_RESOURCES
+    assert {k for k, v in RESOURCES.items() if on.condition(v.get("Condition"))} >= WEBHOOK_RESOURCES
+
+
+def test_the_webhook_url_must_be_https():
+    pattern = TEMPLATE["Parameters"]["WebhookUrl"]["AllowedPattern"]
+    for value in ("", "https://hooks.example.com/in", "https://h.example:8443/a?b=c"):
+        assert re.fullmatch(pattern, value), value
+    for value in ("http://hooks.example.com/in", "hooks.example.com", "https://", "ftp://x", "https://a b"):
+        assert not re.fullmatch(pattern, value), value
+
+
+def test_webhook_retries_last_about_a_day_then_dead_letter_never_expire():
+    from broker.webhooks import MAX_ATTEMPTS, RETRY_DELAYS
+
+    queue = RESOURCES["WebhookQueue"]["Properties"]
+    assert queue["RedrivePolicy"]["maxReceiveCount"] == MAX_ATTEMPTS
+    assert 20 * 3600 <= sum(RETRY_DELAYS) <= 24 * 3600 < queue["MessageRetentionPeriod"]
+    assert max(RETRY_DELAYS) <= 12 * 3600  # SQS's largest visibility timeout
+    assert queue["VisibilityTimeout"] >= 6 * RESOURCES["WebhookFunction"]["Properties"]["Timeout"]
+    [event] = RESOURCES["WebhookFunction"]["Properties"]["Events"].values()
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+def test_the_webhook_role_reads_only_its_secret_and_queue():
+    assert role_grants("WebhookRole") == {
+        "WebhookQueue": {"sqs:receivemessage", "sqs:deletemessage", "sqs:changemessagevisibility",
+                         "sqs:getqueueattributes"},
+        '{"Ref": "WebhookSecret"}': {"secretsmanager:getsecretvalue"},
+    }
+    # only the stack's rule may send to the queue
+    [statement] = RESOURCES["WebhookQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["WebhookRule", "Arn"]}}}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,15 @@ def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
 def parameter_env_name(parameter: str) -> str:
     """ProviderAuthorizeUrl -> PROVIDER_AUTHORIZE_URL."""
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", parameter).upper()
+
+
+def _generated(props: dict[str, Any]) -> str:
+    """What CloudFormation makes of GenerateSecretString (the options the template uses)."""
+    spec = props["GenerateSecretString"]
+    alphabet = string.ascii_letters + string.digits + ("" if spec.get("ExcludePunctuation") else string.punctuation)
+    value = json.loads(spec.get("SecretStringTemplate", "{}"))
+    value[spec["GenerateStringKey"]] = "".join(secrets.choice(alphabet) for _ in range(spec.get("PasswordLength", 32)))
+    return json.dumps(value)
 
 
 class Stack:
@@ -161,7 +172,7 @@ class Stack:
         for logical, res in self.of_type("AWS::SecretsManager::Secret").items():
             props = self.resolve(res["Properties"])
             answer = session.client("secretsmanager").create_secret(
-                Name=f"{self.name}-{logical}", SecretString=props["SecretString"],
+                Name=f"{self.name}-{logical}", SecretString=props.get("SecretString") or _generated(props),
                 Description=props.get("Description", ""))
             self.refs[logical] = answer["ARN"]
         self._create_queues(session)

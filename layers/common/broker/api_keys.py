@@ -23,7 +23,7 @@ from .flowstore import AuthState
 from .insightly import ApiAccessDenied, ApiKeyAuth, ApiKeyRejected, ApiUrlTemplate, InsightlyApi, check_api_key
 from .kinds import API_KEY
 from .labels import optional_tags
-from .observability import count, logger
+from .observability import logger
 from .vault import API_KEY_PURPOSE
 
 MAX_REFUSED_ATTEMPTS = 5
@@ -115,7 +115,7 @@ class ApiKeyConnect:
                                                   "attempts": attempts})
             if attempts >= MAX_REFUSED_ATTEMPTS:
                 self.flow.flows.consume_session(token, now=self._now(), auth_mode=API_KEY)
-                count("ConnectionsFailed")
+                self.flow.failed(session.connection_id, "too_many_attempts", tags=session.tags)
                 return PageAnswer(location=with_query(session.return_to, status="error", error="too_many_attempts"),
                                   popup=session.display == "popup")
             return self._form(token, exc, form["api_url"], status=422)

@@ -36,7 +36,7 @@ from .flowstore import AuthState, FlowStore
 from .insightly import provider_user
 from .kinds import OAUTH2, check_auth_mode
 from .labels import optional_tags
-from .lifecycle import CONNECTED, LifecycleEvents
+from .lifecycle import CONNECT_FAILED, CONNECTED, LifecycleEvents
 from .observability import count, logger
 from .popup import DISPLAYS
 from .provider import ProviderClient
@@ -199,8 +199,16 @@ class ConnectFlow:
             logger.error("connection not stored",
                          extra={"connection_id": auth.connection_id, "exception_type": type(fault).__name__})
         logger.warning("connection failed", extra={"connection_id": auth.connection_id, "error": exc.code})
-        count("ConnectionsFailed")
+        self.failed(auth.connection_id, exc.code, tags=auth.tags)
         return with_query(auth.return_to, status="error", error=exc.code)
+
+    def failed(self, connection_id: str, code: str, *, tags: dict[str, str] | None) -> None:
+        """A connect attempt ended in an error: counted, and a ConnectFailed event, so the SaaS
+        sees it even when the browser never comes back to return_to."""
+        count("ConnectionsFailed")
+        if self.events is not None:
+            self.events.emit(CONNECT_FAILED, connection_id=connection_id, status="failed", reason=code,
+                             at=self._now(), tags=tags)
 
     def _link(self, params: dict[str, list[str]], auth: AuthState, *, verifier: str, redirect_uri: str) -> str:
         connection_id = auth.connection_id

@@ -1,6 +1,6 @@
 """Lifecycle events on the broker's EventBridge bus, so the SaaS hears when a connection
-changes: Connected, RefreshFailed, NeedsReauth, Recovered, Deleted, QuotaLow, QuotaExhausted; and, for the operator,
-ClientRejected: the provider refuses the broker's own client credentials (no connection id).
+changes: Connected, ConnectFailed, RefreshFailed, NeedsReauth, Recovered, Deleted, QuotaLow, QuotaExhausted;
+and, for the operator, ClientRejected: the provider refuses the broker's own client credentials (no connection id).
 
 An event carries the connection id, its status, a reason code, the time and the
 connection's tags: never a credential. Emitting is best effort: the state change it reports is already stored, and
@@ -20,6 +20,8 @@ SOURCE = "insightly-connect"
 CONNECTED, REFRESH_FAILED, NEEDS_REAUTH, RECOVERED, DELETED = (
     "Connected", "RefreshFailed", "NeedsReauth", "Recovered", "Deleted")
 CLIENT_REJECTED = "ClientRejected"
+# A connect attempt (OAuth callback or key page) ended in an error; reason is the error code.
+CONNECT_FAILED = "ConnectFailed"
 # The Insightly account's daily API quota, as its X-RateLimit-* headers and 429s showed it.
 QUOTA_LOW, QUOTA_EXHAUSTED = "QuotaLow", "QuotaExhausted"
 

@@ -1,0 +1,174 @@
+"""Webhook signing, delivery decisions and target checks (broker.webhooks)."""
+
+import base64
+import json
+
+import pytest
+import requests
+import responses
+from standardwebhooks import Webhook, WebhookVerificationError
+
+from broker import webhooks
+from broker.webhooks import (
+    TargetRefused,
+    WebhookSender,
+    WebhookSettings,
+    check_target,
+    delivery_from_event,
+    outcome_of,
+    retry_delay,
+    signature_header,
+    signing_keys,
+)
+
+CURRENT = "whsec_" + base64.b64encode(b"k" * 24).decode()
+PREVIOUS = base64.b64encode(b"p" * 24).decode()  # stored without the prefix, as the stack generates it
+URL = "https://hooks.saas.example/in"
+EVENT = {"id": "6a7e-evt", "detail-type": "NeedsReauth", "source": "insightly-connect",
+         "detail": {"connection_id": "user-1", "status": "needs_reauth", "reason": "invalid_grant",
+                    "tags": {"plan": "pro"}, "auth_mode": "oauth2", "at": "2026-01-01T00:00:00Z"}}
+
+
+def headers_for(keys, delivery, timestamp):
+    return {"webhook-id": delivery.msg_id, "webhook-timestamp": str(timestamp),
+            "webhook-signature": signature_header(keys, msg_id=delivery.msg_id, timestamp=timestamp,
+                                                  body=delivery.body)}
+
+
+def test_a_signature_verifies_with_the_standardwebhooks_library_and_not_with_another_secret():
+    delivery = delivery_from_event(EVENT)
+    now = int(__import__("time").time())
+    headers = headers_for(signing_keys({"current": CURRENT}), delivery, now)
+
+    assert Webhook(CURRENT).verify(delivery.body, headers)["connection_id"] == "user-1"
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + PREVIOUS).verify(delivery.body, headers)
+    with pytest.raises(WebhookVerificationError):  # a changed body fails
+        Webhook(CURRENT).verify(delivery.body.replace("user-1", "user-2"), headers)
+
+
+def test_during_a_rotation_both_secrets_verify():
+    delivery = delivery_from_event(EVENT)
+    now = int(__import__("time").time())
+    headers = headers_for(signing_keys({"current": CURRENT, "previous": PREVIOUS}), delivery, now)
+
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert all(sig.startswith("v1,") for sig in headers["webhook-signature"].split(" "))
+    for secret in (CURRENT, "whsec_" + PREVIOUS):  # receivers on the old and on the new secret
+        Webhook(secret).verify(delivery.body, headers)
+
+
+def test_a_secret_without_a_current_key_or_too_short_is_refused():
+    with pytest.raises(ValueError):
+        signing_keys({"previous": PREVIOUS})
+    with pytest.raises(ValueError):
+        signing_keys({"current": base64.b64encode(b"short").decode()})
+
+
+def test_the_body_is_the_detail_plus_id_type_tags_and_auth_mode():
+    body = json.loads(delivery_from_event(EVENT).body)
+    assert body == {**EVENT["detail"], "id": "6a7e-evt", "type": "NeedsReauth"}
+    no_tags = json.loads(delivery_from_event({**EVENT, "detail": {"connection_id": "c", "status": "active"}}).body)
+    assert no_tags["tags"] == {} and "auth_mode" not in no_tags
+
+
+@pytest.mark.parametrize("status,outcome", [
+    (200, "delivered"), (204, "delivered"), (400, "dropped"), (401, "dropped"), (404, "dropped"), (410, "dropped"),
+    (408, "retry"), (429, "retry"), (500, "retry"), (503, "retry"), (301, "retry"), (100, "retry"),
+])
+def test_which_answers_end_drop_or_retry(status, outcome):
+    assert outcome_of(status) == outcome
+
+
+def test_retry_delays_grow():
+    delays = [retry_delay(n) for n in range(1, webhooks.MAX_ATTEMPTS)]
+    assert delays == sorted(delays) and delays[0] <= 10
+
+
+def public(host, port):
+    return ["93.184.215.14", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]
+
+
+@pytest.mark.parametrize("addresses", [
+    ["10.1.2.3"], ["172.16.0.1"], ["192.168.1.1"], ["127.0.0.1"], ["169.254.169.254"], ["::1"], ["fe80::1%eth0"],
+    ["fd00::1"], ["0.0.0.0"], ["100.64.0.1"], ["::ffff:10.0.0.1"],
+    ["93.184.215.14", "10.0.0.1"],  # one private address among public ones is enough to refuse
+])
+def test_a_target_resolving_to_any_non_public_address_is_refused(addresses):
+    with pytest.raises(TargetRefused):
+        check_target(URL, resolver=lambda host, port: addresses)
+
+
+def test_a_public_https_target_passes_and_http_or_credentials_do_not():
+    check_target(URL, resolver=public)
+    for url in ("http://hooks.saas.example/in", "https://user:pw@hooks.saas.example/in", "https:///in"):
+        with pytest.raises(TargetRefused):
+            check_target(url, resolver=public)
+
+
+def test_loopback_only_when_allowed_for_the_local_stack():
+    loopback = lambda host, port: ["127.0.0.1"]  # noqa: E731
+    check_target("http://localhost:8090/hooks", resolver=loopback, allow_loopback=True)
+    with pytest.raises(TargetRefused):
+        check_target("http://localhost:8090/hooks", resolver=loopback)
+    with pytest.raises(TargetRefused):  # still no private network, and no plain http out
+        check_target("https://x.internal/", resolver=lambda h, p: ["10.0.0.1"], allow_loopback=True)
+    with pytest.raises(TargetRefused):
+        check_target("http://hooks.saas.example/", resolver=public, allow_loopback=True)
+
+
+def test_a_host_that_does_not_resolve_is_tried_again_later():
+    def fails(host, port):
+        raise OSError("no such host")
+    with pytest.raises(TargetRefused):
+        check_target(URL, resolver=fails)
+    sqs = FakeSqs()
+    unresolved = WebhookSender(WebhookSettings(url=URL, secret_arn="arn", queue_url="q"), sqs=sqs,
+                               read_secret=lambda: {"current": CURRENT}, resolver=fails)
+    assert unresolved.deliver_batch({"Records": [record(1)]})["batchItemFailures"] == [{"itemIdentifier": "m1"}]
+    assert sqs.visibility == [retry_delay(1)]
+
+
+class FakeSqs:
+    def __init__(self):
+        self.visibility = []
+
+    def change_message_visibility(self, **kwargs):
+        self.visibility.append(kwargs["VisibilityTimeout"])
+
+
+def record(receive_count=1, body=None):
+    return {"messageId": "m1", "receiptHandle": "rh", "body": body or json.dumps(EVENT),
+            "attributes": {"ApproximateReceiveCount": str(receive_count)}}
+
+
+def sender(sqs):
+    return WebhookSender(WebhookSettings(url=URL, secret_arn="arn", queue_url="q"), sqs=sqs,
+                         read_secret=lambda: {"current": CURRENT}, resolver=public, session=requests.Session())
+
+
+@responses.activate
+def test_a_failed_attempt_comes_back_after_its_backoff_and_the_last_goes_to_the_dead_letter_queue():
+    responses.add(responses.POST, URL, status=503)
+    sqs = FakeSqs()
+    assert sender(sqs).deliver_batch({"Records": [record(3)]}) == {"batchItemFailures": [{"itemIdentifier": "m1"}]}
+    assert sqs.visibility == [retry_delay(3)]
+    # the last attempt: no new delay, the next receive moves it to the DLQ (maxReceiveCount)
+    assert sender(sqs).deliver_batch({"Records": [record(webhooks.MAX_ATTEMPTS)]})["batchItemFailures"]
+    assert sqs.visibility == [retry_delay(3)]
+
+
+@responses.activate
+def test_a_connection_error_is_retried_and_a_malformed_message_is_dropped():
+    responses.add(responses.POST, URL, body=requests.ConnectionError("reset"))
+    sqs = FakeSqs()
+    assert sender(sqs).deliver_batch({"Records": [record(1)]})["batchItemFailures"] == [{"itemIdentifier": "m1"}]
+    assert sender(sqs).deliver_batch({"Records": [record(1, body="not json")]}) == {"batchItemFailures": []}
+    assert sender(sqs).deliver_batch({"Records": [record(1, body='{"id": 1}')]}) == {"batchItemFailures": []}
+
+
+@responses.activate
+def test_a_redirect_is_not_followed():
+    responses.add(responses.POST, URL, status=302, headers={"Location": "http://169.254.169.254/latest"})
+    assert sender(FakeSqs()).deliver_batch({"Records": [record(1)]})["batchItemFailures"]
+    assert len(responses.calls) == 1
