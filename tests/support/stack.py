@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +159,8 @@ class Stack:
         for logical, res in self.of_type("AWS::SecretsManager::Secret").items():
             props = self.resolve(res["Properties"])
             answer = session.client("secretsmanager").create_secret(
-                Name=f"{self.name}-{logical}", SecretString=props["SecretString"],
+                Name=f"{self.name}-{logical}",
+                SecretString=props.get("SecretString") or secrets.token_urlsafe(48),  # GenerateSecretString
                 Description=props.get("Description", ""))
             self.refs[logical] = answer["ARN"]
         self._create_queues(session)
