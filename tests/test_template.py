@@ -180,6 +180,7 @@ def test_routes_match_the_public_contract_with_iam_on_backend_routes():
         ("POST", "/connect-sessions/{session_id}/complete"): ("ConnectionsFunction", "AWS_IAM"),
         ("GET", "/oauth/authorize"): ("AuthorizeFunction", "NONE"),
         ("GET", "/oauth/callback"): ("CallbackFunction", "NONE"),
+        ("GET", "/connections"): ("ConnectionsFunction", "AWS_IAM"),
         ("GET", "/connections/{connection_id}"): ("ConnectionsFunction", "AWS_IAM"),
         ("GET", "/connections/{connection_id}/token"): ("RefreshFunction", "AWS_IAM"),
         ("POST", "/connections/{connection_id}/refresh"): ("RefreshFunction", "AWS_IAM"),
@@ -192,6 +193,12 @@ def test_routes_match_the_public_contract_with_iam_on_backend_routes():
     }
 
 
+def test_the_listing_may_query_only_the_listing_indexes():
+    statements = RESOURCES["ConnectionsRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    queries = [s for s in statements if "dynamodb:Query" in s["Action"]]
+    assert len(queries) == 1 and all("/index/" in r["Fn::Sub"] for r in queries[0]["Resource"])
+
+
 def test_api_has_throttling_and_logs_no_bodies_or_query_strings():
     api = RESOURCES["HttpApi"]["Properties"]
     assert api["DefaultRouteSettings"]["ThrottlingBurstLimit"] and api["DefaultRouteSettings"]["ThrottlingRateLimit"]
@@ -202,8 +209,13 @@ def test_api_has_throttling_and_logs_no_bodies_or_query_strings():
 def test_data_tables_have_pitr_a_sparse_due_index_and_ttl():
     connections = RESOURCES["ConnectionsTable"]["Properties"]
     assert connections["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
-    [index] = connections["GlobalSecondaryIndexes"]
+    index, *listing = connections["GlobalSecondaryIndexes"]
     assert [k["AttributeName"] for k in index["KeySchema"]] == ["due_shard", "refresh_due_at"]
+    # GET /connections reads these indexes: they never hold a credential.
+    assert {i["IndexName"] for i in listing} == {"status-index", "mode-index", "tag-index"}
+    for each in listing:
+        assert each["Projection"]["ProjectionType"] == "INCLUDE"
+        assert "credentials" not in each["Projection"]["NonKeyAttributes"]
     flow = RESOURCES["FlowTable"]["Properties"]
     assert flow["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
     [pending] = flow["GlobalSecondaryIndexes"]

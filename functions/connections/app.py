@@ -26,6 +26,11 @@ def complete_connect_session(session_id: str):
     return json_response(200, connection_status(connection))
 
 
+@app.get("/connections")
+def list_connections():
+    return json_response(200, services.connection_listing().page(app.current_event.raw_query_string))
+
+
 @app.get("/connections/<connection_id>")
 def get_connection(connection_id: str):
     return json_response(200, services.token_service().status(requests_in.connection_id(connection_id)))

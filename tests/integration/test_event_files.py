@@ -34,6 +34,7 @@ EXPECTED = {
     "connections.create-session": (201, None),
     "connections.complete-session": (200, None),
     "connections.get": (200, None),
+    "connections.list": (200, None),
     "connections.delete": (204, None),
     "connections.patch": (200, None),
     "refresh.token": (200, None),

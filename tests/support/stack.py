@@ -35,8 +35,11 @@ def _generated(props: dict[str, Any]) -> str:
     """What CloudFormation makes of GenerateSecretString (the options the template uses)."""
     spec = props["GenerateSecretString"]
     alphabet = string.ascii_letters + string.digits + ("" if spec.get("ExcludePunctuation") else string.punctuation)
+    generated = "".join(secrets.choice(alphabet) for _ in range(spec.get("PasswordLength", 32)))
+    if "GenerateStringKey" not in spec:
+        return generated  # a plain random string, as CloudFormation makes without a template
     value = json.loads(spec.get("SecretStringTemplate", "{}"))
-    value[spec["GenerateStringKey"]] = "".join(secrets.choice(alphabet) for _ in range(spec.get("PasswordLength", 32)))
+    value[spec["GenerateStringKey"]] = generated
     return json.dumps(value)
 
 

@@ -116,6 +116,9 @@ class Settings:
     api_key_check_seconds: int = 86400
     # The proxy answers 429 itself this long after Insightly's 429 when it sent no Retry-After.
     quota_backoff_seconds: int = 900
+    # GET /connections: the one tag key the tag-index serves ("" = off) and the cursor's HMAC key.
+    list_tag_key: str = ""
+    list_cursor_secret_arn: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ = os.environ) -> Settings:
@@ -200,6 +203,8 @@ class Settings:
             insightly_api_url_template=api_url_template,
             api_key_check_seconds=check_seconds,
             quota_backoff_seconds=quota_backoff,
+            list_tag_key=env.get("LIST_TAG_KEY", "").strip(),
+            list_cursor_secret_arn=env.get("LIST_CURSOR_SECRET_ARN", "").strip(),
         )
 
 

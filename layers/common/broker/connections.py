@@ -128,10 +128,18 @@ def due_shard(connection_id: str, shards: int) -> str:
 
 
 class ConnectionStore:
-    def __init__(self, dynamodb, table: str, *, shards: int):
+    def __init__(self, dynamodb, table: str, *, shards: int, list_tag_key: str = ""):
         self._db = dynamodb
         self._table = table
         self._shards = shards
+        self._list_tag_key = list_tag_key
+
+    def _list_tag(self, sets: dict[str, Any], remove: list[str], tags: dict[str, str]) -> None:
+        """Keep list_tag (the tag-index's sparse key) in step with tags[ListTagKey]."""
+        if self._list_tag_key and tags.get(self._list_tag_key):
+            sets["list_tag"] = tags[self._list_tag_key]
+        else:
+            remove.append("list_tag")
 
     def get(self, connection_id: str) -> Connection | None:
         answer = self._db.get_item(TableName=self._table, Key=self._key(connection_id), ConsistentRead=True)
@@ -149,11 +157,12 @@ class ConnectionStore:
         kind_fields = {"pod": new.pod, "api_base_url": new.api_base_url, "rate_limit": new.rate_limit,
                        "last_checked_at": new.checked_at}
         sets.update({k: v for k, v in kind_fields.items() if v is not None})
-        if new.tags is not None:
-            sets["tags"] = new.tags
         remove = ["lease_owner", "lease_until", "last_error", "last_refreshed_at", "failure_count",
                   "first_failed_at", "quota_alert", "last_used_at", "throttled_until",
                   *(k for k, v in kind_fields.items() if v is None)]
+        if new.tags is not None:
+            sets["tags"] = new.tags
+            self._list_tag(sets, remove, new.tags)
         answer = self._update(
             new.connection_id, sets=sets, due=(new.expires_at, new.refresh_due_at),
             extra_set="version = if_not_exists(version, :zero) + :one, created_at = if_not_exists(created_at, :now)",
@@ -175,13 +184,15 @@ class ConnectionStore:
         """Set tags and/or metadata of an existing connection (None leaves one as it is). No
         version bump: labels never race a credential write. None when there is no connection."""
         sets: dict[str, Any] = {"updated_at": now}
+        remove: list[str] = []
         if tags is not None:
             sets["tags"] = tags
+            self._list_tag(sets, remove, tags)
         if metadata is not None:
             sets["metadata"] = metadata
         try:
-            answer = self._update(connection_id, sets=sets, condition="attribute_exists(connection_id)",
-                                  return_new=True)
+            answer = self._update(connection_id, sets=sets, remove=remove,
+                                  condition="attribute_exists(connection_id)", return_new=True)
         except StaleWrite:
             return None
         return Connection.from_item(answer["Attributes"])
@@ -342,6 +353,19 @@ class ConnectionStore:
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def list_page(self, index: str, key_name: str, key_value: str, *, limit: int,
+                  start_key: dict[str, Any] | None) -> tuple[list[Connection], dict[str, Any] | None]:
+        """One page of one index partition, newest first: reads only the items it answers."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table, "IndexName": index, "Limit": limit, "ScanIndexForward": False,
+            "KeyConditionExpression": "#k = :v", "ExpressionAttributeNames": {"#k": key_name},
+            "ExpressionAttributeValues": {":v": {"S": key_value}},
+        }
+        if start_key:
+            kwargs["ExclusiveStartKey"] = start_key
+        page = self._db.query(**kwargs)
+        return [Connection.from_item(item) for item in page.get("Items", [])], page.get("LastEvaluatedKey")
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 def _shared():
     cfg = settings()
     return dict(
-        connections=ConnectionStore(aws.client("dynamodb"), cfg.connections_table, shards=cfg.due_index_shards),
+        connections=ConnectionStore(aws.client("dynamodb"), cfg.connections_table, shards=cfg.due_index_shards,
+                                    list_tag_key=cfg.list_tag_key),
         vault=TokenVault(aws.client("kms"), cfg.token_key_id),
         provider=ProviderClient(cfg.provider, timeout=(cfg.http_connect_timeout, cfg.http_read_timeout)),
         credentials=ClientCredentialSource(cfg.client_secret_arn),
@@ -68,7 +69,17 @@ def insightly_proxy() -> InsightlyProxy:
     return InsightlyProxy(token_service(), quota_backoff_seconds=settings().quota_backoff_seconds)
 
 
+@lru_cache(maxsize=1)
+def connection_listing():
+    from .listing import ConnectionListing, cursor_key_from_secret
+
+    cfg = settings()
+    return ConnectionListing(_shared()["connections"], list_tag_key=cfg.list_tag_key,
+                             cursor_key=cursor_key_from_secret(cfg.list_cursor_secret_arn, aws.get_secret))
+
+
 def reset() -> None:
-    for cached in (settings, _shared, connect_flow, insightly_api, token_service, api_key_connect, insightly_proxy):
+    for cached in (settings, _shared, connection_listing,
+                   connect_flow, insightly_api, token_service, api_key_connect, insightly_proxy):
         cached.cache_clear()
     aws.reset()

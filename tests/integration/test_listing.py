@@ -1,0 +1,154 @@
+"""GET /connections (issue 10, point 2): filtered pages of status JSON from the indexes,
+never a credential, a signed cursor; bad input a 400 that changes nothing."""
+
+import time
+from collections import Counter
+
+import boto3
+import pytest
+
+from broker import aws, services
+from tests.integration.test_connect_flow import assert_json_error
+from tests.integration.test_tags import connect_with_tags
+
+
+@pytest.fixture
+def tagged_stack(stack, monkeypatch):
+    """The stack deployed with ListTagKey=plan."""
+    monkeypatch.setenv("LIST_TAG_KEY", "plan")
+    services.reset()
+    return stack
+
+
+def listing(broker, query=""):
+    answer = broker.call("GET", "/connections", query=query)
+    assert answer.status == 200, answer.body
+    return answer.json
+
+
+def ids(page):
+    return sorted(c["connection_id"] for c in page["connections"])
+
+
+@pytest.fixture
+def two_connections(tagged_stack, broker, provider):
+    connect_with_tags(broker, "user-1", {"plan": "pro", "customer": "acme"})
+    account = provider.issue_api_key("eu1")
+    assert broker.connect_with_key("user-2", account["api_key"], account["api_url"]).linked
+    return broker
+
+
+def test_each_filter_answers_its_connections_as_status_json_without_credentials(two_connections):
+    broker = two_connections
+    everything = listing(broker)
+    assert ids(everything) == ["user-1", "user-2"] and everything["next_cursor"] is None
+    assert everything["connections"][0].keys() == broker.call("GET", "/connections/user-1").json.keys()
+    assert "credentials" not in str(everything)
+    assert ids(listing(broker, "auth_mode=api_key")) == ["user-2"]
+    assert ids(listing(broker, "auth_mode=oauth2")) == ["user-1"]
+    assert ids(listing(broker, "status=active")) == ["user-1", "user-2"]
+    assert ids(listing(broker, "status=needs_reauth")) == []
+    assert ids(listing(broker, "tag.plan=pro")) == ["user-1"]
+
+
+def test_a_tag_set_by_patch_moves_the_connection_in_the_tag_index(two_connections):
+    broker = two_connections
+    assert broker.call("PATCH", "/connections/user-2", body={"tags": {"plan": "pro"}}).status == 200
+    assert broker.call("PATCH", "/connections/user-1", body={"tags": {"customer": "acme"}}).status == 200
+    assert ids(listing(broker, "tag.plan=pro")) == ["user-2"]
+
+
+def test_pages_follow_the_cursor_to_the_end(two_connections):
+    broker = two_connections
+    seen, cursor = [], None
+    for _ in range(5):
+        page = listing(broker, "limit=1" + (f"&cursor={cursor}" if cursor else ""))
+        seen += ids(page)
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert sorted(seen) == ["user-1", "user-2"]
+
+
+@pytest.mark.parametrize(("query", "code"), [
+    ("limit=0", "invalid_limit"), ("limit=101", "invalid_limit"), ("limit=ten", "invalid_limit"),
+    ("status=broken", "invalid_filter"), ("auth_mode=basic", "invalid_filter"),
+    ("status=active&auth_mode=oauth2", "unsupported_filter"), ("tag.customer=acme", "unsupported_filter"),
+    ("owner=me", "unsupported_filter"), ("cursor=abc.def", "invalid_cursor"), ("cursor=%%%", "invalid_cursor"),
+])
+def test_bad_queries_are_a_400(two_connections, query, code):
+    assert_json_error(two_connections.call("GET", "/connections", query=query), 400, code)
+
+
+def test_a_tampered_cursor_or_one_from_another_filter_is_a_400(two_connections):
+    broker = two_connections
+    cursor = listing(broker, "limit=1")["next_cursor"]
+    payload, mac = cursor.split(".")
+    forged = payload[:-2] + ("AA" if payload[-2:] != "AA" else "BB")
+    assert_json_error(broker.call("GET", "/connections", query=f"limit=1&cursor={forged}.{mac}"), 400,
+                      "invalid_cursor")
+    assert_json_error(broker.call("GET", "/connections", query=f"status=active&limit=1&cursor={cursor}"), 400,
+                      "invalid_cursor")
+    assert ids(listing(broker, f"limit=1&cursor={cursor}")) != []
+
+
+def test_tag_filters_are_off_when_list_tag_key_is_empty(stack, broker):
+    assert_json_error(broker.call("GET", "/connections", query="tag.plan=pro"), 400, "unsupported_filter")
+
+
+# -- at scale ---------------------------------------------------------------------------------
+
+TOTAL, NEED_REAUTH = 10_000, 100
+
+
+def seed(stack, now: int) -> None:
+    dynamodb = boto3.client("dynamodb")
+    items = []
+    for n in range(TOTAL):
+        attention = n % (TOTAL // NEED_REAUTH) == 0
+        item = {"connection_id": {"S": f"tenant-{n:05d}"}, "version": {"N": "1"},
+                "status": {"S": "needs_reauth" if attention else "active"},
+                "auth_mode": {"S": "api_key" if n % 2 else "oauth2"}, "created_at": {"N": str(now - n)},
+                "credentials": {"B": b"sealed-" + str(n).encode()}, "tags": {"M": {"plan": {"S": f"p{n % 10}"}}},
+                "list_tag": {"S": f"p{n % 10}"}}
+        items.append({"PutRequest": {"Item": item}})
+    for start in range(0, len(items), 25):
+        dynamodb.batch_write_item(RequestItems={stack.refs["ConnectionsTable"]: items[start:start + 25]})
+
+
+def test_ten_thousand_connections_each_page_reads_only_its_own_items(tagged_stack, broker):
+    seed(tagged_stack, int(time.time()))
+    calls, returned, scanned = Counter(), Counter(), Counter()
+
+    def after_call(model, parsed, **kwargs):
+        calls[model.name] += 1
+        returned[model.name] += parsed.get("Count", 0)
+        scanned[model.name] += parsed.get("ScannedCount", 0)
+
+    aws.client("dynamodb").meta.events.register("after-call", after_call)
+
+    def walk(query, pages):
+        found, cursor = [], None
+        for _ in range(pages):
+            page = listing(broker, query + (f"&cursor={cursor}" if cursor else ""))
+            found += [c["connection_id"] for c in page["connections"]]
+            assert all(c["status"] for c in page["connections"]) and "sealed-" not in str(page)
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        return found
+
+    attention = walk("status=needs_reauth&limit=50", pages=5)
+    assert len(attention) == NEED_REAUTH == len(set(attention))
+    assert calls["Query"] <= 3 and scanned["Query"] == NEED_REAUTH  # 2 full pages (+1 empty last)
+
+    calls.clear(), scanned.clear(), returned.clear()
+    first_three = walk("limit=100", pages=3)
+    assert len(first_three) == 300 and calls["Query"] == 3 and scanned["Query"] == returned["Query"] == 300
+
+    calls.clear(), scanned.clear(), returned.clear()
+    assert len(walk("tag.plan=p3&limit=100", pages=2)) == 200
+    assert calls["Query"] == 2 and scanned["Query"] == 200
+    calls.clear(), scanned.clear(), returned.clear()
+    assert len(walk("auth_mode=api_key&limit=100", pages=1)) == 100 and scanned["Query"] == 100
+    assert calls["Scan"] == 0 and calls["GetItem"] == 0 and calls["BatchGetItem"] == 0
