@@ -2,6 +2,7 @@
 fake Insightly behind `responses`. A test that tries to reach real AWS or the internet
 fails loudly at the socket."""
 
+import contextlib
 import os
 import socket
 
@@ -64,11 +65,21 @@ def stack(monkeypatch, provider):
         session.client("secretsmanager").put_secret_value(
             SecretId=built.refs["ClientSecret"],
             SecretString=f'{{"client_id": "{provider.client_id}", "client_secret": "{provider.client_secret}"}}')
-        for key, value in built.function_environment("ConnectionsFunction").items():
-            monkeypatch.setenv(key, value)
-        services.reset()
-        parameters.clear_caches()
+        with function_environment(monkeypatch, built, "ConnectionsFunction"):
+            yield built
+
+
+@contextlib.contextmanager
+def function_environment(monkeypatch, built: Stack, logical: str):
+    """A function's template environment, with the broker's cached objects (services,
+    Powertools' parameter cache) rebuilt on entry and on exit."""
+    for key, value in built.function_environment(logical).items():
+        monkeypatch.setenv(key, value)
+    services.reset()
+    parameters.clear_caches()
+    try:
         yield built
+    finally:
         services.reset()
         parameters.clear_caches()
 

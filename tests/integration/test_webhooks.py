@@ -11,9 +11,8 @@ import responses
 from moto import mock_aws
 from standardwebhooks import Webhook
 
-from broker import services
 from broker.lifecycle import LifecycleEvents
-from tests.conftest import TEST_PARAMETERS
+from tests.conftest import TEST_PARAMETERS, function_environment
 from tests.integration.test_api_keys import key_session
 from tests.support.lambda_events import lambda_context, load_handler
 from tests.support.stack import Stack
@@ -57,14 +56,8 @@ def hook_stack(monkeypatch):
                         EventPattern=json.dumps(rule["EventPattern"]))
         events.put_targets(Rule="webhooks", EventBusName=rule["EventBusName"],
                            Targets=[{"Id": t["Id"], "Arn": t["Arn"]} for t in rule["Targets"]])
-        for key, value in built.function_environment("WebhookFunction").items():
-            monkeypatch.setenv(key, value)
-        services.reset()
-        from aws_lambda_powertools.utilities import parameters
-        parameters.clear_caches()
-        yield built
-        services.reset()
-        parameters.clear_caches()
+        with function_environment(monkeypatch, built, "WebhookFunction"):
+            yield built
 
 
 @pytest.fixture
