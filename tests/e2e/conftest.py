@@ -26,6 +26,13 @@ def browser():
         launched.close()
 
 
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
+
+
 @pytest.fixture(scope="module")
 def local():
     # The scheduler thread stays off: tests trigger runs themselves, so they are not flaky.

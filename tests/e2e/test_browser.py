@@ -8,13 +8,6 @@ from tests.e2e.conftest import ARTIFACTS
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context()
-    yield context.new_page()
-    context.close()
-
-
 def test_connect_call_decline_and_disconnect_in_a_browser(local, backend, page):
     ARTIFACTS.mkdir(exist_ok=True)
     page.goto(local.demo_url)

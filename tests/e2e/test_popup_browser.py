@@ -12,13 +12,6 @@ from tests.local.demo_app import DECLINED, FLASH
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture
-def page(browser):
-    context = browser.new_context()
-    yield context.new_page()
-    context.close()
-
-
 def open_popup(page, local, button="#connect"):
     page.goto(local.demo_url)
     expect(page.locator("#status")).to_contain_text("Not connected")

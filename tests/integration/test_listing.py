@@ -2,13 +2,13 @@
 never a credential, a signed cursor; bad input a 400 that changes nothing."""
 
 import time
-from collections import Counter
 
 import boto3
 import pytest
 
-from broker import aws, services
+from broker import services
 from tests.integration.test_connect_flow import assert_json_error
+from tests.integration.test_scheduler_scale import count_dynamodb_reads
 from tests.integration.test_tags import connect_with_tags
 
 
@@ -118,14 +118,7 @@ def seed(stack, now: int) -> None:
 
 def test_ten_thousand_connections_each_page_reads_only_its_own_items(tagged_stack, broker):
     seed(tagged_stack, int(time.time()))
-    calls, returned, scanned = Counter(), Counter(), Counter()
-
-    def after_call(model, parsed, **kwargs):
-        calls[model.name] += 1
-        returned[model.name] += parsed.get("Count", 0)
-        scanned[model.name] += parsed.get("ScannedCount", 0)
-
-    aws.client("dynamodb").meta.events.register("after-call", after_call)
+    calls, returned, scanned = count_dynamodb_reads()
 
     def walk(query, pages):
         found, cursor = [], None
