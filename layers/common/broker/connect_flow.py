@@ -35,6 +35,7 @@ from .errors import BrokerError, CredentialsUnreadable, InvalidRequest, Provider
 from .flowstore import AuthState, FlowStore
 from .insightly import provider_user
 from .kinds import OAUTH2, check_auth_mode
+from .kinds.oauth2 import revoke_token_set
 from .labels import optional_tags
 from .lifecycle import CONNECT_FAILED, CONNECTED, LifecycleEvents
 from .observability import count, logger
@@ -311,7 +312,4 @@ class ConnectFlow:
             sealed = self.vault.open(pending.connection_id, pending.credentials)
         except CredentialsUnreadable:
             return  # nothing anyone could use: just delete it
-        token, hint = ((sealed["refresh_token"], "refresh_token") if sealed.get("refresh_token")
-                       else (sealed["access_token"], "access_token"))
-        self.credentials.call(lambda creds: self.provider.revoke(creds, token, hint))
-        count("ConnectionsRevoked")
+        revoke_token_set(self.provider, self.credentials, sealed)  # raises: retried by the next sweep
