@@ -25,9 +25,12 @@ from aws_lambda_powertools.utilities import parameters  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from broker import services  # noqa: E402
+from tests.support import moto_atomic  # noqa: E402
 from tests.support.fake_provider import FakeInsightly  # noqa: E402
 from tests.support.inprocess import InProcessBroker  # noqa: E402
 from tests.support.stack import Stack  # noqa: E402
+
+moto_atomic.install()  # conditional writes are atomic in DynamoDB; make them so in moto
 
 _real_connect = socket.socket.connect
 

@@ -240,6 +240,49 @@ def test_a_stale_writer_never_overwrites_newer_credentials(connected, stack):
     assert connected.call("GET", "/connections/user-1/token").status == 200
 
 
+def test_concurrent_refreshers_get_one_lease_between_them(connected, monkeypatch):
+    """Workers that read the same version at the same moment: exactly one may refresh (the
+    refresh token is single use). Holds because the write is conditional and atomic."""
+    import threading
+
+    import moto.dynamodb.models
+
+    # Widen the gap between moto's condition check and its write, so a store without
+    # DynamoDB's atomicity (moto without tests/support/moto_atomic.py) lets two win.
+    parser = moto.dynamodb.models.create_condition_expression_parser
+
+    def slow_parser(*args, **kwargs):
+        parsed = parser(*args, **kwargs).parse()
+
+        class SlowCheck:
+            def expr(self, item):
+                verdict = parsed.expr(item)
+                time.sleep(0.02)
+                return verdict
+
+        return type("SlowParser", (), {"parse": lambda self: SlowCheck()})()
+
+    monkeypatch.setattr(moto.dynamodb.models, "create_condition_expression_parser", slow_parser)
+    store: ConnectionStore = services.token_service().connections
+    seen = store.get("user-1")
+    start = threading.Barrier(8)
+    winners = []
+
+    def take(owner):
+        start.wait()
+        if store.acquire_lease(seen, owner=owner, now=int(time.time()), seconds=12):
+            winners.append(owner)
+
+    threads = [threading.Thread(target=take, args=(f"worker-{n}",)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(winners) == 1
+    assert store.get("user-1").lease_owner == winners[0]
+
+
 def test_delete_still_deletes_when_revocation_fails(connected, dynamodb, stack, monkeypatch):
     def refuse(*args, **kwargs):
         from broker.errors import ProviderUnavailable

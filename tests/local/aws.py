@@ -17,10 +17,13 @@ from collections.abc import Mapping
 import boto3
 from moto.server import ThreadedMotoServer
 
+from tests.support import moto_atomic
 from tests.support.fake_provider import FakeInsightly
 from tests.support.stack import Stack
 
 DEFAULT_PORT = 5000
+
+moto_atomic.install()  # the server answers in threads: give them DynamoDB's atomic conditional writes
 
 
 class MotoServer:
