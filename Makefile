@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.installed
 # and the Lambda layer (arm64, CPython 3.12). Both pin every package with its hashes.
 DEV_LOCK   := requirements-dev.txt
 LAYER_LOCK := layers/common/requirements.txt
+SECURITY_LOCK := requirements-security.txt
 
 # sam and cfn-lint read credentials and a region even to validate; these fakes make sure a
 # local command can never reach a real account. `make deploy` uses your own environment.
@@ -51,6 +52,8 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --python-version 3.12 --python-platform aarch64-manylinux_2_34 \
 		--only-binary :all: --no-emit-package boto3 --no-emit-package botocore --no-emit-package s3transfer \
 		$(LOCK_ARGS) -o $(LAYER_LOCK)
+	$(BIN)/uv pip compile pyproject.toml --group security --universal --python-version 3.11 \
+		$(LOCK_ARGS) -o $(SECURITY_LOCK)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest
@@ -64,6 +67,15 @@ chromium:
 	  else \
 	    echo "The browser tests need Chromium: sudo apt-get install chromium (or your OS's package)"; exit 1; \
 	  fi; }
+
+# The scanners live in their own venv, from their own lock (checkov pins an old boto3).
+SECURITY_VENV  := .venv-security
+SECURITY_STAMP := $(SECURITY_VENV)/.installed
+$(SECURITY_STAMP): $(SECURITY_LOCK)
+	$(PYTHON) -m venv $(SECURITY_VENV)
+	$(SECURITY_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes -r $(SECURITY_LOCK)
+	$(SECURITY_VENV)/bin/python -m pip check
+	touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
