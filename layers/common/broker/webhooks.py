@@ -34,7 +34,7 @@ import requests
 
 from .observability import count, logger
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # nosec B105  # the Standard Webhooks key prefix, no secret
 # Delay after the n-th failed attempt (seconds). With the queue's maxReceiveCount of
 # len(RETRY_DELAYS) + 1, the last attempt is about 23.6 hours after the first.
 RETRY_DELAYS = (5, 300, 1800, 7200, 18000, 28800, 28800)
