@@ -108,6 +108,8 @@ deploy: build
 
 # The schedule runs every 30 s locally (the template says 5 minutes) so refreshes of the
 # stand-in's 120 s tokens can be watched; LOCAL_SCHEDULE_SECONDS overrides it.
+# Webhooks go to the demo app's receiver; `make local WEBHOOK_URL=http://127.0.0.1:8090/hooks
+# WEBHOOK_SECRET=whsec_...` sends them to yours instead (command-line variables reach the environment).
 local: $(STAMP)
 	LOCAL_SCHEDULE_SECONDS=$${LOCAL_SCHEDULE_SECONDS:-30} PYTHONPATH=layers/common:. $(BIN)/python -m tests.local
 

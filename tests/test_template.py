@@ -211,11 +211,10 @@ def test_data_tables_have_pitr_a_sparse_due_index_and_ttl():
     assert connections["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
     index, *listing = connections["GlobalSecondaryIndexes"]
     assert [k["AttributeName"] for k in index["KeySchema"]] == ["due_shard", "refresh_due_at"]
-    # GET /connections reads these indexes: they never hold a credential.
+    # GET /connections reads these indexes: keys only (never a credential, never written by a refresh).
     assert {i["IndexName"] for i in listing} == {"status-index", "mode-index", "tag-index"}
     for each in listing:
-        assert each["Projection"]["ProjectionType"] == "INCLUDE"
-        assert "credentials" not in each["Projection"]["NonKeyAttributes"]
+        assert each["Projection"] == {"ProjectionType": "KEYS_ONLY"}
     flow = RESOURCES["FlowTable"]["Properties"]
     assert flow["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
     [pending] = flow["GlobalSecondaryIndexes"]

@@ -117,6 +117,7 @@ def seed(stack, now: int) -> None:
 
 
 def test_ten_thousand_connections_each_page_reads_only_its_own_items(tagged_stack, broker):
+    """A page: one Query of its keys (keys-only index) and one BatchGetItem of its items."""
     seed(tagged_stack, int(time.time()))
     calls, returned, scanned = count_dynamodb_reads()
 
@@ -134,14 +135,62 @@ def test_ten_thousand_connections_each_page_reads_only_its_own_items(tagged_stac
     attention = walk("status=needs_reauth&limit=50", pages=5)
     assert len(attention) == NEED_REAUTH == len(set(attention))
     assert calls["Query"] <= 3 and scanned["Query"] == NEED_REAUTH  # 2 full pages (+1 empty last)
+    assert calls["BatchGetItem"] == 2 and returned["BatchGetItem"] == NEED_REAUTH
 
     calls.clear(), scanned.clear(), returned.clear()
     first_three = walk("limit=100", pages=3)
     assert len(first_three) == 300 and calls["Query"] == 3 and scanned["Query"] == returned["Query"] == 300
+    assert calls["BatchGetItem"] == 3 and returned["BatchGetItem"] == 300
 
     calls.clear(), scanned.clear(), returned.clear()
     assert len(walk("tag.plan=p3&limit=100", pages=2)) == 200
-    assert calls["Query"] == 2 and scanned["Query"] == 200
+    assert calls["Query"] == 2 and scanned["Query"] == 200 and returned["BatchGetItem"] == 200
     calls.clear(), scanned.clear(), returned.clear()
     assert len(walk("auth_mode=api_key&limit=100", pages=1)) == 100 and scanned["Query"] == 100
-    assert calls["Scan"] == 0 and calls["GetItem"] == 0 and calls["BatchGetItem"] == 0
+    assert calls["BatchGetItem"] == 1 and returned["BatchGetItem"] == 100
+    assert calls["Scan"] == 0 and calls["GetItem"] == 0
+
+
+def listing_index_attributes() -> dict[str, set[str]]:
+    """Per listing index, the attributes whose change writes it (DynamoDB writes an index entry
+    only when one of its key or projected attributes changes)."""
+    from tests.support.stack import load_template
+
+    table = load_template()["Resources"]["ConnectionsTable"]["Properties"]
+    found = {}
+    for index in table["GlobalSecondaryIndexes"]:
+        if index["IndexName"] not in ("status-index", "mode-index", "tag-index"):
+            continue
+        keys = {k["AttributeName"] for k in index["KeySchema"]}
+        projection = index["Projection"]
+        found[index["IndexName"]] = keys | set(projection.get("NonKeyAttributes", [])) | (
+            {"*"} if projection["ProjectionType"] == "ALL" else set())
+    return found
+
+
+def test_refreshes_and_quota_observations_write_no_listing_index(tagged_stack, broker, provider):
+    """Every active connection shares one status-index partition ("active") and every OAuth one
+    one mode-index partition: if a refresh wrote them, the refresh rate of all connections would
+    land on one partition key value (1,000 WCU/s). Only connects, status changes, tags and
+    deletes may write them."""
+    from broker import aws
+
+    connect_with_tags(broker, "user-1", {"plan": "pro"})
+    account = provider.issue_api_key("eu1")
+    assert broker.connect_with_key("user-2", account["api_key"], account["api_url"]).linked
+    written = []
+
+    def before_update(params, **kwargs):
+        written.append(set(params.get("ExpressionAttributeNames", {}).values()))
+    aws.client("dynamodb").meta.events.register("provide-client-params.dynamodb.UpdateItem", before_update)
+
+    assert broker.call("POST", "/connections/user-1/refresh").status == 200  # new tokens
+    assert broker.call("POST", "/connections/user-2/refresh").status == 200  # the key checked
+    for connection_id in ("user-1", "user-2"):  # each answer shows the quota: stored
+        assert broker.call("GET", f"/connections/{connection_id}/proxy/Users/Me").status == 200
+
+    assert len(written) >= 4
+    for index, attributes in listing_index_attributes().items():
+        assert "*" not in attributes
+        touched = [sorted(names & attributes) for names in written if names & attributes]
+        assert touched == [], f"a refresh or quota write changes {index}: {touched}"

@@ -33,7 +33,7 @@ def count_dynamodb_reads() -> tuple[Counter, Counter, Counter]:
 
     def after_call(model, parsed, **kwargs):
         calls[model.name] += 1
-        returned[model.name] += parsed.get("Count", 0)
+        returned[model.name] += parsed.get("Count", sum(len(v) for v in parsed.get("Responses", {}).values()))
         scanned[model.name] += parsed.get("ScannedCount", 0)
 
     aws.client("dynamodb").meta.events.register("after-call", after_call)

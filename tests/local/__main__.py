@@ -15,13 +15,20 @@ OAUTH_CLIENT_SECRET go into the client secret (default: the stand-in's). The bac
 routes accept SigV4 signed with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (default
 testing / testing), region AWS_DEFAULT_REGION (default us-east-1), service execute-api.
 
+Webhooks: WEBHOOK_URL (the WebhookUrl parameter; http is allowed to this machine) receives
+every lifecycle event, signed with WEBHOOK_SECRET (whsec_<base64 key>, at least 16 bytes;
+default: generated). Without WEBHOOK_URL the demo app's own POST /webhooks is the target,
+so its page lists the webhooks it received and verified.
+
 Tests start the same stack on free ports with `start_local_stack()`.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -59,6 +66,7 @@ class LocalStack:
     schedulers: list[Scheduler] = field(default_factory=list)
     sqs_sources: list[SqsEventSource] = field(default_factory=list)
     env_file: Path | None = None
+    webhook_url: str | None = None
     _overlay: EnvironmentOverlay | None = None
     _stopped: bool = False
 
@@ -137,6 +145,8 @@ class LocalStack:
         for scheduler in self.schedulers:
             row("Scheduler", f"{scheduler.function} every {scheduler.interval:g} s",
                 f"({scheduler.expression}; LOCAL_SCHEDULE_SECONDS overrides)")
+        if self.webhook_url:
+            row("Webhooks", self.webhook_url, "signed with the stack's WebhookSecret (WEBHOOK_SECRET sets it)")
         for source in self.sqs_sources:
             row("SQS", f"{source.queue_arn} -> {source.function}")
         if self.env_file:
@@ -177,6 +187,33 @@ def callback_uris(gateway_url: str, *, sam_local: bool = False) -> list[str]:
     return [f"{base}/oauth/callback" for base in dict.fromkeys(bases)]
 
 
+def webhook_secret(environ: Mapping[str, str]) -> str:
+    """WEBHOOK_SECRET, checked, or a new random one: the Standard Webhooks form whsec_<base64>."""
+    from broker.webhooks import SECRET_PREFIX, secret_key
+
+    given = environ.get("WEBHOOK_SECRET")
+    if not given:
+        return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(24)).decode()
+    try:
+        secret_key(given)
+    except ValueError as exc:  # binascii.Error is a ValueError
+        raise ValueError(f"WEBHOOK_SECRET must be whsec_<base64 key of 16+ bytes>: {exc}") from None
+    return given
+
+
+def enable_webhooks(stack: Stack, session, secret: str) -> None:
+    """What the template's webhook resources do once deployed: the secret holds `secret`, and
+    the WebhookRule sends every lifecycle event to the WebhookQueue."""
+    session.client("secretsmanager").put_secret_value(SecretId=stack.refs["WebhookSecret"],
+                                                      SecretString=json.dumps({"current": secret}))
+    rule = stack.resolve(stack.resources["WebhookRule"]["Properties"])
+    events = session.client("events")
+    events.put_rule(Name=f"{stack.name}-WebhookRule", EventBusName=rule["EventBusName"],
+                    EventPattern=json.dumps(rule["EventPattern"]))
+    events.put_targets(Rule=f"{stack.name}-WebhookRule", EventBusName=rule["EventBusName"],
+                       Targets=[{"Id": t["Id"], "Arn": t["Arn"]} for t in rule["Targets"]])
+
+
 def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_port: int = 0, gateway_port: int = 0,
                       demo_port: int = 0, demo: bool = True, standin: bool | None = None,
                       provider: FakeInsightly | None = None, schedule: bool = True,
@@ -196,8 +233,11 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
     the gateway's callback (see `callback_uris`). `schedule_seconds`: the scheduler interval (None:
     LOCAL_SCHEDULE_SECONDS or the template's rate). `env_file`: where to write the
     `sam local --env-vars` file with this stack's real values (None: not written).
+    Webhooks go to WebhookUrl (WEBHOOK_URL) or, when it is not given and the demo runs, to
+    the demo app's /webhooks; signed with WEBHOOK_SECRET from `environ` or a generated one.
     """
     environ = dict(environ or {})
+    hook_secret = webhook_secret(environ)  # a bad WEBHOOK_SECRET stops us before anything starts
     region = region or environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION") or "us-east-1"
     access_key = access_key or environ.get("AWS_ACCESS_KEY_ID") or "testing"
     secret_key = secret_key or environ.get("AWS_SECRET_ACCESS_KEY") or "testing"
@@ -249,6 +289,7 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
                             InsightlyApiUrlTemplate=local_provider.api_url_template)
         if demo:
             defaults["AllowedReturnOrigins"] = f"http://{host}:{demo_port},http://localhost:{demo_port}"
+            defaults["WebhookUrl"] = f"{demo_app.url}/webhooks"
         stack = Stack(name=stack_name, region=region, parameters={**defaults, **configured})
 
         session = session_for(moto.url, region)
@@ -258,10 +299,16 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
         else:
             client_id, client_secret = client_credentials(environ)
         put_client_credentials(stack, session, client_id, client_secret)
+        webhook_url = stack.parameters.get("WebhookUrl") or None
+        if webhook_url:
+            enable_webhooks(stack, session, hook_secret)
+            if demo_app is not None and webhook_url == defaults.get("WebhookUrl"):
+                demo_app.webhook_secret = hook_secret  # the demo is the receiver: it verifies
 
         # The in-process functions (and anything else using boto3 here) talk to moto only.
         gateway = Gateway(stack, host, gateway_port, credentials={access_key: secret_key}, region=region,
-                          env={"AWS_ENDPOINT_URL": moto.url, "ALLOW_LOOPBACK_HTTP_PROVIDER": "true"},
+                          env={"AWS_ENDPOINT_URL": moto.url, "ALLOW_LOOPBACK_HTTP_PROVIDER": "true",
+                               "ALLOW_LOOPBACK_WEBHOOK": "true"},
                           access_log=access_log)
         started.append(gateway)
         gateway.start()
@@ -269,7 +316,8 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
             local_provider.provider.redirect_uris = callback_uris(gateway.url, sam_local=env_file is not None)
 
         local = LocalStack(stack=stack, moto=moto, gateway=gateway, session=session, region=region,
-                           access_key=access_key, secret_key=secret_key, standin=local_provider, _overlay=overlay)
+                           access_key=access_key, secret_key=secret_key, standin=local_provider,
+                           webhook_url=webhook_url, _overlay=overlay)
         if schedule:
             local.schedulers = schedulers(stack, interval=schedule_seconds)
             started += [s.start() for s in local.schedulers]
@@ -347,6 +395,9 @@ def main() -> int:
         local = start_local_stack(host=environ.get("LOCAL_HOST", "127.0.0.1"), moto_port=ports["moto"],
                                   standin_port=ports["standin"], gateway_port=ports["gateway"],
                                   demo_port=ports["demo"], environ=environ, env_file=SAM_ENV_FILE, access_log=True)
+    except ValueError as exc:  # a setting that cannot work (WEBHOOK_SECRET)
+        print(f"make local: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"make local: could not start: {exc}. Is a port in use? Set MOTO_PORT, STANDIN_PORT, GATEWAY_PORT "
               "or DEMO_PORT to choose others.", file=sys.stderr)

@@ -26,6 +26,11 @@ With `"display": "popup"` the buttons open the flow in a popup (clients/browser/
 served here at /connect.js): the broker's last page posts the same outcome to this page,
 which completes it with the backend exactly as below (POST /complete).
 
+Webhooks: with WebhookUrl set (`make local` points it at this app's POST /webhooks by
+default), every lifecycle event arrives signed per Standard Webhooks. This app verifies each
+one with the off-the-shelf `standardwebhooks` library and the stack's secret (whsec_...) and
+lists the last ones on its page, marked verified or not; a receiver would drop what fails.
+
 The broker sends the browser back to `return_to` with
 `?status=pending&session_id=<id>&completion_code=<code>` (SessionBinding=confirm, the
 default), `?status=connected` (SessionBinding=none) or `?status=error&error=<code>`.
@@ -47,6 +52,8 @@ import json
 import os
 import secrets
 import threading
+import time
+from collections import deque
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -56,6 +63,7 @@ import requests
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.local.server import ThreadedServer
 
@@ -150,6 +158,25 @@ POPUP_SCRIPT = """document.querySelectorAll("form[data-popup]").forEach(function
   });
 });"""
 CONTACTS_SHOWN = 5
+WEBHOOKS_KEPT = 20
+MAX_WEBHOOK_BYTES = 64 * 1024
+# The webhook list refreshes itself: no reload needed to see the next event arrive.
+WEBHOOKS_SCRIPT = """(function () {
+  var list = document.getElementById("webhooks-list");
+  function cell(row, text) { row.insertCell().textContent = text; }
+  function refresh() {
+    fetch("/webhooks.json").then(function (answer) { return answer.json(); }).then(function (hooks) {
+      list.replaceChildren();
+      hooks.forEach(function (hook) {
+        var row = list.insertRow();
+        row.className = "webhook";
+        cell(row, hook.type); cell(row, hook.connection_id || ""); cell(row, hook.verified ? "yes" : "no");
+        cell(row, hook.received_at);
+      });
+    }, function () {});
+  }
+  setInterval(refresh, 2000);
+})();"""
 
 
 class DemoApp:
@@ -164,6 +191,9 @@ class DemoApp:
         # The SaaS's own server-side sessions (cookie value -> data); a real app has its own store.
         self.sessions: dict[str, dict] = {}
         self._sessions_guard = threading.Lock()
+        # The Standard Webhooks secret (whsec_...) the broker signs with; None: no webhooks.
+        self.webhook_secret: str | None = None
+        self.webhooks: deque[dict] = deque(maxlen=WEBHOOKS_KEPT)  # newest first
         # Binds now, so the URL (and the return origin) is known before the broker exists.
         self._server = ThreadedServer(host, port, _Handler, name="demo-app", app=self)
         self.url = self._server.url
@@ -296,6 +326,34 @@ class DemoApp:
             return 502, {}, self.page(f"Disconnecting failed ({broker_error(answer)})")
         return 303, {"Location": "/?status=disconnected"}, ""
 
+    def receive_webhook(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, str]:
+        """POST /webhooks: verify the signature (and the timestamp's freshness) with the
+        standardwebhooks library, then remember the event. A real receiver acts only on verified
+        ones and answers 2xx quickly; a 4xx tells the broker not to send this one again."""
+        verified = False
+        if self.webhook_secret:
+            try:
+                payload = Webhook(self.webhook_secret).verify(body, headers)
+                verified = True
+            except WebhookVerificationError:
+                payload = None
+        if not verified:  # shown, marked not verified; never acted on
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                payload = None
+        payload = payload if isinstance(payload, dict) else {}
+        self.webhooks.appendleft({
+            "id": str(headers.get("webhook-id", ""))[:100], "type": str(payload.get("type") or "?")[:100],
+            "connection_id": str(payload.get("connection_id") or "")[:200], "verified": verified,
+            "received_at": time.strftime("%H:%M:%S", time.localtime())})
+        if not verified:
+            return 400, {"Content-Type": "application/json"}, json.dumps({"error": "invalid_signature"})
+        return 204, {}, ""
+
+    def webhooks_json(self) -> tuple[int, dict, str]:
+        return 200, {"Content-Type": "application/json"}, json.dumps(list(self.webhooks))
+
     # -- the page --------------------------------------------------------------------------------
 
     def connection_status(self) -> tuple[str, dict]:
@@ -348,6 +406,15 @@ class DemoApp:
         return (f'<section id="contacts"><p>Contacts: <span id="contacts-count">{e(count)}</span></p>'
                 f'<ul id="contacts-list">{"".join(items)}</ul></section>')
 
+    def webhooks_section(self) -> str:
+        e = html.escape
+        rows = "".join(f'<tr class="webhook"><td>{e(h["type"])}</td><td>{e(h["connection_id"])}</td>'
+                       f'<td>{"yes" if h["verified"] else "no"}</td><td>{e(h["received_at"])}</td></tr>'
+                       for h in self.webhooks)
+        return (f'<section id="webhooks"><h2>Webhooks received</h2><table><thead><tr><th>Type</th>'
+                f'<th>Connection</th><th>Verified</th><th>Time</th></tr></thead>'
+                f'<tbody id="webhooks-list">{rows}</tbody></table></section>')
+
     def page(self, message: str, call_result: str = "", contacts: tuple[list, str | None] | None = None) -> str:
         e = html.escape
         result = f'<p id="call-result" class="result">{e(call_result)}</p>' if call_result else ""
@@ -369,7 +436,10 @@ class DemoApp:
 <form method="post" action="/call"><button id="call" type="submit">Call Insightly</button></form>
 <form method="post" action="/contacts"><button id="contacts-button" type="submit">Contacts</button></form>
 <form method="post" action="/disconnect"><button id="disconnect" type="submit">Disconnect</button></form>
-</div></main><script src="/connect.js"></script><script id="popup-connect">{POPUP_SCRIPT}</script></body></html>"""
+</div>
+{self.webhooks_section() if self.webhook_secret else ""}</main><script src="/connect.js"></script>
+<script id="popup-connect">{POPUP_SCRIPT}</script>
+{f'<script id="webhooks-refresh">{WEBHOOKS_SCRIPT}</script>' if self.webhook_secret else ""}</body></html>"""
 
 
 STYLE = """body{font-family:system-ui,sans-serif;background:#f4f6f8;color:#1f2933;margin:0}
@@ -379,7 +449,9 @@ box-shadow:0 1px 4px rgba(0,0,0,.1)}h1{margin-top:0;font-size:1.4rem}.buttons{di
 button{font-size:1rem;padding:.6rem 1.1rem;border-radius:6px;border:1px solid #c5ccd3;background:#fff;cursor:pointer}
 #connect{background:#2563eb;border-color:#2563eb;color:#fff}.message:empty{display:none}
 .message{background:#eef4ff;border-radius:6px;padding:.6rem .9rem;margin-bottom:1rem}
-.result{background:#ecfdf3;border-radius:6px;padding:.6rem .9rem}"""
+.result{background:#ecfdf3;border-radius:6px;padding:.6rem .9rem}
+#webhooks h2{font-size:1.1rem;margin-top:1.5rem}#webhooks table{width:100%;border-collapse:collapse;font-size:.9rem}
+#webhooks th,#webhooks td{text-align:left;padding:.25rem .4rem;border-bottom:1px solid #e4e7eb}"""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -388,6 +460,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         path, _, query = self.path.partition("?")
+        if path == "/webhooks.json":
+            return self._send(*self.server.app.webhooks_json())
         if path == "/connect.js":
             return self._send(200, {"Content-Type": "text/javascript; charset=utf-8"}, CONNECT_JS.read_text())
         if path != "/":
@@ -395,6 +469,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(*self.server.app.home(dict(parse_qsl(query)), self._session()))
 
     def do_POST(self):
+        if urlsplit(self.path).path == "/webhooks":
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > MAX_WEBHOOK_BYTES:
+                return self._send(413, {}, "Too large")
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            return self._send(*self.server.app.receive_webhook(headers, self.rfile.read(length)))
         # Only /complete carries fields (the popup's outcome); the forms carry nothing.
         form = dict(parse_qsl(self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 4096)).decode()))
         app = self.server.app

@@ -44,7 +44,9 @@ def test_the_whole_stack_starts_connects_and_stops_cleanly(tmp_path):
         # The browser's keep-alive connections to the gateway and the stand-in are open now.
         assert browser.get(local.gateway_url + "/nothing-here", timeout=10).status_code == 404
         assert browser.get(local.standin_url + "/_control/state", timeout=10).status_code == 200
-        assert len(local.schedulers) == 1 and [s.function for s in local.sqs_sources] == ["RefreshWorkerFunction"]
+        # The refresh queue's worker, and the webhook queue's delivery (to the demo app by default).
+        assert len(local.schedulers) == 1
+        assert sorted(s.function for s in local.sqs_sources) == ["RefreshWorkerFunction", "WebhookFunction"]
         assert local.schedulers[0].run_once() == {"enqueued": 0, "not_enqueued": 0}  # nothing due yet
 
         written = json.loads((tmp_path / "local-env.json").read_text())
@@ -142,3 +144,53 @@ def test_a_taken_moto_port_fails_fast_instead_of_hanging():
         taken.listen()
         with pytest.raises(OSError):
             MotoServer(port=taken.getsockname()[1]).start()
+
+
+def test_webhook_url_and_secret_from_the_environment_get_every_lifecycle_event_signed():
+    """make local WEBHOOK_URL=... WEBHOOK_SECRET=...: an http receiver on this machine gets the
+    events, and they verify with the secret it was given."""
+    import base64
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from standardwebhooks import Webhook
+
+    from broker.lifecycle import LifecycleEvents
+
+    got = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(({k.lower(): v for k, v in self.headers.items()},
+                        self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    secret = "whsec_" + base64.b64encode(b"s" * 24).decode()
+    url = f"http://127.0.0.1:{receiver.server_address[1]}/hooks"
+    local = start_local_stack(demo=False, schedule=False, environ={"WEBHOOK_URL": url, "WEBHOOK_SECRET": secret})
+    try:
+        assert local.webhook_url == url and "Webhooks" in local.summary() and secret not in local.summary()
+        LifecycleEvents(local.session.client("events"), local.env["EVENT_BUS_NAME"]).emit(
+            "NeedsReauth", connection_id="env-user", status="needs_reauth", reason="invalid_grant", at=1)
+        deadline = time.monotonic() + 15
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        local.stop()
+        receiver.shutdown()
+        receiver.server_close()
+    headers, body = got[0]
+    payload = Webhook(secret).verify(body, headers)
+    assert payload["type"] == "NeedsReauth" and payload["connection_id"] == "env-user"
+
+
+def test_a_webhook_secret_that_is_no_standard_webhooks_key_stops_before_anything_starts():
+    threads = threading.active_count()
+    with pytest.raises(ValueError, match="WEBHOOK_SECRET"):
+        start_local_stack(demo=False, environ={"WEBHOOK_URL": "http://127.0.0.1:9/x", "WEBHOOK_SECRET": "short"})
+    assert threading.active_count() == threads

@@ -172,3 +172,131 @@ def test_a_redirect_is_not_followed():
     responses.add(responses.POST, URL, status=302, headers={"Location": "http://169.254.169.254/latest"})
     assert sender(FakeSqs()).deliver_batch({"Records": [record(1)]})["batchItemFailures"]
     assert len(responses.calls) == 1
+
+
+# -- DNS rebinding: the delivery connects to the address that passed the check ---------------
+
+@pytest.fixture
+def loopback_listener():
+    """A TCP listener on 127.0.0.1 that counts the connections it accepts."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    accepted = []
+    stop = threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            accepted.append(conn)
+            conn.close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    thread.join()
+    server.close()
+
+
+def test_a_host_rebinding_to_loopback_after_the_check_gets_no_connection(monkeypatch, loopback_listener):
+    """The check sees a public address; the resolver then answers 127.0.0.1 (DNS rebinding).
+    The delivery must go to the checked address, never to the listener on loopback."""
+    import socket
+
+    import urllib3.util.connection
+
+    port, accepted = loopback_listener
+    real_getaddrinfo, real_connect = socket.getaddrinfo, urllib3.util.connection.create_connection
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: real_getaddrinfo(
+        "127.0.0.1" if host == "hooks.rebind.example" else host, *a, **k))
+    dialled = []
+
+    def create_connection(address, *args, **kwargs):  # no internet in tests: only loopback is dialled
+        dialled.append(address[0])
+        if address[0] not in ("127.0.0.1", "localhost", "hooks.rebind.example"):
+            raise OSError("tests never reach the internet")
+        return real_connect(address, *args, **kwargs)
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", create_connection)
+
+    settings = WebhookSettings(url=f"https://hooks.rebind.example:{port}/in", secret_arn="arn", queue_url="q")
+    hook = WebhookSender(settings, sqs=FakeSqs(), read_secret=lambda: {"current": CURRENT},
+                         resolver=lambda host, port: ["93.184.215.14"], session=requests.Session())
+
+    assert hook.deliver_batch({"Records": [record(1)]})["batchItemFailures"]  # not delivered: retried
+    assert accepted == [] and dialled == ["93.184.215.14"]
+
+
+def _tls_receiver(tmp_path, certificate_name):
+    """An HTTPS receiver on 127.0.0.1 whose certificate (self-signed, the CA the client is
+    given) is for `certificate_name`; it records the SNI and Host of each request."""
+    import datetime
+    import http.server
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, certificate_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(certificate_name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    seen = {"sni": [], "host": []}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen["host"].append(self.headers["Host"])
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    context.sni_callback = lambda sock, server_name, ctx: seen["sni"].append(server_name)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, str(cert_file), seen
+
+
+@pytest.mark.parametrize("certificate_name, delivered", [("hooks.saas.test", True), ("other.saas.test", False)])
+def test_the_pinned_connection_keeps_sni_certificate_check_and_host_of_the_hostname(tmp_path, certificate_name,
+                                                                                     delivered):
+    server, ca_file, seen = _tls_receiver(tmp_path, certificate_name)
+    try:
+        port = server.server_address[1]
+        session = requests.Session()
+        session.verify, session.trust_env = ca_file, False  # else REQUESTS_CA_BUNDLE wins over verify
+        settings = WebhookSettings(url=f"https://hooks.saas.test:{port}/in", secret_arn="arn", queue_url="q",
+                                   allow_loopback=True)
+        hook = WebhookSender(settings, sqs=FakeSqs(), read_secret=lambda: {"current": CURRENT},
+                             resolver=lambda host, port: ["127.0.0.1"], session=session)
+        failures = hook.deliver_batch({"Records": [record(1)]})["batchItemFailures"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen["sni"] == ["hooks.saas.test"]
+    if delivered:
+        assert failures == [] and seen["host"] == [f"hooks.saas.test:{port}"]
+    else:  # a certificate for another name is refused, as without pinning
+        assert failures and seen["host"] == []

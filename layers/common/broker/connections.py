@@ -19,6 +19,12 @@ from botocore.exceptions import ClientError
 
 DUE_INDEX = "due-index"
 ACTIVE, NEEDS_REAUTH = "active", "needs_reauth"
+# What a listing page reads of each item: the status JSON's attributes, never credentials.
+LISTED_ATTRIBUTES = ("connection_id", "status", "auth_mode", "created_at", "provider_user", "scopes", "expires_at",
+                     "last_refreshed_at", "refresh_due_at", "connected_at", "first_failed_at", "last_error", "pod",
+                     "api_base_url", "last_checked_at", "tags", "metadata", "rate_limit",
+                     "list_tag")  # the tag-index key: to see an item is still where the index put it
+BATCH_GET_ATTEMPTS = 5
 # Deployment-wide markers share the table. "#" is outside the connection_id pattern, so no
 # request can name one, and they carry no due_shard, so the scheduler's index never lists one.
 CLIENT_REJECTED_MARKER = "#deployment:client-rejected"
@@ -356,7 +362,10 @@ class ConnectionStore:
 
     def list_page(self, index: str, key_name: str, key_value: str, *, limit: int,
                   start_key: dict[str, Any] | None) -> tuple[list[Connection], dict[str, Any] | None]:
-        """One page of one index partition, newest first: reads only the items it answers."""
+        """One page of one index partition, newest first: reads only the items it answers. The
+        listing indexes hold keys only (a refresh never writes them), so the page's keys come
+        from the index and its items from the table, in one BatchGetItem. An item that changed
+        partition (or went) since the index was written is left out: the index lags the table."""
         kwargs: dict[str, Any] = {
             "TableName": self._table, "IndexName": index, "Limit": limit, "ScanIndexForward": False,
             "KeyConditionExpression": "#k = :v", "ExpressionAttributeNames": {"#k": key_name},
@@ -365,7 +374,30 @@ class ConnectionStore:
         if start_key:
             kwargs["ExclusiveStartKey"] = start_key
         page = self._db.query(**kwargs)
-        return [Connection.from_item(item) for item in page.get("Items", [])], page.get("LastEvaluatedKey")
+        ids = [item["connection_id"]["S"] for item in page.get("Items", [])]
+        items = self._get_listed(ids)
+        found = [Connection.from_item(items[i]) for i in ids
+                 if i in items and items[i].get(key_name, {}).get("S") == key_value]
+        return found, page.get("LastEvaluatedKey")
+
+    def _get_listed(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The listed attributes of up to 100 items, by id (BatchGetItem; what DynamoDB leaves
+        unprocessed is asked again, a few times)."""
+        found: dict[str, dict[str, Any]] = {}
+        request = {"Keys": [self._key(i) for i in dict.fromkeys(ids)],
+                   "ProjectionExpression": ", ".join(f"#a{n}" for n in range(len(LISTED_ATTRIBUTES))),
+                   "ExpressionAttributeNames": {f"#a{n}": name for n, name in enumerate(LISTED_ATTRIBUTES)}}
+        for _ in range(BATCH_GET_ATTEMPTS):
+            if not request["Keys"]:
+                break
+            answer = self._db.batch_get_item(RequestItems={self._table: request})
+            for item in answer.get("Responses", {}).get(self._table, []):
+                found[item["connection_id"]["S"]] = item
+            request = answer.get("UnprocessedKeys", {}).get(self._table) or {"Keys": []}
+        else:
+            if request["Keys"]:
+                raise RuntimeError("DynamoDB left listed items unprocessed")  # a 5xx: the caller tries again
+        return found
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -2,9 +2,12 @@
 
 Each filter is served by one index (status-index, mode-index, or the sparse tag-index on
 tags[ListTagKey]); no filter walks status-index's two partitions in turn. A page is one
-Query of `limit` items. The cursor is the Query's LastEvaluatedKey, signed (HMAC-SHA256 with
-a stack-generated key kept in Secrets Manager) together with the filter it belongs to, so a
-tampered cursor, or one replayed under another filter, is a 400 and never reaches DynamoDB.
+Query of `limit` keys and one BatchGetItem of those items: the indexes hold keys only, so a
+refresh (which changes no key) never writes them and the few partition values every connection
+shares ("active", "oauth2") never carry the refresh rate. The cursor is the Query's
+LastEvaluatedKey, signed (HMAC-SHA256 with a stack-generated key kept in Secrets Manager)
+together with the filter it belongs to, so a tampered cursor, or one replayed under another
+filter, is a 400 and never reaches DynamoDB.
 """
 
 from __future__ import annotations

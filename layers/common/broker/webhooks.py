@@ -12,7 +12,9 @@ A 2xx ends a delivery; a 4xx other than 408/429 says the receiver will never tak
 dropped (logged, counted); anything else goes back to the queue with a growing delay
 (RETRY_DELAYS, about 24 hours in all) and then to the dead-letter queue. The target must
 resolve to public addresses only: a stack must not become a way to reach the VPC, the
-instance metadata service or the operator's own network.
+instance metadata service or the operator's own network. The POST then goes to the very address
+that passed the check (PinnedAddressAdapter), with TLS SNI, certificate verification and Host
+for the hostname: a second lookup could answer something else (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from .observability import count, logger
 
@@ -115,10 +118,11 @@ def resolve(host: str, port: int) -> list[str]:
     return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
-def check_target(url: str, *, resolver: Resolver | None = None, allow_loopback: bool = False) -> None:
+def check_target(url: str, *, resolver: Resolver | None = None, allow_loopback: bool = False) -> list[str]:
     """Refuse a URL that is not https, or whose host resolves to any non-public address
     (private, loopback, link-local, reserved...). allow_loopback (the local stack only) lets
-    http or https reach this machine."""
+    http or https reach this machine. Answers the checked addresses, IPv4 first (Lambda's
+    egress outside a dual-stack VPC is IPv4 only): connect to one of these, never look again."""
     parts = urlsplit(url)
     if not parts.hostname or parts.username or parts.password:
         raise TargetRefused("the webhook URL needs a host and no credentials")
@@ -138,6 +142,29 @@ def check_target(url: str, *, resolver: Resolver | None = None, allow_loopback: 
             raise TargetRefused("the webhook host resolves to a non-public address")
     if parts.scheme == "http" and not all(ipaddress.ip_address(a.split("%", 1)[0]).is_loopback for a in addresses):
         raise TargetRefused("plain http is allowed to this machine only")
+    return sorted(addresses, key=lambda a: ":" in a)
+
+
+class PinnedAddressAdapter(HTTPAdapter):
+    """Connects to one checked IP address while TLS (SNI and certificate verification) and
+    the Host header stay those of the URL's hostname. Proxies are not used: a proxy would
+    resolve the name again."""
+
+    def __init__(self, address: str, **kwargs):
+        self.address = address.split("%", 1)[0]
+        super().__init__(**kwargs)
+
+    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+        host_params, pool_kwargs = self.build_connection_pool_key_attributes(request, verify, cert)
+        if host_params["scheme"] == "https":
+            # urllib3 sends this name as SNI and matches the certificate against it.
+            pool_kwargs = {**pool_kwargs, "server_hostname": host_params["host"],
+                           "assert_hostname": host_params["host"]}
+        return self.poolmanager.connection_from_host(host=self.address, port=host_params["port"],
+                                                     scheme=host_params["scheme"], pool_kwargs=pool_kwargs)
+
+    def add_headers(self, request, **kwargs):
+        request.headers["Host"] = urlsplit(request.url).netloc
 
 
 # -- the delivery function ---------------------------------------------------------------------
@@ -170,10 +197,24 @@ class WebhookSender:
         self._session = session or requests.Session()
         self._resolver = resolver
         self._clock = clock
+        self._pinned: dict[str, str] = {}  # origin -> the address its mounted adapter dials
+
+    def _pin(self, address: str) -> None:
+        """Route this URL's origin through an adapter for `address` (kept while it stays the
+        same, so the warm connection is reused)."""
+        parts = urlsplit(self.settings.url)
+        origin = f"{parts.scheme}://{parts.netloc}/"
+        if self._pinned.get(origin) != address:
+            replaced = self._session.adapters.get(origin)
+            self._session.mount(origin, PinnedAddressAdapter(address))
+            if replaced is not None:
+                replaced.close()
+            self._pinned[origin] = address
 
     def send(self, delivery: Delivery) -> str:
         try:
-            check_target(self.settings.url, resolver=self._resolver, allow_loopback=self.settings.allow_loopback)
+            addresses = check_target(self.settings.url, resolver=self._resolver,
+                                     allow_loopback=self.settings.allow_loopback)
         except TargetUnresolved:
             logger.warning("webhook host did not resolve, will retry", extra={"webhook_id": delivery.msg_id})
             return RETRY
@@ -181,6 +222,7 @@ class WebhookSender:
             logger.error("webhook target refused", extra={"webhook_id": delivery.msg_id, "reason": str(exc)})
             count("WebhooksRefused")
             return REFUSED
+        self._pin(addresses[0])
         timestamp = int(self._clock())
         headers = {"content-type": "application/json", "webhook-id": delivery.msg_id,
                    "webhook-timestamp": str(timestamp),
