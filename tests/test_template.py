@@ -238,6 +238,10 @@ RESOURCE_PARAMETERS = {
     "CallerAccountIds": "BrokerCallerRole", "CallerExternalId": "BrokerCallerRole",
     "CallerPermissionSet": "Conditions",
     "WebhookUrl": "WebhookFunction",
+    # operations (issue 11): logs and alarms
+    "LogRetentionDays": "SchedulerLogGroup", "AlarmEmail": "AlarmEmailSubscription", "AlarmTopicArn": "Conditions",
+    "ApiServerErrorRatePercent": "ApiServerErrorRateAlarm", "NeedsReauthPerHourThreshold": "NeedsReauthSurgeAlarm",
+    "Proxy429PerHourThreshold": "ProxyProvider429Alarm",
 }
 
 
