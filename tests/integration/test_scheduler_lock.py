@@ -59,7 +59,8 @@ def test_a_run_that_died_holding_the_lease_blocks_the_next_only_until_its_timeou
     assert run_scheduler("run-1") == {"skipped": "another scheduled run is in progress"}
 
     dynamodb.update_item(TableName=flows, Key={"flow_key": {"S": "scheduler-run"}},
-                         UpdateExpression="SET expires_at = :past", ExpressionAttributeValues={":past": {"N": str(now - 1)}})
+                         UpdateExpression="SET expires_at = :past",
+                         ExpressionAttributeValues={":past": {"N": str(now - 1)}})
     assert run_scheduler("run-2") == {"enqueued": 1, "not_enqueued": 0}
     assert "Item" not in dynamodb.get_item(TableName=flows, Key={"flow_key": {"S": "scheduler-run"}})
 
