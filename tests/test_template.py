@@ -237,6 +237,10 @@ RESOURCE_PARAMETERS = {
     "CallerAccountIds": "BrokerCallerRole", "CallerExternalId": "BrokerCallerRole",
     "CallerPermissionSet": "Conditions",
     "WebhookUrl": "WebhookFunction",
+    # operations (issue 11): logs and alarms
+    "LogRetentionDays": "SchedulerLogGroup", "AlarmEmail": "AlarmEmailSubscription", "AlarmTopicArn": "Conditions",
+    "ApiServerErrorRatePercent": "ApiServerErrorRateAlarm", "NeedsReauthPerHourThreshold": "NeedsReauthSurgeAlarm",
+    "Proxy429PerHourThreshold": "ProxyProvider429Alarm",
 }
 
 
@@ -412,3 +416,65 @@ def test_the_webhook_role_reads_only_its_secret_and_queue():
     # only the stack's rule may send to the queue
     [statement] = RESOURCES["WebhookQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["WebhookRule", "Arn"]}}}
+
+
+# -- operations: bounded, structured logs and one scheduled run at a time (issue 11, point 4) ----
+
+CLOUDWATCH_RETENTION_DAYS = [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557,
+                             2922, 3288, 3653]
+LAMBDA_APPLICATION_LEVELS = {"TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"}
+
+
+def test_every_function_logs_to_its_own_log_group_kept_log_retention_days():
+    parameter = TEMPLATE["Parameters"]["LogRetentionDays"]
+    assert parameter["Default"] == 30 and parameter["AllowedValues"] == CLOUDWATCH_RETENTION_DAYS
+    groups = {k for k, v in RESOURCES.items() if v["Type"] == "AWS::Logs::LogGroup"}
+    used = set()
+    for logical, function in FUNCTIONS.items():
+        group = function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        assert group in groups and group not in used, logical
+        used.add(group)
+        props = RESOURCES[group]["Properties"]
+        assert props["RetentionInDays"] == {"Ref": "LogRetentionDays"}, group
+        assert props["LogGroupName"] == {"Fn::Sub": f"/aws/lambda/${{AWS::StackName}}-{logical}"}
+        assert RESOURCES[group].get("Condition") == function.get("Condition"), group  # exists when its function does
+    assert groups - used == {"ApiAccessLogGroup"}
+
+
+@pytest.mark.parametrize("level", TEMPLATE["Parameters"]["LogLevel"]["AllowedValues"])
+def test_lambdas_json_logs_keep_powertools_at_the_log_level_parameter(level, monkeypatch):
+    import io
+    import logging
+    import warnings
+
+    from aws_lambda_powertools import Logger
+
+    stack = Stack(parameters={"LogLevel": level})
+    config = stack.resolve(TEMPLATE["Globals"]["Function"]["LoggingConfig"])
+    assert config["LogFormat"] == "JSON" and config["SystemLogLevel"] == "WARN"
+    assert config["ApplicationLogLevel"] in LAMBDA_APPLICATION_LEVELS
+    # What Lambda sets from LoggingConfig, beside the template's own variables.
+    environment = stack.function_environment("SchedulerFunction")
+    assert environment["POWERTOOLS_LOG_LEVEL"] == level
+    for name, value in {"AWS_LAMBDA_LOG_LEVEL": config["ApplicationLogLevel"], "AWS_LAMBDA_LOG_FORMAT": "JSON",
+                        "POWERTOOLS_LOG_LEVEL": level}.items():
+        monkeypatch.setenv(name, value)
+    stream = io.StringIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Powertools warns when its level and Lambda's disagree
+        logger = Logger(service=f"log-level-{level.lower()}", logger_handler=logging.StreamHandler(stream))
+    assert logging.getLevelName(logger.log_level) == level
+    logger.critical("still JSON", extra={"connection_id": "user-1"})
+    line = json.loads(stream.getvalue())
+    assert line["level"] == "CRITICAL" and line["message"] == "still JSON" and line["connection_id"] == "user-1"
+
+
+def test_the_scheduler_may_write_its_run_lease_and_no_other_flow_item():
+    from broker.flowstore import SCHEDULED_RUN_KEY
+
+    statements = RESOURCES["SchedulerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    [put] = [s for s in statements if "dynamodb:PutItem" in as_list(s["Action"])]
+    assert put["Resource"] == {"Fn::GetAtt": ["FlowTable", "Arn"]} and as_list(put["Action"]) == ["dynamodb:PutItem"]
+    assert put["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [SCHEDULED_RUN_KEY]}}
+    # The lease is what keeps runs apart: the schedule still fires every 5 minutes with a 300 s timeout.
+    assert "ReservedConcurrentExecutions" not in RESOURCES["SchedulerFunction"]["Properties"]

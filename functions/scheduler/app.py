@@ -5,7 +5,7 @@ import time
 from broker import aws, deadline, services
 from broker.config import settings
 from broker.observability import logger, metrics, tracer
-from broker.scheduler import enqueue_due
+from broker.scheduler import enqueue_due, one_run_at_a_time
 
 
 @logger.inject_lambda_context(log_event=False)
@@ -13,9 +13,14 @@ from broker.scheduler import enqueue_due
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event, context):
     deadline.start(context)
-    cfg = settings()
-    enqueued = enqueue_due(services.token_service().connections, aws.client("sqs"), cfg.refresh_queue_url,
-                           shards=cfg.due_index_shards, now=int(time.time()), seconds_left=deadline.seconds_left)
-    # Session binding: revoke and delete the pending completions nobody completed in time.
-    services.connect_flow().sweep_expired_completions(seconds_left=deadline.seconds_left)
-    return enqueued
+    cfg, flow = settings(), services.connect_flow()
+
+    def run():
+        enqueued = enqueue_due(services.token_service().connections, aws.client("sqs"), cfg.refresh_queue_url,
+                               shards=cfg.due_index_shards, now=int(time.time()), seconds_left=deadline.seconds_left)
+        # Session binding: revoke and delete the pending completions nobody completed in time.
+        flow.sweep_expired_completions(seconds_left=deadline.seconds_left)
+        return enqueued
+
+    return one_run_at_a_time(flow.flows, context.aws_request_id, run, now=int(time.time()),
+                             seconds_left=deadline.seconds_left)

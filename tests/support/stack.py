@@ -110,6 +110,9 @@ class Stack:
                 return str(self.resolve(text)).split(sep)
             if key == "Condition":
                 return self.condition(arg)
+            if key == "Fn::FindInMap":
+                mapping, top, second = self.resolve(arg)
+                return self.template["Mappings"][mapping][top][second]
         return {k: self.resolve(v) for k, v in node.items()}
 
     def _sub_var(self, name: str, extra: dict[str, Any]) -> Any:

@@ -516,3 +516,9 @@ def test_metrics_split_broker_and_insightly_time_and_count_local_429s():
                      "ProxyRetries": 2, "Proxy401Recovered": 1}
     local = {name for name, _, _ in proxy.metric_values(status=429, total_ms=5, insightly_ms=0, answered_locally=True)}
     assert local == {"ProxyStatus4xx", "ProxyBrokerLatency", "ProxyLocal429"}
+
+
+def test_a_429_from_insightly_is_counted_apart_from_the_brokers_own():
+    # Quota trouble at Insightly (an alarm watches it) versus the broker's quota guard answering.
+    upstream = {name for name, _, _ in proxy.metric_values(status=429, total_ms=90, insightly_ms=80)}
+    assert upstream == {"ProxyStatus4xx", "ProxyBrokerLatency", "ProxyInsightlyLatency", "ProxyProvider429"}

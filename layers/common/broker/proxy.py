@@ -405,7 +405,8 @@ METRIC_STATUS = {2: "ProxyStatus2xx", 3: "ProxyStatus3xx", 4: "ProxyStatus4xx", 
 METRIC_BROKER_LATENCY = "ProxyBrokerLatency"        # ms spent in the broker, Insightly excluded
 METRIC_INSIGHTLY_LATENCY = "ProxyInsightlyLatency"  # ms waiting for Insightly, retries included
 METRIC_RETRIES = "ProxyRetries"
-METRIC_LOCAL_429 = "ProxyLocal429"
+METRIC_LOCAL_429 = "ProxyLocal429"                # the quota guard answered 429 itself
+METRIC_PROVIDER_429 = "ProxyProvider429"          # Insightly answered 429 (its quota is used up)
 METRIC_401_RECOVERED = "Proxy401Recovered"
 INVALID_PATH_TEMPLATE = "{invalid}"
 
@@ -445,8 +446,8 @@ def metric_values(*, status: int, total_ms: float, insightly_ms: float, retries:
         values.append((METRIC_INSIGHTLY_LATENCY, "Milliseconds", round(insightly_ms, 1)))
     if retries:
         values.append((METRIC_RETRIES, "Count", retries))
-    if answered_locally and status == 429:
-        values.append((METRIC_LOCAL_429, "Count", 1))
+    if status == 429:
+        values.append((METRIC_LOCAL_429 if answered_locally else METRIC_PROVIDER_429, "Count", 1))
     if recovered_401:
         values.append((METRIC_401_RECOVERED, "Count", 1))
     return values

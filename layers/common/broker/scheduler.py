@@ -5,7 +5,9 @@ in parallel, at the concurrency the queue's event source allows."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from .connections import ConnectionStore
 from .observability import count, logger
@@ -13,6 +15,27 @@ from .observability import count, logger
 # Stop taking new work with this much time left, so the run ends cleanly before its timeout.
 RESERVE_SECONDS = 10
 SQS_BATCH = 10
+SKIPPED = {"skipped": "another scheduled run is in progress"}
+
+
+class RunLease(Protocol):  # the flow table's (FlowStore)
+    def claim_scheduled_run(self, run_id: str, *, now: int, until: int) -> bool: ...
+    def release_scheduled_run(self, run_id: str) -> None: ...
+
+
+def one_run_at_a_time(lease: RunLease, run_id: str, run: Callable[[], Any], *, now: int,
+                      seconds_left: Callable[[], float]) -> Any:
+    """run() unless another scheduled run holds the lease (its timeout equals the schedule,
+    and Lambda retries a failed run: they could overlap). The lease lasts until this
+    invocation's timeout at most, so a run that dies holding it blocks no one for longer."""
+    if not lease.claim_scheduled_run(run_id, now=now, until=now + math.ceil(seconds_left())):
+        logger.info("another scheduled run is in progress; this one does nothing")
+        count("ScheduledRunsSkipped")
+        return SKIPPED
+    try:
+        return run()
+    finally:
+        lease.release_scheduled_run(run_id)
 
 
 def enqueue_due(store: ConnectionStore, sqs, queue_url: str, *, shards: int, now: int,
