@@ -413,3 +413,16 @@ def test_the_webhook_role_reads_only_its_secret_and_queue():
     # only the stack's rule may send to the queue
     [statement] = RESOURCES["WebhookQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": ["WebhookRule", "Arn"]}}}
+
+
+# docs/upgrades.md: what `sam deploy` (a replacement) and a deleted stack keep. The key must
+# outlive the table, or the retained ciphertexts are lost; stored refresh tokens are bound to
+# the client id in the client secret.
+@pytest.mark.parametrize("logical", ["ConnectionsTable", "TokenKey", "ClientSecret"])
+def test_the_data_an_upgrade_must_keep_is_retained(logical):
+    resource = RESOURCES[logical]
+    assert resource["DeletionPolicy"] == resource["UpdateReplacePolicy"] == "Retain"
+
+
+def test_the_connections_table_cannot_be_deleted_by_hand_by_mistake():
+    assert RESOURCES["ConnectionsTable"]["Properties"]["DeletionProtectionEnabled"] is True
