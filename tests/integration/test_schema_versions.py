@@ -90,7 +90,7 @@ def test_flow_items_written_before_schema_versions_still_finish_the_connect_flow
 @pytest.mark.parametrize(("method", "path", "body"), [
     ("GET", "/connections/user-1", None), ("GET", "/connections/user-1/token", None),
     ("POST", "/connections/user-1/refresh", None), ("PATCH", "/connections/user-1", {"tags": {"plan": "pro"}}),
-    ("DELETE", "/connections/user-1", None),
+    ("DELETE", "/connections/user-1", None), ("GET", "/connections/user-1/proxy/Contacts", None),
 ])
 def test_a_connection_of_a_newer_schema_version_is_refused_and_left_untouched(broker, dynamodb, stack,
                                                                                method, path, body):
