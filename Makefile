@@ -16,7 +16,7 @@ FAKE_AWS := AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_
             AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help install lock test chromium lint validate security build deploy local bench clean
+.PHONY: help install lock test chromium lint validate security build deploy local smoke bench clean
 
 help:
 	@echo "make test      create .venv if needed, install, run the test suite"
@@ -27,6 +27,7 @@ help:
 	@echo "make build     sam build (no Docker, no python3.12 needed)"
 	@echo "make deploy    sam build && sam deploy --guided (uses your AWS credentials)"
 	@echo "make local     the Docker-free local stack"
+	@echo "make smoke     read-only checks of the local stack, or of a deployed one: API_URL=... AWS_REGION=..."
 	@echo "make bench     benchmarks on loopback (BENCH_ARGS=--quick); results in .bench/"
 
 install: $(STAMP)
@@ -112,6 +113,11 @@ deploy: build
 # WEBHOOK_SECRET=whsec_...` sends them to yours instead (command-line variables reach the environment).
 local: $(STAMP)
 	LOCAL_SCHEDULE_SECONDS=$${LOCAL_SCHEDULE_SECONDS:-30} PYTHONPATH=layers/common:. $(BIN)/python -m tests.local
+
+# Without API_URL: a local stack on free ports. With API_URL=... AWS_REGION=...: the deployed
+# stack, signed with your AWS credentials; it creates one connect session (see tests/smoke.py).
+smoke: $(STAMP)
+	PYTHONPATH=layers/common:. $(BIN)/python -m tests.smoke
 
 # Loopback only, about 2 minutes on 2 cores; writes .bench/results.json and .bench/throughput.png.
 # Options: BENCH_ARGS="--quick --latency-ms 100 --connections 160" (see BENCHMARKS.md).

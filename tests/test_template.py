@@ -478,3 +478,16 @@ def test_the_scheduler_may_write_its_run_lease_and_no_other_flow_item():
     assert put["Condition"] == {"ForAllValues:StringEquals": {"dynamodb:LeadingKeys": [SCHEDULED_RUN_KEY]}}
     # The lease is what keeps runs apart: the schedule still fires every 5 minutes with a 300 s timeout.
     assert "ReservedConcurrentExecutions" not in RESOURCES["SchedulerFunction"]["Properties"]
+
+
+# docs/upgrades.md: what `sam deploy` (a replacement) and a deleted stack keep. The key must
+# outlive the table, or the retained ciphertexts are lost; stored refresh tokens are bound to
+# the client id in the client secret.
+@pytest.mark.parametrize("logical", ["ConnectionsTable", "TokenKey", "ClientSecret"])
+def test_the_data_an_upgrade_must_keep_is_retained(logical):
+    resource = RESOURCES[logical]
+    assert resource["DeletionPolicy"] == resource["UpdateReplacePolicy"] == "Retain"
+
+
+def test_the_connections_table_cannot_be_deleted_by_hand_by_mistake():
+    assert RESOURCES["ConnectionsTable"]["Properties"]["DeletionProtectionEnabled"] is True

@@ -17,6 +17,8 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from . import schema
+
 DUE_INDEX = "due-index"
 ACTIVE, NEEDS_REAUTH = "active", "needs_reauth"
 # What a listing page reads of each item: the status JSON's attributes, never credentials.
@@ -90,6 +92,7 @@ class Connection:
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Connection:
+        schema.check(item, "connection")
         data = {k: _de.deserialize(v) for k, v in item.items()}
         number = lambda name: int(data[name]) if data.get(name) is not None else None  # noqa: E731
         credentials = data.get("credentials")
@@ -329,15 +332,18 @@ class ConnectionStore:
     def delete(self, connection_id: str, *, version: int | None = None) -> bool:
         """False when there was nothing to delete. With `version`, raises StaleWrite when the
         item changed since it was read (a refresh stored a newer token set meanwhile)."""
-        kwargs: dict[str, Any] = {"ConditionExpression": "attribute_exists(connection_id)"}
+        kwargs: dict[str, Any] = {"ConditionExpression": f"attribute_exists(connection_id) AND {schema.NOT_NEWER}",
+                                  "ExpressionAttributeValues": schema.NOT_NEWER_VALUES}
         if version is not None:
-            kwargs = {"ConditionExpression": "version = :version",
-                      "ExpressionAttributeValues": _to_ddb({":version": version})}
+            kwargs = {"ConditionExpression": f"version = :version AND {schema.NOT_NEWER}",
+                      "ExpressionAttributeValues": {**_to_ddb({":version": version}), **schema.NOT_NEWER_VALUES}}
         try:
-            self._db.delete_item(TableName=self._table, Key=self._key(connection_id), **kwargs)
+            self._db.delete_item(TableName=self._table, Key=self._key(connection_id),
+                                 ReturnValuesOnConditionCheckFailure="ALL_OLD", **kwargs)
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
+            schema.check(exc.response.get("Item") or {}, "connection")
             if version is not None and self.get(connection_id) is not None:
                 raise StaleWrite(connection_id) from None
             return False
@@ -409,7 +415,7 @@ class ConnectionStore:
                 extra_set: str = "", remove: list[str] | None = None, condition: str | None = None,
                 extra_values: dict[str, Any] | None = None, return_new: bool = False,
                 return_old: bool = False) -> dict:
-        sets = dict(sets)
+        sets = {**sets, schema.ATTRIBUTE: schema.SCHEMA_VERSION}  # every writer writes the current format
         remove = list(remove or [])
         if due is not None:
             expires_at, refresh_due_at = due
@@ -437,13 +443,15 @@ class ConnectionStore:
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": _to_ddb(values),
         }
-        if condition:
-            kwargs["ConditionExpression"] = condition
+        # Never over an item of a newer format, whether or not this writer read it first.
+        kwargs["ConditionExpression"] = f"({condition}) AND {schema.NOT_NEWER}" if condition else schema.NOT_NEWER
+        kwargs["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
         if return_new or return_old:
             kwargs["ReturnValues"] = "ALL_NEW" if return_new else "ALL_OLD"
         try:
             return self._db.update_item(**kwargs)
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                schema.check(exc.response.get("Item") or {}, "connection")
                 raise StaleWrite(connection_id) from None
             raise

@@ -74,3 +74,11 @@ class CredentialsUnreadable(BrokerError):
 class VaultUnavailable(BrokerError):
     status = 503
     code = "vault_unavailable"
+
+
+class NewerSchemaVersion(BrokerError):
+    """An item written by a newer version of the broker (the stack was rolled back): refused
+    and left unchanged, so the newer code finds it intact when it is deployed again."""
+
+    status = 409
+    code = "unsupported_schema_version"

@@ -22,8 +22,10 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
+from . import schema
 from .connections import NewCredentials
 from .errors import InvalidRequest
+from .observability import logger
 
 PENDING_INDEX = "pending-index"
 PENDING_SHARD = "pending"  # one partition: completions live minutes, a few per second at most
@@ -98,6 +100,8 @@ class FlowStore:
         """Read a live session without spending it (the key page: a mistyped key must not)."""
         item = self._db.get_item(TableName=self._table, Key={"flow_key": {"S": f"session#{digest(token)}"}},
                                  ConsistentRead=True).get("Item")
+        if item:
+            schema.check(item, "connect session")
         if not item or item.get("auth_mode", {}).get("S", "oauth2") != auth_mode:
             raise InvalidRequest("unknown or already used connect session", code="invalid_session")
         if int(item["expires_at"]["N"]) <= now:
@@ -110,12 +114,13 @@ class FlowStore:
             answer = self._db.update_item(
                 TableName=self._table, Key={"flow_key": {"S": f"session#{digest(token)}"}},
                 UpdateExpression="ADD attempts :one",
-                ConditionExpression="attribute_exists(flow_key) AND expires_at > :now",
-                ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"N": str(now)}},
-                ReturnValues="UPDATED_NEW")
+                ConditionExpression=f"attribute_exists(flow_key) AND expires_at > :now AND {schema.NOT_NEWER}",
+                ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"N": str(now)}, **schema.NOT_NEWER_VALUES},
+                ReturnValues="UPDATED_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
+            schema.check(exc.response.get("Item") or {}, "connect session")
             raise InvalidRequest("unknown or already used connect session", code="invalid_session") from None
         return int(answer["Attributes"]["attempts"]["N"])
 
@@ -167,14 +172,18 @@ class FlowStore:
         try:
             answer = self._db.delete_item(
                 TableName=self._table, Key=key,
-                ConditionExpression="attribute_exists(flow_key) AND session_hash = :session AND complete_by > :now",
-                ExpressionAttributeValues={":session": {"S": digest(session_id)}, ":now": {"N": str(now)}},
+                ConditionExpression=("attribute_exists(flow_key) AND session_hash = :session AND complete_by > :now"
+                                     f" AND {schema.NOT_NEWER}"),
+                ExpressionAttributeValues={":session": {"S": digest(session_id)}, ":now": {"N": str(now)},
+                                           **schema.NOT_NEWER_VALUES},
                 ReturnValues="ALL_OLD", ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
             old = exc.response.get("Item")
+            if old and old["session_hash"]["S"] == digest(session_id):
+                schema.check(old, "pending completion")  # only its own session learns why
             if old and old["session_hash"]["S"] == digest(session_id) and int(old["complete_by"]["N"]) <= now:
                 raise InvalidRequest("the completion code has expired; connect again",
                                      code="completion_expired") from None
@@ -193,6 +202,13 @@ class FlowStore:
         while True:
             page = self._db.query(**kwargs)
             for item in page.get("Items", []):
+                # The index does not project schema_version (adding it would rebuild the index
+                # on upgrade): one read of the item, for the rare completion nobody completed.
+                if schema.is_newer(self._db.get_item(TableName=self._table, Key={"flow_key": item["flow_key"]},
+                                                     ProjectionExpression="schema_version",
+                                                     ConsistentRead=True).get("Item")):
+                    logger.warning("expired completion of a newer schema version left for that version")
+                    continue
                 yield item["flow_key"]["S"], _pending(item)
             if "LastEvaluatedKey" not in page:
                 return
@@ -201,8 +217,8 @@ class FlowStore:
     def discard_expired_completion(self, flow_key: str, *, now: int) -> None:
         try:
             self._db.delete_item(TableName=self._table, Key={"flow_key": {"S": flow_key}},
-                                 ConditionExpression="complete_by <= :now",
-                                 ExpressionAttributeValues={":now": {"N": str(now)}})
+                                 ConditionExpression=f"complete_by <= :now AND {schema.NOT_NEWER}",
+                                 ExpressionAttributeValues={":now": {"N": str(now)}, **schema.NOT_NEWER_VALUES})
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise  # already gone (another sweep) is fine; anything else is retried next run
@@ -242,7 +258,7 @@ class FlowStore:
     def _put(self, key: str, attributes: dict) -> None:
         self._db.put_item(
             TableName=self._table,
-            Item={"flow_key": {"S": key}, **attributes},
+            Item={"flow_key": {"S": key}, **attributes, schema.ATTRIBUTE: {"N": str(schema.SCHEMA_VERSION)}},
             # 256 random bits never collide; the condition makes sure of it.
             ConditionExpression="attribute_not_exists(flow_key)",
         )
@@ -250,8 +266,8 @@ class FlowStore:
     def _consume(self, key: str, *, now: int, what: str, browser_hash: str | None = None,
                  auth_mode: str | None = None) -> dict:
         """Delete the item if it is live (and bound to this browser); one call either way."""
-        condition = "attribute_exists(flow_key) AND expires_at > :now"
-        values = {":now": {"N": str(now)}}
+        condition = f"attribute_exists(flow_key) AND expires_at > :now AND {schema.NOT_NEWER}"
+        values = {":now": {"N": str(now)}, **schema.NOT_NEWER_VALUES}
         if auth_mode is not None:
             # Sessions from before auth modes carry none: they were OAuth sessions.
             condition += (" AND (auth_mode = :mode OR attribute_not_exists(auth_mode))" if auth_mode == "oauth2"
@@ -275,6 +291,7 @@ class FlowStore:
             old, kind = exc.response.get("Item"), what.split()[-1]
             if not old:
                 raise InvalidRequest(f"unknown or already used {what}", code=f"invalid_{kind}") from None
+            schema.check(old, what)
             if int(old["expires_at"]["N"]) <= now:
                 raise InvalidRequest(f"the {what} has expired; start again", code=f"{kind}_expired") from None
             if auth_mode is not None:

@@ -28,6 +28,7 @@ from .errors import (
     BrokerError,
     Conflict,
     CredentialsUnreadable,
+    NewerSchemaVersion,
     NotFound,
     ProviderRejected,
     VaultUnavailable,
@@ -53,6 +54,7 @@ from .vault import TokenVault
 REFRESHED, NOT_DUE, IN_PROGRESS, NEEDS_REAUTH, FAILED = "refreshed", "not_due", "in_progress", "needs_reauth", "failed"
 DEFERRED = "deferred"  # not tried: too little of the invocation left to finish a refresh
 POSTPONED = "postponed"  # an API-key check not worth a request of the daily quota now
+NEWER_SCHEMA = "newer_schema"  # stored by a newer broker (rolled back): left for that version
 # Time kept for storing the new token set: the KMS call, then the DynamoDB write, which
 # aws.py refuses to start with less than one whole attempt left.
 PERSIST_SECONDS = aws.ATTEMPT_SECONDS + 0.5
@@ -183,7 +185,13 @@ class TokenService:
         time left it does not start (deferred): nothing is recorded, the message goes back."""
         if deadline.seconds_left() < self.time_to_refresh():
             return DEFERRED
-        conn = self.connections.get(connection_id)
+        try:
+            conn = self.connections.get(connection_id)
+        except NewerSchemaVersion:
+            # Not a fault to retry: the message is done and the item stays as it is.
+            logger.warning("refresh skipped: the connection was stored by a newer broker version",
+                           extra={"connection_id": connection_id})
+            return NEWER_SCHEMA
         now = self._now()
         if (conn is None or conn.status != ACTIVE or conn.refresh_due_at is None
                 or conn.refresh_due_at > now):
