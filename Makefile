@@ -16,7 +16,7 @@ FAKE_AWS := AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_
             AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help install lock test chromium lint validate build deploy local bench clean
+.PHONY: help install lock test chromium lint validate build deploy local bench docs clean
 
 help:
 	@echo "make test      create .venv if needed, install, run the test suite"
@@ -27,6 +27,7 @@ help:
 	@echo "make deploy    sam build && sam deploy --guided (uses your AWS credentials)"
 	@echo "make local     the Docker-free local stack"
 	@echo "make bench     benchmarks on loopback (BENCH_ARGS=--quick); results in .bench/"
+	@echo "make docs      the docs site (mkdocs --strict) into .site/"
 
 install: $(STAMP)
 
@@ -96,9 +97,14 @@ local: $(STAMP)
 	LOCAL_SCHEDULE_SECONDS=$${LOCAL_SCHEDULE_SECONDS:-30} PYTHONPATH=layers/common:. $(BIN)/python -m tests.local
 
 # Loopback only, about 2 minutes on 2 cores; writes .bench/results.json and .bench/throughput.png.
-# Options: BENCH_ARGS="--quick --latency-ms 100 --connections 160" (see BENCHMARKS.md).
+# Options: BENCH_ARGS="--quick --latency-ms 100 --connections 160" (see docs/benchmarks.md).
 bench: $(STAMP)
 	PYTHONPATH=layers/common:. $(BIN)/python -m tests.bench $(BENCH_ARGS)
 
+# README.md is the front page; docs/ holds the rest (mkdocs.yml). --strict turns every
+# warning into a failure: a broken link or anchor, a page left out of the nav.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache
+	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache .site
