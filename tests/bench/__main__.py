@@ -3,7 +3,7 @@
 Everything runs on loopback: moto (in-process, or its server on a loopback port) stands in
 for AWS and FakeInsightly for the provider; a socket guard refuses any other address. Each
 figure is printed next to the bound it should approach, and everything is written to
-.bench/results.json, with a plot in .bench/throughput.png. BENCHMARKS.md has a run's output
+.bench/results.json, with a plot in .bench/throughput.png. docs/benchmarks.md has a run's output
 and what each figure means; docs/cost.md turns the call counts into money.
 
 1. Refresh throughput (throughput.py). The local stack (moto server + the Insightly stand-in

@@ -100,7 +100,7 @@ def measure(*, samples: int) -> dict:
     probes["refresh, as Lambda"] = ("app", *probes["refresh"][1:3], True, LAMBDA_BASE)
     probes["authorize, as Lambda"] = ("app", *probes["authorize"][1:3], True, LAMBDA_BASE)
     # The vault's share: AES-GCM from `cryptography` (chosen over the AWS Encryption SDK, whose
-    # import measured ~5-10x longer; BENCHMARKS.md). Loaded on the routes that seal or open.
+    # import measured ~5-10x longer; docs/benchmarks.md). Loaded on the routes that seal or open.
     probes["vault AES-GCM"] = ("cryptography.hazmat.primitives.ciphers.aead", "", probes["import boto3"][2], False,
                                "import boto3")
     taken: dict[str, list] = {name: [] for name in probes}

@@ -28,7 +28,7 @@ class LazyTracer:
     """Powertools' Tracer, created on the first invocation that X-Ray samples.
 
     Importing the X-Ray SDK, building its recorder and patching botocore and requests was the
-    largest share of a handler's import after boto3 (BENCHMARKS.md, cold start). An
+    largest share of a handler's import after boto3 (docs/benchmarks.md, cold start). An
     invocation that is not traced gets nothing from it: with tracing disabled
     (POWERTOOLS_TRACE_DISABLED, or outside Lambda: tests, the local stack) it is never
     loaded, and in Lambda an invocation whose trace header says Sampled=0 runs untraced

@@ -1,0 +1,87 @@
+"""The docs keep up with the code: every template parameter is documented, every page is
+reachable. `make docs` (mkdocs --strict) checks the links inside docs/; the README lives
+outside docs/, so its links to the pages are checked here."""
+
+import re
+from urllib.parse import unquote
+
+import yaml
+
+from tests.support.stack import ROOT, load_template
+
+DOCS = ROOT / "docs"
+CONFIGURATION = DOCS / "configuration.md"
+PARAMETER_TABLE_HEADER = "| parameter | default | meaning | env var |"
+
+
+def documented_parameters(text: str) -> list[str]:
+    """The first cell of each row of the configuration page's parameter table."""
+    lines = text.splitlines()
+    start = lines.index(PARAMETER_TABLE_HEADER) + 2  # past the header and |---| rows
+    names = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        cell = line.split("|")[1].strip()
+        match = re.fullmatch(r"`([A-Za-z0-9]+)`", cell)
+        assert match, f"not a parameter name in the first column: {cell!r}"
+        names.append(match.group(1))
+    return names
+
+
+def nav_pages(nav) -> list[str]:
+    """Every page file named anywhere in mkdocs.yml's nav (sections nest)."""
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, list):
+        return [page for item in nav for page in nav_pages(item)]
+    if isinstance(nav, dict):
+        return [page for value in nav.values() for page in nav_pages(value)]
+    return []
+
+
+def heading_anchors(text: str) -> set[str]:
+    """The anchors GitHub (and mkdocs' toc) give the headings outside code blocks."""
+    anchors, fenced = set(), False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        match = None if fenced else re.match(r"#{1,6} (.+)", line)
+        if match:
+            title = re.sub(r"[^\w\- ]", "", match.group(1).replace("`", "")).strip().lower()
+            anchors.add(re.sub(r"[ ]", "-", title))
+    return anchors
+
+
+def test_every_template_parameter_is_documented_and_nothing_else():
+    parameters = set(load_template()["Parameters"])
+    documented = documented_parameters(CONFIGURATION.read_text())
+    assert len(documented) == len(set(documented)), "a parameter has two rows"
+    assert sorted(parameters - set(documented)) == [], "parameters missing from docs/configuration.md"
+    assert sorted(set(documented) - parameters) == [], "docs/configuration.md names parameters the template lacks"
+
+
+def test_every_docs_page_is_in_the_nav_and_every_nav_page_exists():
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    in_nav = nav_pages(config["nav"])
+    on_disk = sorted(path.relative_to(DOCS).as_posix() for path in DOCS.rglob("*.md"))
+    assert sorted(set(on_disk) - set(in_nav)) == [], "pages no nav entry leads to (orphans)"
+    assert sorted(set(in_nav) - set(on_disk)) == [], "nav entries without a page"
+    assert config.get("strict") is True
+
+
+def test_the_readme_links_every_page_and_each_link_resolves():
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    local = [link for link in links if not re.match(r"[a-z]+:", link)]
+    for link in local:
+        path, _, anchor = unquote(link).partition("#")
+        target = ROOT / path if path else ROOT / "README.md"
+        assert target.exists(), f"README links a missing file: {link}"
+        if anchor and target.suffix == ".md":
+            assert anchor in heading_anchors(target.read_text()), f"README links a missing anchor: {link}"
+    linked_pages = {link.split("#")[0] for link in local if link.startswith("docs/")}
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    missing = sorted(f"docs/{page}" for page in nav_pages(config["nav"]) if page != "index.md")
+    assert [page for page in missing if page not in linked_pages] == [], "docs pages the README does not link"
