@@ -1,5 +1,6 @@
 """GET /oauth/callback: the provider sends the browser back with a code (or an error)."""
 
+import requests  # noqa: F401 - loaded in Init, not by the first request: every callback exchanges a code
 from aws_lambda_powertools.logging import correlation_paths
 
 from broker import deadline, services

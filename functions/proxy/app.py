@@ -1,8 +1,10 @@
 """ANY /connections/{connection_id}/proxy/{path+}: the SaaS backend calls Insightly through the
 broker. No resolver: every method and any path go to the one proxy, which shapes the answer."""
 
+import requests  # noqa: F401 - loaded in Init, not by the first request: every call goes on to Insightly
 from aws_lambda_powertools.logging import correlation_paths
 
+import broker.insightly_proxy  # noqa: F401 - the same: every invocation is proxied
 from broker import deadline, services
 from broker.observability import logger, metrics, tracer
 

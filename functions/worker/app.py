@@ -6,6 +6,8 @@ too little time left to start a refresh, fails the message, which SQS then redel
 after five tries, dead-letters.
 """
 
+import requests  # noqa: F401 - loaded in Init, not by the first request: every message is a refresh
+
 from broker import deadline, services, worker
 from broker.observability import logger, metrics, tracer
 

@@ -20,7 +20,8 @@ and what each figure means; docs/cost.md turns the call counts into money.
    handlers under moto in-process; DynamoDB, KMS, Secrets Manager (warm), SQS, EventBridge
    and provider calls against DESIGN.md's "Floors".
 4. Cold start (coldstart.py). Importing each functions/<name>/app.py in a fresh interpreter
-   with the template's environment and X-Ray tracing on, as a ratio to `import boto3`.
+   with the template's environment and X-Ray tracing on, as in Lambda (no pyOpenSSL or
+   awscrt), as a ratio to `import boto3` the same way.
 5. Worker pool (pool.py). One worker batch of 10 at 300 ms provider latency, one refresh
    after the other vs the worker's thread pool: wall time per batch against
    ceil(10 / threads) x latency.
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda: reads.measure(total=2_000 if args.quick else 10_000), reads.table)
     section("calls", "3. AWS and provider calls per operation vs DESIGN.md floors (SM warm)",
             lambda: calls.measure(quick=args.quick), calls.table)
-    section("coldstart", "4. Cold start: handler import in a fresh interpreter, tracer on (bound: ~1x import boto3)",
+    section("coldstart",
+            "4. Cold start: handler import in a fresh interpreter, as in Lambda, tracer on (bound ~1x boto3)",
             lambda: coldstart.measure(samples=3 if args.quick else 9), coldstart.table)
     section("pool", "5. A worker batch of 10 at 300 ms: one by one vs the pool (bound: ceil(10/threads) x 300 ms)",
             lambda: pool.measure(latency_ms=300, rounds=1 if args.quick else 3), pool.table)

@@ -18,13 +18,19 @@ from tests.support.stack import ROOT, Stack
 AS_IN_LAMBDA = "import sys; sys.modules['OpenSSL'] = sys.modules['awscrt'] = None\n"
 LOADED = AS_IN_LAMBDA + "import json, app; print(json.dumps(sorted(m for m in sys.modules if m in sys.argv[1:])))"
 ON_SOME_PATHS = ("cryptography", "aws_lambda_powertools.utilities.parameters", "aws_xray_sdk")
+# Every function, the webhook sender included (it exists only with a WebhookUrl).
+STACK = Stack(parameters={"WebhookUrl": "https://hooks.example.com/insightly"})
 CODE_URIS = {logical: res["Properties"]["CodeUri"]
-             for logical, res in Stack().of_type("AWS::Serverless::Function").items()}
+             for logical, res in STACK.of_type("AWS::Serverless::Function").items()}
+# The functions whose every invocation calls out over requests: the callback exchanges a code,
+# the proxy calls Insightly, the worker refreshes, the webhook sender POSTs. The others call
+# out on some routes or runs only (authorize never), so they load requests when they do.
+CALL_OUT_EVERY_TIME = {"CallbackFunction", "ProxyFunction", "RefreshWorkerFunction", "WebhookFunction"}
 
 
 @pytest.mark.parametrize("logical", sorted(CODE_URIS))
 def test_a_handler_import_loads_no_vault_cipher_secrets_utility_or_xray_sdk(logical):
-    done = subprocess.run([sys.executable, "-c", LOADED, *ON_SOME_PATHS], env=environment(Stack(), logical),
+    done = subprocess.run([sys.executable, "-c", LOADED, *ON_SOME_PATHS], env=environment(STACK, logical),
                           capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout) == []
@@ -33,7 +39,24 @@ def test_a_handler_import_loads_no_vault_cipher_secrets_utility_or_xray_sdk(logi
 @pytest.mark.parametrize("logical", ["RefreshFunction", "RefreshWorkerFunction"])
 def test_token_routes_and_the_worker_do_not_import_the_connect_flows(logical):
     flows = ("broker.connect_flow", "broker.api_keys", "broker.flowstore", "broker.key_page")
-    done = subprocess.run([sys.executable, "-c", LOADED, *flows], env=environment(Stack(), logical),
+    done = subprocess.run([sys.executable, "-c", LOADED, *flows], env=environment(STACK, logical),
                           capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout) == []
+
+
+@pytest.mark.parametrize("logical", sorted(CODE_URIS))
+def test_a_handler_import_loads_requests_only_where_every_invocation_calls_out(logical):
+    done = subprocess.run([sys.executable, "-c", LOADED, "requests"], env=environment(STACK, logical),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == (["requests"] if logical in CALL_OUT_EVERY_TIME else [])
+
+
+@pytest.mark.parametrize("logical", sorted(CODE_URIS))
+def test_only_the_proxy_function_loads_the_proxy(logical):
+    done = subprocess.run([sys.executable, "-c", LOADED, "broker.insightly_proxy", "broker.proxy"],
+                          env=environment(STACK, logical),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == (["broker.insightly_proxy", "broker.proxy"] if logical == "ProxyFunction" else [])

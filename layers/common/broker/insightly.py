@@ -8,18 +8,19 @@ base URL is always rebuilt from the configured template.
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import requests
-from requests.auth import AuthBase, HTTPBasicAuth
+from typing import TYPE_CHECKING, Any
 
 from .errors import BrokerError, ConfigurationError, InvalidRequest, ProviderUnavailable
 from .outbound import HttpClient
 from .provider import parse_retry_after
+
+if TYPE_CHECKING:
+    import requests
 
 DEFAULT_API_URL_TEMPLATE = "https://api.{pod}.insightly.com/v3.1"
 POD = re.compile(r"[a-z0-9]{2,10}")
@@ -118,7 +119,12 @@ def check_api_key(value: Any) -> str:
 # -- authenticating a request ------------------------------------------------------------------
 
 
-class BearerAuth(AuthBase):
+# Plain callables rather than requests.auth.AuthBase subclasses: requests takes any callable as
+# `auth`, and this module is loaded by routes that never call out (no import of requests).
+Auth = Callable[[Any], Any]  # a requests auth: takes the request, sets its headers, returns it
+
+
+class BearerAuth:
     """An OAuth access token (RFC 6750)."""
 
     def __init__(self, token: str):
@@ -132,22 +138,33 @@ class BearerAuth(AuthBase):
         return "BearerAuth(...)"
 
 
-class ApiKeyAuth(HTTPBasicAuth):
+class ApiKeyAuth:
     """Insightly's own scheme: the API key as the Basic user name, an empty password."""
 
     def __init__(self, api_key: str):
-        super().__init__(api_key, "")
+        self.username, self.password = api_key, ""
+
+    def __call__(self, request):
+        # What requests' HTTPBasicAuth sends: latin-1, base64 of "user:password".
+        basic = base64.b64encode(f"{self.username}:{self.password}".encode("latin1")).decode("ascii")
+        request.headers["Authorization"] = f"Basic {basic}"
+        return request
 
     def __repr__(self) -> str:  # never print a key
         return "ApiKeyAuth(...)"
 
 
-def authorization_header(auth: AuthBase) -> str:
+class _Headers:
+    """The part of a request an auth above writes to."""
+
+    def __init__(self) -> None:
+        self.headers: dict[str, str] = {}
+
+
+def authorization_header(auth: Auth) -> str:
     """The whole Authorization header value the auth would send (`Bearer …` or `Basic …`):
     what /token hands a backend so it calls Insightly the same way for both kinds."""
-    request = requests.PreparedRequest()
-    request.prepare_headers({})
-    return auth(request).headers["Authorization"]
+    return auth(_Headers()).headers["Authorization"]
 
 
 # -- quota -------------------------------------------------------------------------------------
@@ -208,7 +225,7 @@ class InsightlyApi(HttpClient):
         super().__init__(timeout=timeout, session=session)
         self.clock = clock
 
-    def users_me(self, api_base_url: str, auth: AuthBase) -> tuple[dict[str, str], RateLimit | None]:
+    def users_me(self, api_base_url: str, auth: Auth) -> tuple[dict[str, str], RateLimit | None]:
         """Who the credential belongs to (id, email, name) and the quota the answer showed."""
         response = self._send("GET", api_base_url.rstrip("/") + "/Users/Me", auth=auth)
         rate = RateLimit.from_headers(response.headers, now=self.clock())

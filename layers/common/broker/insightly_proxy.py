@@ -12,10 +12,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
-
-import requests
-from requests.auth import AuthBase
+from typing import TYPE_CHECKING, Any
 
 from . import deadline, proxy, requests_in
 from .connections import ACTIVE, Connection
@@ -25,8 +22,11 @@ from .observability import logger, metrics
 from .outbound import HttpClient
 from .tokens import TokenService, quota_change
 
+if TYPE_CHECKING:  # loaded by the proxy function's handler module (it always calls out)
+    import requests
 
-class HeaderAuth(AuthBase):
+
+class HeaderAuth:  # a requests auth (any callable is)
     """The Authorization header /token would hand out, for either credential kind."""
 
     def __init__(self, value: str):

@@ -7,12 +7,13 @@ timeouts cut to what is left of the invocation, so no call outlives the function
 
 from __future__ import annotations
 
-from http.cookiejar import DefaultCookiePolicy
-
-import requests
+from typing import TYPE_CHECKING
 
 from . import deadline
 from .errors import ProviderUnavailable
+
+if TYPE_CHECKING:
+    import requests
 
 USER_AGENT = "insightly-connect/0.1"
 # Kept back from the invocation's end to record the outcome of a call; and the least time
@@ -30,6 +31,13 @@ class HttpClient:
     @property
     def session(self) -> requests.Session:
         if self._session is None:
+            # Imported on the first call out, not with the module: routes that never call out
+            # (authorize, a fresh token, the key form) load no requests (BENCHMARKS.md, cold start).
+            # The functions whose every invocation calls out import it in their handler module.
+            from http.cookiejar import DefaultCookiePolicy
+
+            import requests
+
             self._session = requests.Session()
             self._session.headers["User-Agent"] = USER_AGENT
             # No cookie jar: the session serves every connection in a warm container, so a
@@ -43,6 +51,8 @@ class HttpClient:
         if budget < MIN_CALL_SECONDS:
             raise ProviderUnavailable(f"no time left in this invocation to call {self.who}")
         connect, read = self._timeout
+        import requests  # loaded by the session; named here for its exceptions
+
         try:
             return self.session.request(method, url, headers=headers, timeout=(min(connect, budget), min(read, budget)),
                                         allow_redirects=False, **kwargs)

@@ -10,16 +10,17 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
-
-import requests
 
 from .client_credentials import ClientCredentials
 from .config import ProviderSettings
 from .errors import ProviderRejected, ProviderUnavailable
 from .observability import logger
 from .outbound import HttpClient
+
+if TYPE_CHECKING:
+    import requests
 
 MAX_RETRY_AFTER = 3600  # a provider asking for a longer pause is not believed past an hour
 MAX_EXPIRES_IN = 31_536_000  # one year: a longer lifetime is an anomaly, treated as unknown

@@ -24,14 +24,17 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import requests
 
 from .errors import BrokerError, InvalidRequest, ProviderUnavailable
 from .insightly import RateLimit
 from .provider import parse_retry_after
+
+if TYPE_CHECKING:
+    import requests
+
+    from .insightly import Auth
 
 # -- 1. path safety ------------------------------------------------------------------------
 
@@ -266,7 +269,7 @@ def _backoff(attempt: int, jitter: Callable[[float, float], float]) -> float:
 
 
 def forward(session: requests.Session, method: str, url: str, headers: Mapping[str, str],
-            body: bytes | None, auth: requests.auth.AuthBase | None, *,
+            body: bytes | None, auth: Auth | None, *,
             seconds_left: Callable[[], float], sleep: Callable[[float], None] = time.sleep,
             jitter: Callable[[float, float], float] = random.uniform) -> tuple[requests.Response, int]:
     """Send one proxied request; return Insightly's final response and how often it was retried.
@@ -276,6 +279,8 @@ def forward(session: requests.Session, method: str, url: str, headers: Mapping[s
     No attempt starts, and no wait lasts, past `seconds_left()` less TIME_MARGIN. When no
     answer came: UpstreamTimeout (504) or ProviderUnavailable (503).
     """
+    import requests  # loaded already: the session is one (named here for its exceptions)
+
     method = method.upper()
     attempts = MAX_ATTEMPTS if method in IDEMPOTENT else 1
     for attempt in range(attempts):

@@ -1,8 +1,9 @@
 """The object graph of one container: built on first use from settings and boto3 clients,
 then reused while the container is warm. Tests call reset() to rebuild it.
 
-The connect flows (OAuth and API-key) are imported by the factories that build them: the
-token routes and the refresh worker never use them, so their cold start does not load them."""
+The connect flows (OAuth and API-key) and the Insightly proxy are imported by the factories
+that build them: the functions that never use them do not load them in their cold start
+(the proxy function imports the proxy in its handler module: every invocation uses it)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from .client_credentials import ClientCredentialSource
 from .config import settings
 from .connections import ConnectionStore
 from .insightly import InsightlyApi
-from .insightly_proxy import InsightlyProxy
 from .lifecycle import LifecycleEvents
 from .provider import ProviderClient
 from .tokens import TokenService
@@ -23,6 +23,7 @@ from .vault import TokenVault
 if TYPE_CHECKING:
     from .api_keys import ApiKeyConnect
     from .connect_flow import ConnectFlow
+    from .insightly_proxy import InsightlyProxy
 
 
 @lru_cache(maxsize=1)
@@ -66,6 +67,8 @@ def api_key_connect() -> ApiKeyConnect:
 
 @lru_cache(maxsize=1)
 def insightly_proxy() -> InsightlyProxy:
+    from .insightly_proxy import InsightlyProxy
+
     return InsightlyProxy(token_service(), quota_backoff_seconds=settings().quota_backoff_seconds)
 
 

@@ -13,11 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from requests.auth import AuthBase
-
 from ..connections import Connection
 from ..errors import BrokerError, InvalidRequest
-from ..insightly import RateLimit
+from ..insightly import Auth, RateLimit
 
 OAUTH2, API_KEY = "oauth2", "api_key"
 AUTH_MODES = (OAUTH2, API_KEY)
@@ -44,7 +42,7 @@ class CredentialKind(Protocol):
     # refresh token left unused that long may be gone; a key is only ever refused by a 401/403.
     gives_up_after_failing_days: bool
 
-    def authorization(self, sealed: dict[str, Any]) -> AuthBase:
+    def authorization(self, sealed: dict[str, Any]) -> Auth:
         """How a request to Insightly is authenticated with this credential."""
 
     def token_answer(self, conn: Connection, sealed: dict[str, Any]) -> dict[str, Any]:

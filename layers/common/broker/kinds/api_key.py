@@ -11,12 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from requests.auth import AuthBase
-
 from ..config import Settings
 from ..connections import Connection
 from ..errors import BrokerError
-from ..insightly import ApiAccessDenied, ApiKeyAuth, ApiKeyRejected, InsightlyApi
+from ..insightly import ApiAccessDenied, ApiKeyAuth, ApiKeyRejected, Auth, InsightlyApi
 from ..vault import API_KEY_PURPOSE
 from . import API_KEY, Renewal
 
@@ -34,7 +32,7 @@ class ApiKeyKind:
         self.api = api
         self.clock = clock
 
-    def authorization(self, sealed: dict[str, Any]) -> AuthBase:
+    def authorization(self, sealed: dict[str, Any]) -> Auth:
         return ApiKeyAuth(sealed["api_key"])
 
     def token_answer(self, conn: Connection, sealed: dict[str, Any]) -> dict[str, Any]:

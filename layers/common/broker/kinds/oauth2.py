@@ -8,13 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from requests.auth import AuthBase
 
 from ..client_credentials import ClientCredentialSource
 from ..config import Settings
 from ..connections import Connection
 from ..errors import BrokerError, ProviderRejected, ProviderUnavailable
-from ..insightly import BearerAuth
+from ..insightly import Auth, BearerAuth
 from ..observability import count, logger, metrics
 from ..provider import ProviderClient, TokenSet
 from ..vault import PURPOSE
@@ -87,7 +86,7 @@ class OAuth2Kind:
         self.sleep = sleep
         self.jitter = jitter
 
-    def authorization(self, sealed: dict[str, Any]) -> AuthBase:
+    def authorization(self, sealed: dict[str, Any]) -> Auth:
         return BearerAuth(sealed["access_token"])
 
     def token_answer(self, conn: Connection, sealed: dict[str, Any]) -> dict[str, Any]:
