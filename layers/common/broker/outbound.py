@@ -32,7 +32,7 @@ class HttpClient:
     def session(self) -> requests.Session:
         if self._session is None:
             # Imported on the first call out, not with the module: routes that never call out
-            # (authorize, a fresh token, the key form) load no requests (BENCHMARKS.md, cold start).
+            # (authorize, a fresh token, the key form) load no requests (docs/benchmarks.md, cold start).
             # The functions whose every invocation calls out import it in their handler module.
             from http.cookiejar import DefaultCookiePolicy
 
