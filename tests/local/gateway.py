@@ -496,6 +496,13 @@ class Gateway:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
 
+            def __getattr__(self, name):
+                # Any other method (TRACE, PROPFIND, ...) is routed too: API Gateway answers its
+                # 404 JSON where http.server would answer an HTML 501.
+                if name.startswith("do_"):
+                    return self._serve
+                raise AttributeError(name)
+
             def log_message(self, format, *args):  # noqa: A002 - the access log above replaces it
                 pass
 
