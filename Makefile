@@ -16,10 +16,11 @@ FAKE_AWS := AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_
             AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help install lock test chromium lint validate security build deploy local smoke bench docs clean
+.PHONY: help install lock test fuzz chromium lint validate security build deploy local smoke bench docs clean
 
 help:
 	@echo "make test      create .venv if needed, install, run the test suite"
+	@echo "make fuzz      schemathesis against the local stack, held to docs/openapi.yaml (about 2 min)"
 	@echo "make lock      re-resolve both locks from pyproject.toml (then make install)"
 	@echo "make lint      ruff"
 	@echo "make validate  sam validate --lint and cfn-lint on template.yaml"
@@ -60,6 +61,12 @@ lock: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# Property-based tests of docs/openapi.yaml against the local stack (tests/fuzz, not collected
+# by `make test`): every operation, SigV4-signed, plus the links of POST /connect-sessions.
+# FUZZ_EXAMPLES (per operation, default 40) and FUZZ_STATEFUL_EXAMPLES (default 15) bound it.
+fuzz: $(STAMP)
+	FUZZ=1 $(BIN)/python -m pytest -p no:cacheprovider tests/fuzz
 
 # The browser tests drive Debian's Chromium through Playwright (Playwright's own browser
 # download is not used). Installed here when missing and we may; otherwise a clear stop.

@@ -10,6 +10,7 @@ from playwright.sync_api import sync_playwright
 
 from tests.local import start_local_stack
 from tests.local.demo_app import BrokerClient
+from tests.support.openapi import Contract
 
 ARTIFACTS = __import__("pathlib").Path(__file__).resolve().parents[2] / ".e2e-artifacts"
 # Debian's Chromium (Playwright's own browser download is not used).
@@ -37,8 +38,24 @@ def page(browser):
 def local():
     # The scheduler thread stays off: tests trigger runs themselves, so they are not flaky.
     stack = start_local_stack(schedule=False)
+    # Every answer the gateway gives (to the tests, the demo app and the browser) is checked
+    # against docs/openapi.yaml; `contract` fails the test during which one did not conform.
+    contract, stack.contract_problems = Contract(), []
+    stack.gateway.observer = lambda *answer: stack.contract_problems.extend(contract.problems(*answer))
     yield stack
     stack.stop()
+
+
+@pytest.fixture(autouse=True)
+def contract(request):
+    """Fails a test that received an answer docs/openapi.yaml does not allow."""
+    if "local" not in request.fixturenames:
+        yield
+        return
+    problems = request.getfixturevalue("local").contract_problems
+    problems.clear()
+    yield
+    assert problems == [], "answers that do not conform to docs/openapi.yaml"
 
 
 @pytest.fixture

@@ -45,8 +45,9 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
 from botocore.auth import SigV4Auth
@@ -75,6 +76,9 @@ INTERNAL_ERROR = {"message": "Internal Server Error"}
 BAD_SIGNATURE = ("The request signature we calculated does not match the signature you provided. Check your AWS "
                  "Secret Access Key and signing method. Consult the service documentation for details.")
 UNKNOWN_KEY = "The security token included in the request is invalid."
+# The HTTP contract, served beside the API (a deployed API does not serve it).
+OPENAPI_PATH = "/openapi.yaml"
+OPENAPI_DOCUMENT = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 
 
 # -- environment -------------------------------------------------------------------------------
@@ -354,6 +358,9 @@ class Gateway:
         if self.port != port:  # port 0: the base URL is known only now
             self.env = local_environment(stack, public_base_url=self.url, extra=env)
         self._overlay = EnvironmentOverlay(self.env)
+        # Called with (method, target, status, headers, body) after every answer: the e2e tests
+        # check each one against docs/openapi.yaml.
+        self.observer: Callable[[str, str, int, list[tuple[str, str]], bytes], None] | None = None
 
     @property
     def url(self) -> str:
@@ -389,6 +396,8 @@ class Gateway:
         `request_id` becomes the event's requestContext.requestId."""
         parts = urlsplit(target)
         raw_path, raw_query = parts.path or "/", parts.query
+        if method in ("GET", "HEAD") and raw_path == OPENAPI_PATH:
+            return 200, [("Content-Type", "application/yaml")], OPENAPI_DOCUMENT.read_bytes(), f"GET {OPENAPI_PATH}"
         found = match_route(self.routes, method, unquote(raw_path))
         if found is None:
             return (*_json(404, NOT_FOUND), "-")
@@ -446,6 +455,8 @@ class Gateway:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
+                if gateway.observer is not None:
+                    gateway.observer(self.command, self.path, status, headers, data)
                 if gateway.access_log:
                     # Like the template's access log: never the query string (codes, states).
                     stream = sys.stderr if gateway.access_log is True else gateway.access_log
@@ -484,6 +495,13 @@ class Gateway:
                 return self.rfile.read(length) if length > 0 else b""
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+
+            def __getattr__(self, name):
+                # Any other method (TRACE, PROPFIND, ...) is routed too: API Gateway answers its
+                # 404 JSON where http.server would answer an HTML 501.
+                if name.startswith("do_"):
+                    return self._serve
+                raise AttributeError(name)
 
             def log_message(self, format, *args):  # noqa: A002 - the access log above replaces it
                 pass

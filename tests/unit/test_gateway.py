@@ -179,6 +179,13 @@ def test_an_unknown_route_is_not_found(gateway):
     assert (wrong_method.status_code, wrong_method.json()) == (404, {"message": "Not Found"})
 
 
+@pytest.mark.parametrize("method", ["TRACE", "PROPFIND"])
+def test_a_method_no_route_has_is_not_found_like_api_gateway(gateway, method):
+    # Found by `make fuzz`: the gateway answered http.server's HTML 501 (a 5xx) for TRACE.
+    answer = requests.request(method, gateway.url + "/connect-sessions", timeout=10)
+    assert (answer.status_code, answer.json()) == (404, {"message": "Not Found"})
+
+
 # -- the event ---------------------------------------------------------------------------------
 
 def _raw_request(gateway, method: str, target: str, headers: list[tuple[str, str]], body: bytes = b""):

@@ -62,6 +62,12 @@ def create_app() -> APIGatewayHttpResolver:
 
     @app.not_found
     def _no_route(exc: Exception) -> Response:
+        # API Gateway routed it here, but the resolver's patterns refuse a control character
+        # in a path parameter: that parameter is malformed (400), the route exists.
+        parameters = app.current_event.path_parameters or {}
+        if parameters:
+            name = sorted(parameters)[0]
+            return error_response(400, f"invalid_{name}", f"the {name} is malformed")
         return error_response(404, "route_not_found", "no such route")
 
     @app.exception_handler(Exception)
