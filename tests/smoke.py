@@ -10,7 +10,7 @@ Optional: RETURN_TO (a URL on the stack's AllowedReturnOrigins; default
 https://app.example.com/smoke, the template's default origin), AUTH_MODE (oauth2 or
 api_key: the kind of connect session to create; default oauth2), PROVIDER_AUTHORIZE_URL
 (the authorize redirect must start with it), OPENAPI (the contract to validate against;
-default docs/openapi.yaml, or openapi.yaml, when present).
+default docs/openapi.yaml, which must exist).
 
 The checks: an unsigned backend call is 403; a signed POST /connect-sessions creates a
 session; its connect_url answers the provider redirect (oauth2: 302 to the authorize URL)
@@ -39,8 +39,9 @@ import requests
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
+from tests.support.openapi import DOCUMENT, Contract, load_document
+
 ROOT = Path(__file__).resolve().parents[1]
-OPENAPI_CANDIDATES = (ROOT / "docs" / "openapi.yaml", ROOT / "openapi.yaml")
 DEFAULT_RETURN_TO = "https://app.example.com/smoke"
 TIMEOUT = 15
 
@@ -50,9 +51,9 @@ class Exchange:
     """One request the smoke test made and what it got, for the OpenAPI check."""
 
     method: str
-    route: str  # the template path, e.g. /connections/{connection_id}
+    path: str  # as requested, e.g. /connections/smoke-unknown-1a2b
     status: int
-    content_type: str
+    headers: dict
     body: bytes
 
 
@@ -64,11 +65,11 @@ class Target:
     return_to: str = DEFAULT_RETURN_TO
     auth_mode: str = "oauth2"
     authorize_url: str | None = None
-    openapi: Path | None = None
+    openapi: Path = DOCUMENT
     exchanges: list[Exchange] = field(default_factory=list)
     state: dict = field(default_factory=dict)  # what one check hands the next (the session)
 
-    def request(self, method: str, path: str, route: str, *, body: dict | None = None, signed: bool = True,
+    def request(self, method: str, path: str, *, body: dict | None = None, signed: bool = True,
                 url: str | None = None) -> requests.Response:
         url = url or self.url.rstrip("/") + path
         data = json.dumps(body) if body is not None else None
@@ -79,8 +80,10 @@ class Target:
             headers = dict(signing.headers)
         # Never follow a redirect: the provider's page is off the API, and not ours to call.
         answer = requests.request(method, url, data=data, headers=headers, timeout=TIMEOUT, allow_redirects=False)
-        self.exchanges.append(Exchange(method.lower(), route, answer.status_code,
-                                       answer.headers.get("Content-Type", "").split(";")[0].strip(), answer.content))
+        # The path as the API sees it: without the base path of API_URL (a stage, a mapping).
+        api_path = urlsplit(url).path[len(urlsplit(self.url).path.rstrip("/")):] or "/"
+        self.exchanges.append(Exchange(method, api_path, answer.status_code, dict(answer.headers),
+                                       answer.content))
         return answer
 
 
@@ -101,14 +104,14 @@ def described(answer: requests.Response) -> str:
 # -- the checks ----------------------------------------------------------------------------------
 
 def unsigned_call_is_403(target: Target) -> str:
-    answer = target.request("GET", "/connections/smoke-unsigned", "/connections/{connection_id}", signed=False)
+    answer = target.request("GET", "/connections/smoke-unsigned", signed=False)
     expect(answer.status_code == 403, f"an unsigned backend call answered {described(answer)}, not 403")
     return "GET /connections/{id} without a signature: 403"
 
 
 def connect_session_is_created(target: Target) -> str:
     connection_id = f"smoke-{secrets.token_hex(6)}"
-    answer = target.request("POST", "/connect-sessions", "/connect-sessions",
+    answer = target.request("POST", "/connect-sessions",
                             body={"connection_id": connection_id, "return_to": target.return_to,
                                   "auth_mode": target.auth_mode})
     hint = ""
@@ -126,8 +129,7 @@ def connect_url_answers(target: Target) -> str:
     session = target.state.get("session")
     expect(session is not None, "no connect session (the check before failed)")
     url = session["connect_url"]
-    route = urlsplit(url).path[len(urlsplit(target.url).path.rstrip("/")):] or "/"
-    answer = target.request("GET", url, route, signed=False, url=url)
+    answer = target.request("GET", url, signed=False, url=url)
     if target.auth_mode == "api_key":
         expect(answer.status_code == 200 and answer.headers.get("Content-Type", "").startswith("text/html"),
                f"the key page answered {described(answer)}, not 200 HTML")
@@ -149,15 +151,15 @@ def connect_url_answers(target: Target) -> str:
 
 def unknown_connection_is_404(target: Target) -> str:
     connection_id = f"smoke-unknown-{secrets.token_hex(6)}"
-    answer = target.request("GET", f"/connections/{quote(connection_id)}", "/connections/{connection_id}")
+    answer = target.request("GET", f"/connections/{quote(connection_id)}")
     expect(answer.status_code == 404, f"an unknown connection answered {described(answer)}, not 404")
     return "GET /connections/{unknown}: 404"
 
 
 def answers_match_openapi(target: Target) -> str:
-    if target.openapi is None:
-        return "SKIP: no docs/openapi.yaml here to validate against"
-    problems = openapi_mismatches(target.openapi, target.exchanges)
+    contract = Contract(load_document(target.openapi))
+    problems = [problem for x in target.exchanges
+                for problem in contract.problems(x.method, x.path, x.status, x.headers, x.body)]
     expect(not problems, "; ".join(problems))
     return f"{len(target.exchanges)} answers match {_relative(target.openapi)}"
 
@@ -187,75 +189,8 @@ def run_checks(target: Target, out=print) -> bool:
     return ok
 
 
-# -- the OpenAPI document --------------------------------------------------------------------------
-
-def _pointer(*parts: str) -> str:
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
-
-
-def _at(document: dict, pointer: str):
-    node = document
-    for part in pointer.split("/")[1:]:
-        node = node[part.replace("~1", "/").replace("~0", "~")]
-    return node
-
-
-def openapi_mismatches(path: Path, exchanges: list[Exchange]) -> list[str]:
-    """Each answer's status must be documented for its operation, and a JSON body must match
-    the documented schema (JSON Schema 2020-12, as OpenAPI 3.1 uses)."""
-    import yaml
-    from jsonschema import Draft202012Validator
-    from referencing import Registry, Resource
-    from referencing.jsonschema import DRAFT202012
-
-    document = yaml.safe_load(path.read_text())
-    registry = Registry().with_resource("urn:openapi", Resource.from_contents(document,
-                                                                               default_specification=DRAFT202012))
-    problems = []
-    for exchange in exchanges:
-        where = f"{exchange.method.upper()} {exchange.route} {exchange.status}"
-        operation = (document.get("paths", {}).get(exchange.route) or {}).get(exchange.method)
-        if operation is None:
-            problems.append(f"{exchange.method.upper()} {exchange.route} is not in the document")
-            continue
-        responses = operation.get("responses", {})
-        key = next((k for k in (str(exchange.status), f"{str(exchange.status)[0]}XX", "default") if k in responses),
-                   None)
-        if key is None:
-            problems.append(f"{where}: status not documented")
-            continue
-        # The schema is validated where it is in the document, so its own $refs resolve.
-        pointer = _pointer("paths", exchange.route, exchange.method, "responses", key)
-        response = _at(document, pointer)
-        while "$ref" in response:  # a shared response (#/components/responses/...)
-            pointer = response["$ref"].removeprefix("#")
-            response = _at(document, pointer)
-        content = response.get("content") or {}
-        if not content:
-            continue
-        if exchange.content_type not in content:
-            problems.append(f"{where}: content type {exchange.content_type or 'none'} not documented")
-            continue
-        if exchange.content_type != "application/json" or "schema" not in content[exchange.content_type]:
-            continue
-        schema = {"$ref": "urn:openapi#" + pointer + _pointer("content", exchange.content_type, "schema")}
-        try:
-            body = json.loads(exchange.body)
-        except ValueError:
-            problems.append(f"{where}: body is not JSON")
-            continue
-        errors = sorted(Draft202012Validator(schema, registry=registry).iter_errors(body), key=lambda e: e.path)
-        if errors:
-            first = errors[0]
-            problems.append(f"{where}: {'/'.join(map(str, first.absolute_path)) or 'body'}: {first.message[:160]}")
-    return problems
-
-
-def find_openapi(environ) -> Path | None:
-    configured = environ.get("OPENAPI")
-    if configured:
-        return Path(configured)
-    return next((p for p in OPENAPI_CANDIDATES if p.is_file()), None)
+def find_openapi(environ) -> Path:
+    return Path(environ["OPENAPI"]) if environ.get("OPENAPI") else DOCUMENT
 
 
 def _relative(path: Path) -> str:
