@@ -140,4 +140,4 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) .aws-sam .pytest_cache .ruff_cache .site
+	rm -rf $(VENV) $(SECURITY_VENV) .aws-sam .pytest_cache .ruff_cache .site

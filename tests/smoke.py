@@ -17,7 +17,7 @@ session; its connect_url answers the provider redirect (oauth2: 302 to the autho
 or the key page (api_key: 200 HTML), without following the redirect off the API; an
 unknown connection is 404; every answer above matches the OpenAPI document. The only thing
 written is that one connect session (and, for oauth2, the OAuth state its connect_url
-starts): both expire after FlowTtlSeconds. One line per check; exit status 1 when one fails,
+starts): both expire after 600 s. One line per check; exit status 1 when one fails,
 2 when the smoke test cannot start.
 """
 
