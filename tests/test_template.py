@@ -391,7 +391,8 @@ def test_the_webhook_url_must_be_https():
     pattern = TEMPLATE["Parameters"]["WebhookUrl"]["AllowedPattern"]
     for value in ("", "https://hooks.example.com/in", "https://h.example:8443/a?b=c"):
         assert re.fullmatch(pattern, value), value
-    for value in ("http://hooks.example.com/in", "hooks.example.com", "https://", "ftp://x", "https://a b"):
+    for value in ("http://hooks.example.com/in", "hooks.example.com", "https://", "ftp://x", "https://a b",
+                  "https://faß.example/hook"):
         assert not re.fullmatch(pattern, value), value
 
 

@@ -194,3 +194,37 @@ def test_refreshes_and_quota_observations_write_no_listing_index(tagged_stack, b
         assert "*" not in attributes
         touched = [sorted(names & attributes) for names in written if names & attributes]
         assert touched == [], f"a refresh or quota write changes {index}: {touched}"
+
+
+def test_items_dynamodb_keeps_leaving_unprocessed_are_a_503_to_retry_not_a_500(two_connections, monkeypatch):
+    # Throttling shows up in BatchGetItem as UnprocessedKeys: asked again with backoff, and if
+    # they stay unprocessed the caller is told to try again (503), not sent a broker fault.
+    store = services.token_service().connections  # the store every function shares
+    asked = []
+
+    def throttled(RequestItems):  # noqa: N803 - boto3's parameter name
+        [(table, request)] = RequestItems.items()
+        asked.append(len(request["Keys"]))
+        return {"Responses": {table: []}, "UnprocessedKeys": RequestItems}
+
+    monkeypatch.setattr(store._db, "batch_get_item", throttled)
+    monkeypatch.setattr("broker.connections.time.sleep", lambda seconds: None)
+
+    answer = two_connections.call("GET", "/connections")
+
+    assert_json_error(answer, 503, "storage_unavailable")
+    assert asked == [2] * 5  # every attempt, then the answer
+
+
+def test_every_dynamodb_call_of_a_listing_is_granted_by_the_connections_role(two_connections, stack):
+    # moto does not enforce IAM: a call the role lacks would pass here and fail in AWS.
+    from broker import aws
+    from tests.support.iam import not_granted, recorded_calls
+
+    tables = {stack.refs[logical]: logical for logical in stack.of_type("AWS::DynamoDB::Table")}
+    with recorded_calls(aws.client("dynamodb")) as calls:
+        for query in ("", "status=active", "auth_mode=api_key", "tag.plan=pro", "limit=1"):
+            listing(two_connections, query)
+
+    assert {"Query", "BatchGetItem"} <= {operation for operation, _ in calls}
+    assert not_granted(stack.resources["ConnectionsRole"], calls, tables) == []

@@ -178,3 +178,19 @@ def test_connect_and_delete_are_told_to_the_saas(broker, lifecycle_events):
     events = lifecycle_events()
     assert [e["detail-type"] for e in events] == ["Connected", "Deleted"]
     assert all(set(e["detail"]) == {"connection_id", "status", "reason", "at", "tags"} for e in events)
+
+
+def test_every_dynamodb_call_of_a_background_refresh_is_granted_by_the_workers_role(broker, dynamodb, stack):
+    # moto does not enforce IAM: a call the role lacks would pass here and fail in AWS.
+    from tests.support.iam import not_granted, recorded_calls
+
+    broker.connect("user-1")
+    make_due(dynamodb, stack)
+    message = json.dumps({"connection_id": "user-1"})
+    tables = {stack.refs[logical]: logical for logical in stack.of_type("AWS::DynamoDB::Table")}
+
+    with recorded_calls(aws.client("dynamodb")) as calls:
+        assert run_worker(message) == {"batchItemFailures": []}
+
+    assert {"GetItem", "UpdateItem"} <= {operation for operation, _ in calls}  # read, lease, store
+    assert not_granted(stack.resources["RefreshWorkerRole"], calls, tables) == []

@@ -74,3 +74,22 @@ def test_lambdas_retry_of_a_failed_run_takes_over_its_own_lease(broker, dynamodb
         "flow_key": {"S": "scheduler-run"}, "run_id": {"S": "run-1"}, "expires_at": {"N": str(now + 300)}})
 
     assert run_scheduler("run-1") == {"enqueued": 1, "not_enqueued": 0}
+
+
+def test_a_lease_that_cannot_be_released_does_not_fail_a_run_that_worked(broker, dynamodb, stack, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    from broker.flowstore import FlowStore
+
+    broker.connect("due-1")
+    make_due(dynamodb, stack, "due-1")
+
+    def throttled(self, run_id):
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "DeleteItem")
+
+    monkeypatch.setattr(FlowStore, "release_scheduled_run", throttled)
+
+    assert run_scheduler("run-1") == {"enqueued": 1, "not_enqueued": 0}  # not an invocation error
+    # Left behind, the lease lapses at the run's own timeout (no later than 300 s from now).
+    lease = dynamodb.get_item(TableName=stack.refs["FlowTable"], Key={"flow_key": {"S": "scheduler-run"}})["Item"]
+    assert lease["run_id"]["S"] == "run-1" and int(lease["expires_at"]["N"]) <= int(time.time()) + 300

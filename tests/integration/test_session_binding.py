@@ -194,3 +194,21 @@ def test_a_pending_completion_is_sealed_for_its_connection(broker, dynamodb, sta
     assert vault.open("user-1", bytes(item["credentials"]["B"]))["refresh_token"]
     with pytest.raises(Exception, match="do not belong"):
         vault.open("someone-else", bytes(item["credentials"]["B"]))
+
+
+def test_every_dynamodb_call_of_a_scheduled_sweep_is_granted_by_the_schedulers_role(broker, dynamodb, stack):
+    # moto does not enforce IAM: a call the role lacks would pass here and fail every run in AWS.
+    from broker import aws
+    from tests.support.iam import not_granted, recorded_calls
+
+    pending_flow(broker, "user-1")
+    expire_completions(dynamodb, stack)
+    tables = {stack.refs[logical]: logical for logical in stack.of_type("AWS::DynamoDB::Table")}
+
+    with recorded_calls(aws.client("dynamodb")) as calls:
+        run_scheduler()
+
+    operations = {operation for operation, _ in calls}
+    assert {"PutItem", "Query", "GetItem", "DeleteItem"} <= operations  # lease, index, schema check, sweep
+    assert not_granted(stack.resources["SchedulerRole"], calls, tables) == []
+    assert completion_items(dynamodb, stack) == []  # swept

@@ -106,6 +106,16 @@ def test_a_public_https_target_passes_and_http_or_credentials_do_not():
             check_target(url, resolver=public)
 
 
+def test_an_international_host_is_refused_since_it_would_be_sent_under_another_name():
+    # checked as faß -> fass (IDNA 2003), sent by requests as xn--fa-hia (IDNA 2008) past the pin
+    looked_up = []
+    with pytest.raises(TargetRefused, match="ASCII"):
+        check_target("https://faß.example/hook",
+                     resolver=lambda host, port: looked_up.append(host) or ["93.184.215.14"])
+    assert looked_up == []
+    check_target("https://xn--fa-hia.example/hook", resolver=public)  # the ASCII form is fine
+
+
 def test_loopback_only_when_allowed_for_the_local_stack():
     loopback = lambda host, port: ["127.0.0.1"]  # noqa: E731
     check_target("http://localhost:8090/hooks", resolver=loopback, allow_loopback=True)

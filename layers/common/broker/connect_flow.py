@@ -287,10 +287,14 @@ class ConnectFlow:
         """Revoke the grant of every expired pending completion (when revocation is configured),
         then delete it. A completion whose revocation failed stays for the next run."""
         now, swept, failed = self._now(), 0, 0
-        for flow_key, pending in self.flows.expired_completions(now=now):
+        for flow_key, item in self.flows.expired_completions(now=now):
             if seconds_left() < SWEEP_RESERVE_SECONDS:
                 break
+            pending = None
             try:
+                pending = self.flows.open_expired(item)
+                if pending is None:
+                    continue
                 if self.settings.provider.revocation_url:
                     self._revoke_pending(pending)
                 self.flows.discard_expired_completion(flow_key, now=now)
@@ -298,7 +302,8 @@ class ConnectFlow:
             except Exception as fault:  # noqa: BLE001 - one bad item must not stop the sweep
                 failed += 1
                 logger.warning("expired completion not swept; retried next run",
-                               extra={"connection_id": pending.connection_id, "exception_type": type(fault).__name__,
+                               extra={"connection_id": pending.connection_id if pending else None,
+                                      "exception_type": type(fault).__name__,
                                       "error": getattr(fault, "code", None)})
         if swept or failed:
             count("CompletionsExpired", swept)

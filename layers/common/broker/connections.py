@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +19,9 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from . import schema
+from . import deadline, schema
+from .errors import BrokerError
+from .observability import logger
 
 DUE_INDEX = "due-index"
 ACTIVE, NEEDS_REAUTH = "active", "needs_reauth"
@@ -25,7 +29,8 @@ ACTIVE, NEEDS_REAUTH = "active", "needs_reauth"
 LISTED_ATTRIBUTES = ("connection_id", "status", "auth_mode", "created_at", "provider_user", "scopes", "expires_at",
                      "last_refreshed_at", "refresh_due_at", "connected_at", "first_failed_at", "last_error", "pod",
                      "api_base_url", "last_checked_at", "tags", "metadata", "rate_limit",
-                     "list_tag")  # the tag-index key: to see an item is still where the index put it
+                     "list_tag",  # the tag-index key: to see an item is still where the index put it
+                     "schema_version")  # a newer item is left out of the page, not misread
 BATCH_GET_ATTEMPTS = 5
 # Deployment-wide markers share the table. "#" is outside the connection_id pattern, so no
 # request can name one, and they carry no due_shard, so the scheduler's index never lists one.
@@ -382,9 +387,13 @@ class ConnectionStore:
         page = self._db.query(**kwargs)
         ids = [item["connection_id"]["S"] for item in page.get("Items", [])]
         items = self._get_listed(ids)
-        found = [Connection.from_item(items[i]) for i in ids
-                 if i in items and items[i].get(key_name, {}).get("S") == key_value]
-        return found, page.get("LastEvaluatedKey")
+        listed = [items[i] for i in ids if i in items and items[i].get(key_name, {}).get("S") == key_value]
+        newer = [item for item in listed if schema.is_newer(item)]
+        if newer:  # after a rollback: one such item must not fail the page (GET of it answers 409)
+            logger.warning("connections of a newer schema version left out of a listing page",
+                           extra={"count": len(newer)})
+        readable = [Connection.from_item(item) for item in listed if not schema.is_newer(item)]
+        return readable, page.get("LastEvaluatedKey")
 
     def _get_listed(self, ids: list[str]) -> dict[str, dict[str, Any]]:
         """The listed attributes of up to 100 items, by id (BatchGetItem; what DynamoDB leaves
@@ -393,16 +402,20 @@ class ConnectionStore:
         request = {"Keys": [self._key(i) for i in dict.fromkeys(ids)],
                    "ProjectionExpression": ", ".join(f"#a{n}" for n in range(len(LISTED_ATTRIBUTES))),
                    "ExpressionAttributeNames": {f"#a{n}": name for n, name in enumerate(LISTED_ATTRIBUTES)}}
-        for _ in range(BATCH_GET_ATTEMPTS):
+        for attempt in range(BATCH_GET_ATTEMPTS):
             if not request["Keys"]:
                 break
+            if attempt:  # unprocessed keys mean throttling: back off (full jitter) within the invocation
+                pause = random.uniform(0, 0.05 * 2 ** attempt)  # noqa: S311 - jitter, not a secret
+                if deadline.seconds_left() < pause + 1:
+                    break
+                time.sleep(pause)
             answer = self._db.batch_get_item(RequestItems={self._table: request})
             for item in answer.get("Responses", {}).get(self._table, []):
                 found[item["connection_id"]["S"]] = item
             request = answer.get("UnprocessedKeys", {}).get(self._table) or {"Keys": []}
-        else:
-            if request["Keys"]:
-                raise RuntimeError("DynamoDB left listed items unprocessed")  # a 5xx: the caller tries again
+        if request["Keys"]:
+            raise BrokerError("the connection store is busy; try again", code="storage_unavailable", status=503)
         return found
 
     # -- plumbing --------------------------------------------------------------------------
@@ -441,7 +454,8 @@ class ConnectionStore:
             "Key": self._key(connection_id),
             "UpdateExpression": expression,
             "ExpressionAttributeNames": names,
-            "ExpressionAttributeValues": _to_ddb(values),
+            # NOT_NEWER's own placeholder, whatever `sets` holds
+            "ExpressionAttributeValues": {**_to_ddb(values), **schema.NOT_NEWER_VALUES},
         }
         # Never over an item of a newer format, whether or not this writer read it first.
         kwargs["ConditionExpression"] = f"({condition}) AND {schema.NOT_NEWER}" if condition else schema.NOT_NEWER

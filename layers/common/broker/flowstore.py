@@ -191,8 +191,9 @@ class FlowStore:
             raise InvalidRequest("unknown or already used completion code", code="invalid_completion_code") from None
         return _pending(answer["Attributes"])
 
-    def expired_completions(self, *, now: int, page_size: int = 25) -> Iterator[tuple[str, NewCredentials]]:
-        """(flow_key, completion) of every completion past its deadline, from the sparse index."""
+    def expired_completions(self, *, now: int, page_size: int = 25) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(flow_key, index item) of every completion past its deadline, from the sparse index;
+        `open_expired` turns one into its completion."""
         kwargs = {
             "TableName": self._table, "IndexName": PENDING_INDEX,
             "KeyConditionExpression": "pending_shard = :shard AND complete_by <= :now",
@@ -202,17 +203,22 @@ class FlowStore:
         while True:
             page = self._db.query(**kwargs)
             for item in page.get("Items", []):
-                # The index does not project schema_version (adding it would rebuild the index
-                # on upgrade): one read of the item, for the rare completion nobody completed.
-                if schema.is_newer(self._db.get_item(TableName=self._table, Key={"flow_key": item["flow_key"]},
-                                                     ProjectionExpression="schema_version",
-                                                     ConsistentRead=True).get("Item")):
-                    logger.warning("expired completion of a newer schema version left for that version")
-                    continue
-                yield item["flow_key"]["S"], _pending(item)
+                yield item["flow_key"]["S"], item
             if "LastEvaluatedKey" not in page:
                 return
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def open_expired(self, item: dict[str, Any]) -> NewCredentials | None:
+        """An expired completion as this code reads it, or None when a newer version wrote it
+        (left for that version). The index does not project schema_version (adding it would
+        rebuild the index on upgrade): one read of that attribute, for the rare completion
+        nobody completed (the scheduler's role may read no other attribute)."""
+        stored = self._db.get_item(TableName=self._table, Key={"flow_key": item["flow_key"]},
+                                   ProjectionExpression="flow_key, schema_version", ConsistentRead=True).get("Item")
+        if schema.is_newer(stored):
+            logger.warning("expired completion of a newer schema version left for that version")
+            return None
+        return _pending(item)
 
     def discard_expired_completion(self, flow_key: str, *, now: int) -> None:
         try:

@@ -35,7 +35,12 @@ def one_run_at_a_time(lease: RunLease, run_id: str, run: Callable[[], Any], *, n
     try:
         return run()
     finally:
-        lease.release_scheduled_run(run_id)
+        try:
+            lease.release_scheduled_run(run_id)
+        except Exception as fault:  # noqa: BLE001 - the lease lapses at its end anyway
+            # A failed release must neither fail a run that worked nor hide why one failed.
+            logger.warning("scheduled run lease not released; it lapses at the run's timeout",
+                           extra={"exception_type": type(fault).__name__})
 
 
 def enqueue_due(store: ConnectionStore, sqs, queue_url: str, *, shards: int, now: int,

@@ -126,6 +126,10 @@ def check_target(url: str, *, resolver: Resolver | None = None, allow_loopback: 
     parts = urlsplit(url)
     if not parts.hostname or parts.username or parts.password:
         raise TargetRefused("the webhook URL needs a host and no credentials")
+    if not url.isascii():
+        # requests would send an IDN host as its IDNA 2008 form, which is not the name checked
+        # here (Python's idna codec is IDNA 2003) and not the one the pinned adapter is mounted on.
+        raise TargetRefused("the webhook URL must be ASCII (write an international host as xn--...)")
     if parts.scheme != "https" and not (allow_loopback and parts.scheme == "http"):
         raise TargetRefused("the webhook URL must be https")
     try:
