@@ -62,6 +62,12 @@ def test_every_template_parameter_is_documented_and_nothing_else():
     assert sorted(set(documented) - parameters) == [], "docs/configuration.md names parameters the template lacks"
 
 
+def test_the_readme_names_every_template_parameter():
+    # The front page lists them (the details live in docs/configuration.md).
+    readme = (ROOT / "README.md").read_text()
+    assert sorted(p for p in load_template()["Parameters"] if f"`{p}`" not in readme) == []
+
+
 def test_every_docs_page_is_in_the_nav_and_every_nav_page_exists():
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
     in_nav = nav_pages(config["nav"])
