@@ -406,7 +406,7 @@ class ConnectionStore:
             if not request["Keys"]:
                 break
             if attempt:  # unprocessed keys mean throttling: back off (full jitter) within the invocation
-                pause = random.uniform(0, 0.05 * 2 ** attempt)  # noqa: S311 - jitter, not a secret
+                pause = random.uniform(0, 0.05 * 2 ** attempt)  # noqa: S311  # nosec B311  # backoff jitter, no secret
                 if deadline.seconds_left() < pause + 1:
                     break
                 time.sleep(pause)
