@@ -89,8 +89,10 @@ def _conditions_hold(conditions: dict[str, Any], context: dict[str, Any]) -> boo
     return True
 
 
-def not_granted(role: dict[str, Any], calls, table_logical: dict[str, str]) -> list[str]:
-    """The calls (as `Operation Resource`) no Allow statement of the role grants."""
+def not_granted(stack, role_logical: str, calls) -> list[str]:
+    """The calls (as `Operation Resource context`) no Allow statement of the stack's role grants."""
+    role = stack.resources[role_logical]
+    table_logical = {stack.refs[logical]: logical for logical in stack.of_type("AWS::DynamoDB::Table")}
     statements = [s for policy in role["Properties"].get("Policies", [])
                   for s in policy["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"]
     missing = []
