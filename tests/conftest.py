@@ -12,8 +12,10 @@ os.environ.update({
     "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
     "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     "AWS_EC2_METADATA_DISABLED": "true",
-    "POWERTOOLS_TRACE_DISABLED": "1", "POWERTOOLS_SERVICE_NAME": "insightly-connect",
-    "POWERTOOLS_METRICS_NAMESPACE": "InsightlyConnect",
+    # Outside Lambda the X-Ray SDK has no daemon to send to. POWERTOOLS_SERVICE_NAME and
+    # POWERTOOLS_METRICS_NAMESPACE are NOT set here: they come from the template, where a test
+    # builds a function's environment (`function_environment`), as in Lambda.
+    "POWERTOOLS_TRACE_DISABLED": "1",
 })
 for leaked in ("AWS_PROFILE", "AWS_ENDPOINT_URL"):
     os.environ.pop(leaked, None)

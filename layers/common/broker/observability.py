@@ -1,14 +1,24 @@
 """One Logger, Tracer and Metrics for the whole package (Powertools keeps them per process).
 
 Every handler pins log_event=False: an event carries state, code, session and cookie, so
-POWERTOOLS_LOGGER_LOG_EVENT=true must not log it."""
+POWERTOOLS_LOGGER_LOG_EVENT=true must not log it.
+
+Logger and Metrics read their service and namespace from the environment when they are
+made. They are made at first use, not when this module is imported: whatever imports the
+broker before a function's environment is in place (the local stack does, to check its
+webhook secret) would otherwise fix `service_undefined` and no namespace for good, and
+every metric flush would then fail."""
 
 import functools
 import logging
 import os
+import threading
+from collections.abc import Callable
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
 from aws_lambda_powertools.tracing import tracer as powertools_tracing
 
 # At DEBUG (e.g. Lambda's ApplicationLogLevel=DEBUG sets the root logger) these log every
@@ -80,9 +90,62 @@ def _sampled() -> bool:
     return "Sampled=0" not in os.environ.get("_X_AMZN_TRACE_ID", "").split(";")
 
 
-logger = Logger()
+class MadeAtFirstUse:
+    """Stands for the object `make()` returns, made on the first attribute read."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._made: Any = None
+        self._guard = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        made = self._made
+        if made is None:
+            with self._guard:
+                if self._made is None:
+                    self._made = self._make()
+                made = self._made
+        return getattr(made, name)
+
+    def forget(self) -> None:
+        """The next use makes a new one, from the environment as it is then."""
+        with self._guard:
+            self._made = None
+
+
+class ClearingEMFProvider(AmazonCloudWatchEMFProvider):
+    """Powertools' EMF provider, except that a flush that fails clears what it could not write.
+
+    Powertools clears the metric set only after a successful flush, and Lambda keeps the
+    process after an exception escapes a handler: the unwritten metrics would go into every
+    later flush of the container and fail each one (a misconfigured namespace once turned every
+    answer of every function into a 500). The failing invocation still raises."""
+
+    def flush_metrics(self, raise_on_empty_metrics: bool = False) -> None:
+        try:
+            super().flush_metrics(raise_on_empty_metrics=raise_on_empty_metrics)
+        except Exception:
+            self.clear_metrics()
+            raise
+
+
+def _make_metrics() -> Metrics:
+    # The same process-wide sets Metrics() shares between its instances, behind our provider.
+    return Metrics(provider=ClearingEMFProvider(
+        metric_set=Metrics._metrics, dimension_set=Metrics._dimensions, metadata_set=Metrics._metadata,
+        default_dimensions=Metrics._default_dimensions))
+
+
+logger: Logger = MadeAtFirstUse(Logger)  # type: ignore[assignment]
 tracer = LazyTracer()
-metrics = Metrics()
+metrics: Metrics = MadeAtFirstUse(_make_metrics)  # type: ignore[assignment]
+
+
+def reset() -> None:
+    """Make Logger and Metrics again at their next use (the local stack and tests, after
+    they change the functions' environment)."""
+    logger.forget()  # type: ignore[attr-defined]
+    metrics.forget()  # type: ignore[attr-defined]
 
 
 def count(name: str, value: int = 1) -> None:

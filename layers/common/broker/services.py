@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from . import aws
+from . import aws, observability
 from .client_credentials import ClientCredentialSource
 from .config import settings
 from .connections import ConnectionStore
@@ -86,3 +86,4 @@ def reset() -> None:
                    connect_flow, insightly_api, token_service, api_key_connect, insightly_proxy):
         cached.cache_clear()
     aws.reset()
+    observability.reset()
