@@ -119,8 +119,10 @@ deploy: build
 # stand-in's 120 s tokens can be watched; LOCAL_SCHEDULE_SECONDS overrides it.
 # Webhooks go to the demo app's receiver; `make local WEBHOOK_URL=http://127.0.0.1:8090/hooks
 # WEBHOOK_SECRET=whsec_...` sends them to yours instead (command-line variables reach the environment).
+# exec: no shell stays between make and the stack, so Ctrl-C reaches the stack alone, which
+# stops cleanly and exits 0 (a shell left waiting would die of the SIGINT and make report it).
 local: $(STAMP)
-	LOCAL_SCHEDULE_SECONDS=$${LOCAL_SCHEDULE_SECONDS:-30} PYTHONPATH=layers/common:. $(BIN)/python -m tests.local
+	exec env LOCAL_SCHEDULE_SECONDS=$${LOCAL_SCHEDULE_SECONDS:-30} PYTHONPATH=layers/common:. $(BIN)/python -m tests.local
 
 # Without API_URL: a local stack on free ports. With API_URL=... AWS_REGION=...: the deployed
 # stack, signed with your AWS credentials; it creates one connect session (see tests/smoke.py).

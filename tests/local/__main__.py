@@ -46,6 +46,7 @@ from tests.support.stack import ROOT, Stack, load_template, parameter_env_name
 
 DEFAULT_PORTS = {"moto": 5000, "standin": 9000, "gateway": 3000, "demo": 8080}
 SAM_ENV_FILE = ROOT / ".aws-sam" / "local-env.json"
+FUNCTION_LOG = ROOT / ".aws-sam" / "local-functions.log"  # the functions' own output (not LOCAL_VERBOSE=1)
 DOCKER_HOST = "host.docker.internal"  # the host machine, seen from a `sam local` container
 SAM_LOCAL_BASE_URL = "http://127.0.0.1:3000"  # `sam local start-api`'s default address
 
@@ -66,6 +67,7 @@ class LocalStack:
     schedulers: list[Scheduler] = field(default_factory=list)
     sqs_sources: list[SqsEventSource] = field(default_factory=list)
     env_file: Path | None = None
+    function_log: Path | None = None
     webhook_url: str | None = None
     _overlay: EnvironmentOverlay | None = None
     _stopped: bool = False
@@ -149,6 +151,9 @@ class LocalStack:
             row("Webhooks", self.webhook_url, "signed with the stack's WebhookSecret (WEBHOOK_SECRET sets it)")
         for source in self.sqs_sources:
             row("SQS", f"{source.queue_arn} -> {source.function}")
+        if self.function_log:
+            row("Function logs", _relative(self.function_log),
+                "(JSON logs and metrics; LOCAL_VERBOSE=1 prints them here)")
         if self.env_file:
             row("sam local env file", _relative(self.env_file),
                 "(sam local start-api/invoke --env-vars; functions reach this machine as host.docker.internal)")
@@ -324,6 +329,7 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
         local.sqs_sources = sqs_event_sources(stack, session.client("sqs"))
         started += [s.start() for s in local.sqs_sources]
         if demo_app is not None:
+            demo_app.standin_url = local_provider.url if local_provider is not None else None
             local.demo = demo_app.point_at(gateway.url).start()
         if env_file is not None:
             local.env_file = write_sam_env_file(local, Path(env_file))
@@ -390,11 +396,29 @@ def main() -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    # The console gets the banner and one line per request or background run. What the
+    # functions write to stdout (Powertools' JSON log lines, EMF metrics), as Lambda sends it
+    # to CloudWatch, goes to a file, or here too with LOCAL_VERBOSE=1.
+    console, function_log = sys.stdout, None
+    if environ.get("LOCAL_VERBOSE") != "1":
+        FUNCTION_LOG.parent.mkdir(parents=True, exist_ok=True)
+        function_log = FUNCTION_LOG.open("w", encoding="utf-8", buffering=1)
+        sys.stdout = function_log
+    try:
+        return _serve(environ, ports, stop, console, function_log)
+    finally:
+        sys.stdout = console
+        if function_log is not None:
+            function_log.close()
+
+
+def _serve(environ, ports: dict[str, int], stop: threading.Event, console, function_log) -> int:
     try:
         # LOCAL_HOST=0.0.0.0 lets `sam local` containers reach moto and the stand-in.
         local = start_local_stack(host=environ.get("LOCAL_HOST", "127.0.0.1"), moto_port=ports["moto"],
                                   standin_port=ports["standin"], gateway_port=ports["gateway"],
-                                  demo_port=ports["demo"], environ=environ, env_file=SAM_ENV_FILE, access_log=True)
+                                  demo_port=ports["demo"], environ=environ, env_file=SAM_ENV_FILE,
+                                  access_log=console)
     except ValueError as exc:  # a setting that cannot work (WEBHOOK_SECRET)
         print(f"make local: {exc}", file=sys.stderr)
         return 2
@@ -402,14 +426,17 @@ def main() -> int:
         print(f"make local: could not start: {exc}. Is a port in use? Set MOTO_PORT, STANDIN_PORT, GATEWAY_PORT "
               "or DEMO_PORT to choose others.", file=sys.stderr)
         return 1
+    for background in (*local.schedulers, *local.sqs_sources):
+        background.activity = console
+    local.function_log = Path(function_log.name) if function_log is not None else None
     try:
-        print(local.summary(), flush=True)
+        print(local.summary(), file=console, flush=True)
         while not stop.wait(0.2):
             pass
     finally:
-        print("Stopping the local stack...", flush=True)
+        print("Stopping the local stack...", file=console, flush=True)
         local.stop()
-        print("Stopped.", flush=True)
+        print("Stopped.", file=console, flush=True)
     return 0
 
 

@@ -117,6 +117,15 @@ class BrokerClient:
                          body, query=query, headers={"Accept": "application/json"})
 
 
+def broker_message(response: requests.Response) -> str:
+    """The human part of an error answer: the broker's "message", or API Gateway's."""
+    try:
+        body = response.json()
+        return str(body.get("message") or body.get("error") or response.reason)
+    except (ValueError, AttributeError):
+        return str(response.reason or response.status_code)
+
+
 def broker_error(response: requests.Response) -> str:
     """The broker's machine-readable error code ({"error": ..., "message": ...})."""
     try:
@@ -158,6 +167,7 @@ POPUP_SCRIPT = """document.querySelectorAll("form[data-popup]").forEach(function
   });
 });"""
 CONTACTS_SHOWN = 5
+TEST_KEY_POD = "na1"
 WEBHOOKS_KEPT = 20
 MAX_WEBHOOK_BYTES = 64 * 1024
 # The webhook list refreshes itself: no reload needed to see the next event arrive.
@@ -194,6 +204,8 @@ class DemoApp:
         # The Standard Webhooks secret (whsec_...) the broker signs with; None: no webhooks.
         self.webhook_secret: str | None = None
         self.webhooks: deque[dict] = deque(maxlen=WEBHOOKS_KEPT)  # newest first
+        # The Insightly stand-in's URL when one runs (`make local`): "Issue a test key" asks it.
+        self.standin_url: str | None = None
         # Binds now, so the URL (and the return origin) is known before the broker exists.
         self._server = ThreadedServer(host, port, _Handler, name="demo-app", app=self)
         self.url = self._server.url
@@ -302,8 +314,11 @@ class DemoApp:
         return 200, {}, self.page("", contacts=(contacts[:CONTACTS_SHOWN], answer.headers.get("X-Total-Count")))
 
     def proxy_refusal(self, answer: requests.Response) -> tuple[int, dict, str]:
-        """What a person reads when a proxied call did not succeed. X-Broker-Error marks the
-        broker's own answers; anything else is Insightly's, passed on as it came."""
+        """What a person reads when a proxied call did not succeed, saying truly who answered.
+        X-Broker-Error marks the broker's own answers. An answer without it is Insightly's,
+        passed on as it came, except a 5xx without Insightly's X-RateLimit-Limit (which every
+        Insightly answer carries): that is the broker's platform failing (API Gateway's
+        `{"message": "Internal Server Error"}` when a function fails)."""
         error = answer.headers.get("X-Broker-Error")
         if error == "connection_not_found":
             return 409, {}, self.page("Connect Insightly first.")
@@ -314,8 +329,24 @@ class DemoApp:
         if error == "provider_unauthorized" or (not error and answer.status_code in (401, 403)):
             return 502, {}, self.page(f"Insightly refused the credentials ({answer.status_code}).")
         if error:
-            return 502, {}, self.page(f"The broker could not call Insightly ({error[:100]})")
+            return 502, {}, self.page(f"The broker answered {answer.status_code} ({error[:100]}).")
+        if answer.status_code >= 500 and "X-RateLimit-Limit" not in answer.headers:
+            return 502, {}, self.page(f"The broker answered {answer.status_code} ({broker_message(answer)[:100]}).")
         return 502, {}, self.page(f"Insightly answered {answer.status_code}.")
+
+    def issue_test_key(self) -> tuple[int, dict, str]:
+        """Locally only: a new account at the Insightly stand-in, with a live API key, to paste
+        into the key page (a real account's key is under User Settings → API in Insightly)."""
+        if not self.standin_url:
+            return 404, {}, self.page("There is no Insightly stand-in to issue a test key.")
+        try:
+            answer = requests.post(f"{self.standin_url}/_control/api-keys", json={"pod": TEST_KEY_POD},
+                                   timeout=TIMEOUT)
+            answer.raise_for_status()
+            issued = answer.json()
+        except (requests.RequestException, ValueError):
+            return 502, {}, self.page("The Insightly stand-in did not issue a key.")
+        return 200, {}, self.page("", test_key=(issued["api_key"], issued["api_url"]))
 
     def disconnect(self) -> tuple[int, dict, str]:
         try:
@@ -415,11 +446,23 @@ class DemoApp:
                 f'<th>Connection</th><th>Verified</th><th>Time</th></tr></thead>'
                 f'<tbody id="webhooks-list">{rows}</tbody></table></section>')
 
-    def page(self, message: str, call_result: str = "", contacts: tuple[list, str | None] | None = None) -> str:
+    @staticmethod
+    def test_key_box(api_key: str, api_url: str) -> str:
+        e = html.escape
+        return (f'<section id="test-key" class="result"><p>A test account at the Insightly stand-in. Paste these '
+                f'into the key page after "Connect with an API key":</p><p>API key: <code id="test-key-value">'
+                f'{e(api_key)}</code></p><p>API URL: <code id="test-api-url">{e(api_url)}</code></p></section>')
+
+    def page(self, message: str, call_result: str = "", contacts: tuple[list, str | None] | None = None,
+             test_key: tuple[str, str] | None = None) -> str:
         e = html.escape
         result = f'<p id="call-result" class="result">{e(call_result)}</p>' if call_result else ""
         if contacts is not None:
             result += self.contacts_list(*contacts)
+        if test_key is not None:
+            result += self.test_key_box(*test_key)
+        test_key_button = ('<form method="post" action="/test-key"><button id="issue-test-key" type="submit">'
+                           'Issue a test key</button></form>' if self.standin_url else "")
         status, connection = self.connection_status()
         return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Demo SaaS</title>
 <meta name="viewport" content="width=device-width,initial-scale=1"><style>{STYLE}</style></head><body><main>
@@ -433,6 +476,7 @@ class DemoApp:
 <button id="connect" type="submit">Connect Insightly</button></form>
 <form method="post" action="/connect-api-key" data-popup="/connect-api-key-popup">
 <button id="connect-api-key" type="submit">Connect with an API key</button></form>
+{test_key_button}
 <form method="post" action="/call"><button id="call" type="submit">Call Insightly</button></form>
 <form method="post" action="/contacts"><button id="contacts-button" type="submit">Contacts</button></form>
 <form method="post" action="/disconnect"><button id="disconnect" type="submit">Disconnect</button></form>
@@ -451,6 +495,7 @@ button{font-size:1rem;padding:.6rem 1.1rem;border-radius:6px;border:1px solid #c
 .message{background:#eef4ff;border-radius:6px;padding:.6rem .9rem;margin-bottom:1rem}
 .result{background:#ecfdf3;border-radius:6px;padding:.6rem .9rem}
 #webhooks h2{font-size:1.1rem;margin-top:1.5rem}#webhooks table{width:100%;border-collapse:collapse;font-size:.9rem}
+code{font-size:.85rem;word-break:break-all}
 #webhooks th,#webhooks td{text-align:left;padding:.25rem .4rem;border-bottom:1px solid #e4e7eb}"""
 
 
@@ -483,6 +528,7 @@ class _Handler(BaseHTTPRequestHandler):
                  "/connect-popup": lambda: app.connect(self._session(), display="popup"),
                  "/connect-api-key-popup": lambda: app.connect(self._session(), auth_mode="api_key", display="popup"),
                  "/complete": lambda: app.complete(form, self._session()),
+                 "/test-key": app.issue_test_key,
                  "/call": app.call_insightly, "/contacts": app.list_contacts, "/disconnect": app.disconnect}
         action = route.get(urlsplit(self.path).path)
         if action is None:

@@ -350,6 +350,7 @@ class Gateway:
         self.verifier = SigV4Verifier(credentials if credentials is not None else {"testing": "testing"}, region)
         self.access_log = access_log
         self._pools = {route["function"]: _FunctionPool(route["code_uri"]) for route in self.routes}
+        self._route_functions = {f"{route['method']} {route['path']}": route["function"] for route in self.routes}
         # Everything that can refuse the configuration runs before the socket is bound.
         self.env = local_environment(stack, public_base_url=f"http://{host}:{port}", extra=env)
         self._server = ThreadedServer(host, port, self._handler_class(), name="gateway", app=self,
@@ -415,6 +416,17 @@ class Gateway:
                             identity=identity, protocol=protocol, request_id=request_id)
         return (*self.invoke(route["function"], event), key)
 
+    def access_line(self, method: str, target: str, status: int, route_key: str, started: float,
+                    request_id: str) -> str:
+        """One line a person reads per request: time, method, path, status, function, duration
+        and the request id (also in the apigw-requestid header). Never the query string: it
+        carries codes and states."""
+        function = self._route_functions.get(route_key, "-")
+        path = urlsplit(target).path
+        took = (time.monotonic() - started) * 1000
+        return (f"{time.strftime('%H:%M:%S')} {method} {path} {status} {function} {took:.0f} ms  "
+                f"[{request_id}]")
+
     def invoke(self, logical: str, event: dict) -> tuple[int, list[tuple[str, str]], bytes]:
         pool = self._pools[logical]
         context = lambda_context(self.stack, logical)
@@ -437,7 +449,7 @@ class Gateway:
             timeout = 60  # an idle keep-alive connection frees its thread after this long (or on stop())
 
             def _serve(self):
-                request_id = new_request_id()
+                request_id, started = new_request_id(), time.monotonic()
                 try:
                     status, headers, data, key = self._answer(request_id)
                 except Exception as error:  # the gateway's own failure: API Gateway's 500, never a hang-up
@@ -458,10 +470,9 @@ class Gateway:
                 if gateway.observer is not None:
                     gateway.observer(self.command, self.path, status, headers, data)
                 if gateway.access_log:
-                    # Like the template's access log: never the query string (codes, states).
                     stream = sys.stderr if gateway.access_log is True else gateway.access_log
-                    print(json.dumps({"requestId": request_id, "ip": self.client_address[0], "routeKey": key,
-                                      "status": str(status)}), file=stream, flush=True)
+                    print(gateway.access_line(self.command, self.path, status, key, started, request_id),
+                          file=stream, flush=True)
 
             def _answer(self, request_id: str) -> tuple[int, list[tuple[str, str]], bytes, str]:
                 try:

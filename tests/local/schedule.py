@@ -52,6 +52,20 @@ def _events_of(stack: Stack, type_: str) -> list[tuple[str, str, dict]]:
 
 # -- schedules -------------------------------------------------------------------------------
 
+def activity(stream, what: str, started: float) -> None:
+    """One console line for a background invocation, in the gateway's access-line shape."""
+    if stream is not None:
+        took = (time.monotonic() - started) * 1000
+        print(f"{time.strftime('%H:%M:%S')} {what} {took:.0f} ms", file=stream, flush=True)
+
+
+def _summary(result) -> str:
+    """A scheduled run's result in a few words ({"enqueued": 2, "not_enqueued": 0} -> enqueued=2 ...)."""
+    if isinstance(result, dict):
+        return " ".join(f"{key}={value}" for key, value in result.items() if not isinstance(value, (dict, list)))
+    return ""
+
+
 class Scheduler:
     """Invokes one function on its Schedule event's rate, in a thread, until stop()."""
 
@@ -78,6 +92,7 @@ class Scheduler:
         self.runs = 0
         self.last_result = None
         self.last_error: str | None = None
+        self.activity = None  # a stream for one line per run (`make local`'s console), or None
 
     def event(self) -> dict:
         """The event EventBridge sends for a scheduled rule (events/scheduler.json)."""
@@ -93,9 +108,11 @@ class Scheduler:
     def run_once(self):
         """One scheduled invocation now (also what the thread does on every tick)."""
         with self._lock:
+            started = time.monotonic()
             try:
                 handler = self._load(self._code_uri)
                 result = handler.lambda_handler(self.event(), lambda_context(self.stack, self.function))
+                activity(self.activity, f"schedule {self.function} {_summary(result)}", started)
             except Exception:
                 self.last_error = traceback.format_exc()
                 print(f"[scheduler] {self.function} failed:\n{self.last_error}", file=sys.stderr)
@@ -152,6 +169,7 @@ class SqsEventSource:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.invocations = 0
+        self.activity = None  # a stream for one line per invocation (`make local`'s console), or None
 
     @property
     def queue_url(self) -> str:
@@ -201,9 +219,13 @@ class SqsEventSource:
         if not messages:
             return 0
         self.invocations += 1
+        started = time.monotonic()
         try:
             result = self._load(self._code_uri).lambda_handler(self.event(messages),
                                                                lambda_context(self.stack, self.function))
+            failed = len(messages) - len(self.succeeded(messages, result))
+            activity(self.activity, f"sqs {self.function} {len(messages)} message(s)"
+                     + (f", {failed} back to the queue" if failed else ""), started)
         except Exception:
             print(f"[sqs] {self.function} failed, the batch returns to the queue:\n{traceback.format_exc()}",
                   file=sys.stderr)

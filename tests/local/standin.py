@@ -130,9 +130,9 @@ class StandIn:
     @classmethod
     def from_env(cls, host: str = "127.0.0.1", port: int = 0, environ=None) -> StandIn:
         """As `make local` runs it: STANDIN_ACCESS_TTL (default 120 s, so refreshes are visible)
-        and STANDIN_LATENCY_MS (default 0)."""
+        and STANDIN_LATENCY_MS (default 0); every account starts with 3 contacts to list."""
         env = os.environ if environ is None else environ
-        provider = FakeInsightly(access_ttl=int(env.get("STANDIN_ACCESS_TTL", "120")))
+        provider = FakeInsightly(access_ttl=int(env.get("STANDIN_ACCESS_TTL", "120")), seed_contacts=3)
         return cls(host, port, provider, latency_ms=float(env.get("STANDIN_LATENCY_MS", "0")))
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -47,6 +47,12 @@ API_ROUTES = (("GET", re.compile(r"/Users/Me"), "users_me"),
               ("GET", re.compile(r"/Contacts/(?P<id>[0-9]{1,18})"), "get_contact"))
 CONFIG_FIELDS = ("access_ttl", "rotate_refresh_tokens", "issue_refresh_tokens", "retry_after")
 
+# What `seed_contacts` puts in each new account, in this order (the local stack seeds 3).
+SEED_CONTACTS = ({"FIRST_NAME": "Grace", "LAST_NAME": "Hopper", "EMAIL_ADDRESS": "grace@example.com"},
+                 {"FIRST_NAME": "Alan", "LAST_NAME": "Turing", "EMAIL_ADDRESS": "alan@example.com"},
+                 {"FIRST_NAME": "Katherine", "LAST_NAME": "Johnson", "EMAIL_ADDRESS": "katherine@example.com"},
+                 {"FIRST_NAME": "Edsger", "LAST_NAME": "Dijkstra", "EMAIL_ADDRESS": "edsger@example.com"},
+                 {"FIRST_NAME": "Barbara", "LAST_NAME": "Liskov", "EMAIL_ADDRESS": "barbara@example.com"})
 USER = {"USER_ID": 4242, "EMAIL_ADDRESS": "ada@example.com", "FIRST_NAME": "Ada", "LAST_NAME": "Lovelace",
         "TIMEZONE_ID": "GMT Standard Time", "ADMINISTRATOR": True}
 
@@ -107,6 +113,7 @@ class FakeInsightly:
     # method, path and headers of the latest API calls (bounded: the stand-in runs for hours)
     api_requests: deque = field(default_factory=lambda: deque(maxlen=1000))
     clock: Callable[[], float] = time.time
+    seed_contacts: int = 0  # contacts each new account starts with (at most len(SEED_CONTACTS))
 
     def __post_init__(self):
         self._lock = threading.RLock()
@@ -117,8 +124,13 @@ class FakeInsightly:
         account = self.accounts.get(OAUTH_ACCOUNT)
         if account is None:
             account = self.accounts[OAUTH_ACCOUNT] = Account(OAUTH_ACCOUNT, None, self.user, self.oauth_daily_limit,
-                                                             window_start=self.clock())
+                                                             window_start=self.clock(), contacts=self._seeded())
         return account
+
+    def _seeded(self) -> dict:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.clock()))
+        return {number: {**contact, "CONTACT_ID": number, "DATE_CREATED_UTC": created}
+                for number, contact in enumerate(SEED_CONTACTS[:self.seed_contacts], start=1)}
 
     # -- switches ----------------------------------------------------------------------------
 
@@ -144,7 +156,7 @@ class FakeInsightly:
             account = Account(f"acct-{number}", pod, dict(user) if user else {
                 "USER_ID": 5000 + number, "EMAIL_ADDRESS": f"user{number}@{pod}.example.com",
                 "FIRST_NAME": "Key", "LAST_NAME": f"User {number}", "ADMINISTRATOR": False},
-                daily_limit, window_start=self.clock())
+                daily_limit, window_start=self.clock(), contacts=self._seeded())
             self.accounts[account.id] = account
             self._new_key(account)
             return {"account": account.id, "api_key": account.api_key, "pod": pod, "api_url": self.api_url(pod)}

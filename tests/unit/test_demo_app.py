@@ -292,9 +292,10 @@ def test_contacts_without_a_total_still_lists_them(broker, demo):
     (429, {"Retry-After": "3600"}, "Insightly's daily API limit for this account is used up; try again later."),
     (429, {"X-Broker-Error": "provider_quota_exhausted", "Retry-After": "600"},
      "Insightly's daily API limit for this account is used up; try again later."),
-    (500, {}, "Insightly answered 500."),
-    (502, {"X-Broker-Error": "response_too_large"}, "The broker could not call Insightly (response_too_large)"),
-    (504, {"X-Broker-Error": "upstream_timeout"}, "The broker could not call Insightly (upstream_timeout)"),
+    # Insightly's own 500, passed on: it carries Insightly's rate-limit headers, as all its answers do.
+    (500, {"X-RateLimit-Limit": "1000", "X-RateLimit-Remaining": "900"}, "Insightly answered 500."),
+    (502, {"X-Broker-Error": "response_too_large"}, "The broker answered 502 (response_too_large)."),
+    (504, {"X-Broker-Error": "upstream_timeout"}, "The broker answered 504 (upstream_timeout)."),
 ])
 @pytest.mark.parametrize(("button", "path"), [("/call", ME_PATH), ("/contacts", CONTACTS_PATH)])
 def test_proxied_calls_explain_what_went_wrong(broker, demo, status, headers, message, button, path):
@@ -304,6 +305,17 @@ def test_proxied_calls_explain_what_went_wrong(broker, demo, status, headers, me
 
     assert answer.status_code == 502 and html.unescape(message_of(answer.text)) == message
     assert 'id="call-result"' not in answer.text and 'id="contacts-list"' not in answer.text
+
+
+@pytest.mark.parametrize("button", ["/call", "/contacts"])
+def test_a_failed_function_is_the_brokers_answer_never_insightlys(broker, demo, button):
+    for path in (ME_PATH, CONTACTS_PATH):  # API Gateway's answer when a function fails
+        broker.answers[("GET", path)] = (500, {"message": "Internal Server Error"}, {})
+
+    answer = requests.post(demo.url + button, timeout=5)
+
+    assert html.unescape(message_of(answer.text)) == "The broker answered 500 (Internal Server Error)."
+    assert "Insightly answered" not in answer.text
 
 
 @pytest.mark.parametrize(("status", "error", "message"), [

@@ -134,7 +134,8 @@ class ApiKeyConnect:
               status: int = 200) -> PageAnswer:
         cookie_secret, csrf = key_page.new_csrf(token)
         message = key_page.message_for(error) if error is not None else None
-        html = key_page.render(self.settings.app_name, token, csrf, message, api_url)
+        html = key_page.render(self.settings.app_name, token, csrf, message, api_url,
+                               api_url_example=self.template.example())
         return PageAnswer(html=html, cookie_secret=cookie_secret, status=status)
 
     def _require_mode(self) -> None:

@@ -90,6 +90,11 @@ class ApiUrlTemplate:
             raise InvalidRequest(INVALID_API_URL_MESSAGE, code="invalid_api_url")
         return self.template.replace("{pod}", pod)
 
+    def example(self, pod: str = "na1") -> str:
+        """An API URL as the key page suggests it (no scheme), one that parse() accepts: what
+        Insightly shows for the default template, the local stand-in's own URL locally."""
+        return self.base_url(pod).split("://", 1)[1] + "/"
+
     def parse(self, user_input: Any) -> str:
         """The pod in a pasted API URL or a bare pod; InvalidRequest invalid_api_url otherwise.
         The message never repeats the input."""

@@ -150,8 +150,10 @@ button:focus{outline:3px solid #1f2933;outline-offset:2px}
 
 
 def render(app_name: str, session_token: str, csrf_token: str, message: str | None = None,
-           api_url_value: str = "", *, action: str = FORM_ACTION) -> str:
-    """The page as one HTML string; every value is escaped. The key field is never refilled."""
+           api_url_value: str = "", *, action: str = FORM_ACTION,
+           api_url_example: str = "api.na1.insightly.com/v3.1/") -> str:
+    """The page as one HTML string; every value is escaped. The key field is never refilled.
+    `api_url_example` is the placeholder: an API URL this deployment accepts."""
     e = html.escape
     title = f"Connect {app_name} to Insightly"
     alert = f'<p class="message" id="message" role="alert">{e(message)}</p>' if message else ""
@@ -172,7 +174,7 @@ def render(app_name: str, session_token: str, csrf_token: str, message: str | No
  spellcheck="false" autocapitalize="off" aria-describedby="help">
 <label for="api_url">API URL</label>
 <input id="api_url" name="api_url" type="text" inputmode="url" autocomplete="off" required maxlength="512"
- spellcheck="false" autocapitalize="off" value="{e(api_url_value)}" placeholder="api.na1.insightly.com/v3.1/"
+ spellcheck="false" autocapitalize="off" value="{e(api_url_value)}" placeholder="{e(api_url_example)}"
  aria-describedby="api_url_hint">
 <span class="hint" id="api_url_hint">The whole API URL, or just its pod, such as na1.</span>
 <button type="submit">Connect</button>
