@@ -98,3 +98,20 @@ def test_metrics_of_an_invocation_that_raised_are_written_once(monkeypatch, caps
 
     written = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
     assert [record["Something"] for record in written] == [[1.0]]
+
+
+def test_a_handler_decorated_before_the_environment_was_set_writes_its_metrics(monkeypatch, capsys):
+    monkeypatch.delenv("POWERTOOLS_METRICS_NAMESPACE", raising=False)
+    monkeypatch.delenv("POWERTOOLS_SERVICE_NAME", raising=False)
+    observability.reset()
+    records, _, _ = invocations()  # decorated (the provider made) with neither variable set
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "InsightlyConnect")
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", "insightly-connect")
+    try:
+        assert records({}, None) == "recorded"
+    finally:
+        observability.reset()
+
+    (written,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    assert written["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "InsightlyConnect"
+    assert written["service"] == "insightly-connect" and written["Something"] == [1.0]

@@ -114,14 +114,27 @@ class MadeAtFirstUse:
 
 
 class ClearingEMFProvider(AmazonCloudWatchEMFProvider):
-    """Powertools' EMF provider, except that a flush that fails clears what it could not write.
+    """Powertools' EMF provider, except that it reads a namespace and service it was not given
+    at the invocation that needs them, and that a flush that fails clears what it could not write.
 
-    Powertools clears the metric set only after a successful flush, and Lambda keeps the
-    process after an exception escapes a handler: the unwritten metrics would go into every
-    later flush of the container and fail each one (a misconfigured namespace once turned every
-    answer of every function into a 500). The failing invocation still raises."""
+    A handler's `log_metrics` decorator holds on to the provider it was decorated with, so one
+    made before the function's environment was in place would otherwise flush without a
+    namespace for the life of the process. And Powertools clears the metric set only after a
+    successful flush, while Lambda keeps the process after an exception escapes a handler: the
+    unwritten metrics would go into every later flush of the container and fail each one (a
+    missing namespace once turned every answer of every function into a 500). The failing
+    invocation still raises."""
+
+    def _settle(self) -> None:
+        self.namespace = self.namespace or os.environ.get("POWERTOOLS_METRICS_NAMESPACE")
+        self.service = self.service or os.environ.get("POWERTOOLS_SERVICE_NAME")
+
+    def add_cold_start_metric(self, context: Any) -> None:
+        self._settle()
+        super().add_cold_start_metric(context)
 
     def flush_metrics(self, raise_on_empty_metrics: bool = False) -> None:
+        self._settle()
         try:
             super().flush_metrics(raise_on_empty_metrics=raise_on_empty_metrics)
         except Exception:
