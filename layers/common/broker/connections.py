@@ -328,7 +328,7 @@ class ConnectionStore:
         if observed is not None and not probe_answer:  # the probe's answer is the newest there is
             fresher = "#q_rl.#q_at < :q_at" if observed.remaining is not None else "#q_rl.#q_at <= :q_at"
             lower = " OR #q_rl.#q_rem >= :q_rem" if observed.remaining is not None else ""
-            conditions.append(f"(attribute_not_exists(#q_rl) OR {fresher}{lower})")
+            conditions.append(f"attribute_not_exists(#q_rl) OR {fresher}{lower}")
             values[":q_at"] = observed.observed_at
             if observed.remaining is not None:
                 values[":q_rem"] = observed.remaining
@@ -336,16 +336,17 @@ class ConnectionStore:
             if record.throttled_until is None:
                 conditions.append("attribute_not_exists(#q_tu)")
             else:
-                conditions.append("(attribute_not_exists(#q_tu) OR #q_tu = :q_tu)")
+                conditions.append("attribute_not_exists(#q_tu) OR #q_tu = :q_tu")
                 values[":q_tu"] = record.throttled_until
         if alert_event:  # QuotaLow / QuotaExhausted once per record: the writer that moves the alert up
             ranked = [a for a, rank in ALERT_RANK.items() if a and rank >= ALERT_RANK[sets["quota_alert"]]]
             values.update({f":q_al{n}": alert for n, alert in enumerate(ranked)})
-            conditions.append(f"(attribute_not_exists(#q_al) OR NOT #q_al IN "
-                              f"({', '.join(f':q_al{n}' for n in range(len(ranked)))}))")
+            conditions.append(f"attribute_not_exists(#q_al) OR NOT #q_al IN "
+                              f"({', '.join(f':q_al{n}' for n in range(len(ranked)))})")
         if record.group is not None:
             sets = {**sets, "quota_group": record.group}
-        condition = " AND ".join(conditions)
+        # _update brackets the whole; DynamoDB refuses brackets around a lone clause.
+        condition = " AND ".join(f"({c})" if len(conditions) > 1 and " OR " in c else c for c in conditions)
         try:
             self._update(record.key, sets=sets, remove=remove, condition=condition or None, extra_values=values,
                          extra_names={k: v for k, v in names.items() if k in condition})
