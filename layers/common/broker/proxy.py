@@ -459,8 +459,8 @@ def metric_values(*, status: int, total_ms: float, insightly_ms: float, retries:
     if retries:
         values.append((METRIC_RETRIES, "Count", retries))
     if status == 429:
-        local = METRIC_QUOTA_RESERVED if refusal == "reserved" else METRIC_LOCAL_429
-        values.append((local if answered_locally else METRIC_PROVIDER_429, "Count", 1))
+        values.append(((METRIC_QUOTA_RESERVED if refusal == "reserved" else METRIC_LOCAL_429)
+                       if answered_locally else METRIC_PROVIDER_429, "Count", 1))
     if recovered_401:
         values.append((METRIC_401_RECOVERED, "Count", 1))
     return values
