@@ -219,10 +219,10 @@ def test_patch_sets_and_clears_the_quota_group_and_refuses_a_bad_one(broker, pro
     assert cleared.status == 200 and cleared.json["quota_group"] is None
 
 
-def due_now(dynamodb, stack, connection_id):
+def due_now(dynamodb, stack, connection_id, clock):
     dynamodb.update_item(TableName=stack.refs["ConnectionsTable"], Key={"connection_id": {"S": connection_id}},
                          UpdateExpression="SET refresh_due_at = :d",
-                         ExpressionAttributeValues={":d": {"N": str(int(time.time()) - 1)}})
+                         ExpressionAttributeValues={":d": {"N": str(int(clock.now) - 1)}})
 
 
 @pytest.mark.parametrize(("left", "outcome", "spent"), [(3, "refreshed", 1), (2, "postponed", 0)])
@@ -231,7 +231,7 @@ def test_a_scheduled_key_check_is_background_work_and_waits_at_the_reserve(
     # Given: alice's calls left `left` of 10 in the group (2 is the reserve); bob's check is due
     provider.set_quota(customer, remaining=left + 1)
     assert call(broker, "alice")["statusCode"] == 200
-    due_now(dynamodb, stack, "bob")
+    due_now(dynamodb, stack, "bob", clock)
     before = insightly_calls(provider)
 
     with recorded_calls(aws.client("dynamodb")) as calls:
