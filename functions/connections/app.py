@@ -8,7 +8,6 @@ from aws_lambda_powertools.logging import correlation_paths
 from broker import deadline, labels, requests_in, services
 from broker.http_api import NO_STORE, base_url, create_app, json_response, request_body
 from broker.observability import logger, metrics, tracer
-from broker.tokens import connection_status
 
 app = create_app()
 
@@ -23,7 +22,7 @@ def create_connect_session():
 @app.post("/connect-sessions/<session_id>/complete")
 def complete_connect_session(session_id: str):
     connection = services.connect_flow().complete_session(session_id, request_body(app.current_event))
-    return json_response(200, connection_status(connection))
+    return json_response(200, services.token_service().status_of(connection))
 
 
 @app.get("/connections")
@@ -39,14 +38,14 @@ def get_connection(connection_id: str):
 @app.put("/connections/<connection_id>/api-key")
 def put_api_key(connection_id: str):
     connection = services.api_key_connect().connect_from_backend(connection_id, request_body(app.current_event))
-    return json_response(200, connection_status(connection))
+    return json_response(200, services.token_service().status_of(connection))
 
 
 @app.patch("/connections/<connection_id>")
 def patch_connection(connection_id: str):
     connection = labels.update_labels(services.token_service().connections, connection_id,
                                       request_body(app.current_event), now=int(time.time()))
-    return json_response(200, connection_status(connection))
+    return json_response(200, services.token_service().status_of(connection))
 
 
 @app.delete("/connections/<connection_id>")

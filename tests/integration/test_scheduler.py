@@ -177,7 +177,7 @@ def test_connect_and_delete_are_told_to_the_saas(broker, lifecycle_events):
 
     events = lifecycle_events()
     assert [e["detail-type"] for e in events] == ["Connected", "Deleted"]
-    assert all(set(e["detail"]) == {"connection_id", "status", "reason", "at", "tags"} for e in events)
+    assert all(set(e["detail"]) == {"connection_id", "status", "reason", "at", "tags", "quota_group"} for e in events)
 
 
 def test_every_dynamodb_call_of_a_background_refresh_is_granted_by_the_workers_role(broker, dynamodb, stack):

@@ -110,11 +110,12 @@ class BrokerClient:
         return self.call("DELETE", f"/connections/{quote(connection_id, safe='')}")
 
     def proxy(self, connection_id: str, method: str, path: str, body: dict | None = None, *,
-              query: dict[str, str] | None = None) -> requests.Response:
+              query: dict[str, str] | None = None, priority: str = "interactive") -> requests.Response:
         """Insightly's `path` (below its API base, e.g. "Contacts") through the broker, which
-        injects the connection's credential: the backend never holds one."""
+        injects the connection's credential: the backend never holds one. A sync marks its
+        calls background: the broker keeps the quota's reserve for the interactive ones."""
         return self.call(method, f"/connections/{quote(connection_id, safe='')}/proxy/{quote(path, safe='/')}",
-                         body, query=query, headers={"Accept": "application/json"})
+                         body, query=query, headers={"Accept": "application/json", "X-Broker-Priority": priority})
 
 
 def broker_message(response: requests.Response) -> str:
@@ -313,6 +314,25 @@ class DemoApp:
             return 502, {}, self.page("Insightly answered something that is not a list of contacts.")
         return 200, {}, self.page("", contacts=(contacts[:CONTACTS_SHOWN], answer.headers.get("X-Total-Count")))
 
+    def background_sync(self, most: int = 1000) -> tuple[int, dict, str]:
+        """A sync's calls (one contact a call), background priority: it runs until the broker
+        refuses it at the reserve (429 quota_reserved), which "Call Insightly" may still spend."""
+        made = 0
+        while made < most:
+            try:
+                answer = self.broker.proxy(self.connection_id, "GET", "Contacts", query={"top": "1"},
+                                           priority="background")
+            except requests.RequestException:
+                return 502, {}, self.page("The connection broker is unreachable.")
+            if answer.headers.get("X-Broker-Error") == "quota_reserved":
+                left = answer.headers.get("X-RateLimit-Remaining", "?")
+                return 200, {}, self.page("", call_result=f"Background sync: {made} calls, then stopped at the "
+                                              f"reserve ({left} left for interactive calls)")
+            if answer.status_code != 200:
+                return self.proxy_refusal(answer)
+            made += 1
+        return 200, {}, self.page("", call_result=f"Background sync: {made} calls")
+
     def proxy_refusal(self, answer: requests.Response) -> tuple[int, dict, str]:
         """What a person reads when a proxied call did not succeed, saying truly who answered.
         X-Broker-Error marks the broker's own answers. An answer without it is Insightly's,
@@ -417,11 +437,13 @@ class DemoApp:
         if connection.get("pod"):
             mode += f" (pod {connection['pod']})"
         details = f'<p>Connected with: <span id="auth-mode">{e(mode)}</span></p>'
-        rate = connection.get("rate_limit") or {}
+        rate = connection.get("quota") or connection.get("rate_limit") or {}
         if isinstance(rate.get("limit"), int) and isinstance(rate.get("remaining"), int):
             quota = f"{rate['remaining']:,} of {rate['limit']:,} requests left today"
-            quota += " (used up)" if rate["remaining"] == 0 else ""
-            details += f'<p>Insightly API quota: <span id="quota">{e(quota)}</span></p>'
+            quota += " (used up)" if rate["remaining"] == 0 else " (reserve reached)" if rate.get(
+                "reserve_reached") else ""
+            details += (f'<p>Insightly API quota: <span id="quota">{e(quota)}</span><br>'
+                        f'<progress id="quota-bar" max="{rate["limit"]}" value="{rate["remaining"]}"></progress></p>')
         return details
 
     @staticmethod
@@ -479,6 +501,7 @@ class DemoApp:
 {test_key_button}
 <form method="post" action="/call"><button id="call" type="submit">Call Insightly</button></form>
 <form method="post" action="/contacts"><button id="contacts-button" type="submit">Contacts</button></form>
+<form method="post" action="/sync"><button id="sync" type="submit">Background sync</button></form>
 <form method="post" action="/disconnect"><button id="disconnect" type="submit">Disconnect</button></form>
 </div>
 {self.webhooks_section() if self.webhook_secret else ""}</main><script src="/connect.js"></script>
@@ -529,7 +552,8 @@ class _Handler(BaseHTTPRequestHandler):
                  "/connect-api-key-popup": lambda: app.connect(self._session(), auth_mode="api_key", display="popup"),
                  "/complete": lambda: app.complete(form, self._session()),
                  "/test-key": app.issue_test_key,
-                 "/call": app.call_insightly, "/contacts": app.list_contacts, "/disconnect": app.disconnect}
+                 "/call": app.call_insightly, "/contacts": app.list_contacts, "/disconnect": app.disconnect,
+                 "/sync": app.background_sync}
         action = route.get(urlsplit(self.path).path)
         if action is None:
             return self._send(404, {}, "Not found")

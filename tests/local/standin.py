@@ -23,7 +23,8 @@ Switches for tests and the benchmark (JSON in, JSON out):
                             at the token endpoint, or with "on": "api" {"fault": "429"|"500"|"timeout"}
                             at the API routes (both kinds)
     POST /_control/api-keys {"pod": "na1", "daily_limit"?: N, "user"?: {...Users/Me fields}}: a new
-                            account with a key -> {"account", "api_key", "pod", "api_url"}
+                            account with a key -> {"account", "api_key", "pod", "api_url"};
+                            {"account": id}: another user's key on that account (its daily counter)
     POST /_control/api-keys/regenerate  {"account": id} -> {"account", "api_key"}; the old key is revoked
     POST /_control/quota    {"account": id|"oauth", "remaining"?: N, "limit"?: N} -> {"limit", "remaining"}
     POST /_control/config   any of latency_ms, access_ttl, retry_after, rotate_refresh_tokens, issue_refresh_tokens,
@@ -298,7 +299,7 @@ class StandIn:
 
     def _issue_api_key(self, handler: _Handler, _query: str, body: bytes) -> None:
         data = self._json_body(body)
-        unknown = set(data) - {"pod", "daily_limit", "user"}
+        unknown = set(data) - {"pod", "daily_limit", "user", "account"}
         if unknown:
             raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
         user = data.get("user")
@@ -306,7 +307,8 @@ class StandIn:
             raise BadRequest("user must be an object of Users/Me fields")
         try:
             issued = self.provider.issue_api_key(data.get("pod", "na1"), user=user,
-                                                 daily_limit=data.get("daily_limit", DEFAULT_DAILY_LIMIT))
+                                                 daily_limit=data.get("daily_limit", DEFAULT_DAILY_LIMIT),
+                                                 account=data.get("account"))
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         return self._json(handler, 200, issued)

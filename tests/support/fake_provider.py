@@ -145,8 +145,18 @@ class FakeInsightly:
             (self.faults if on == "token" else self.api_faults).extend([fault] * times)
 
     def issue_api_key(self, pod: str = "na1", *, user: dict | None = None,
-                      daily_limit: int = DEFAULT_DAILY_LIMIT) -> dict:
-        """A new account on `pod` with a live API key: {"account", "api_key", "pod", "api_url"}."""
+                      daily_limit: int = DEFAULT_DAILY_LIMIT, account: str | None = None) -> dict:
+        """A new account on `pod` with a live API key: {"account", "api_key", "pod", "api_url"}.
+        With `account`: another user's key on that existing account (one Insightly instance,
+        one daily counter shared by every key of it)."""
+        if account is not None:
+            with self._lock:
+                existing = self._account(account)
+                key = "key-" + secrets.token_hex(16)
+                self.api_keys[key] = existing.id
+                self.issued.append(key)
+                return {"account": existing.id, "api_key": key, "pod": existing.pod,
+                        "api_url": self.api_url(existing.pod)}
         if not isinstance(pod, str) or not POD.fullmatch(pod):
             raise ValueError("pod must be 2-10 characters of a-z 0-9")
         if isinstance(daily_limit, bool) or not isinstance(daily_limit, int) or daily_limit < 0:

@@ -399,3 +399,29 @@ def test_the_page_loads_connect_js_from_the_app_itself(demo):
     script = requests.get(demo.url + "/connect.js", timeout=5)
     assert '<script src="/connect.js"></script>' in page and 'data-popup="/connect-popup"' in page
     assert script.status_code == 200 and "InsightlyConnect" in script.text
+
+
+def test_background_sync_marks_its_calls_background_and_stops_at_the_reserve(broker, demo):
+    broker.answers[("GET", "/connections/demo-user/proxy/Contacts?top=1")] = (
+        429, {"error": "quota_reserved", "message": "kept"},
+        {"X-Broker-Error": "quota_reserved", "X-RateLimit-Remaining": "200", "Retry-After": "3600"})
+
+    answer = requests.post(demo.url + "/sync", timeout=5)
+
+    assert answer.status_code == 200
+    assert text_of(answer.text, "call-result") == ("Background sync: 0 calls, then stopped at the reserve "
+                                                  "(200 left for interactive calls)")
+    (call,) = proxied_calls(broker)
+    assert call["headers"]["X-Broker-Priority"] == "background"
+    assert_validly_signed(call)
+
+
+def test_the_quota_bar_shows_the_groups_quota_and_the_reserve(broker, demo):
+    broker.answers[("GET", "/connections/demo-user")] = (200, {**KEY_CONNECTED, "quota": {
+        "limit": 1000, "remaining": 150, "observed_at": "2030-01-01T00:00:00Z", "reserve_reached": True,
+        "exhausted": False}})
+
+    page = requests.get(demo.url + "/", timeout=5).text
+
+    assert text_of(page, "quota") == "150 of 1,000 requests left today (reserve reached)"
+    assert '<progress id="quota-bar" max="1000" value="150">' in page

@@ -502,9 +502,10 @@ def test_path_template_hides_numeric_ids(path, template):
 
 def test_log_fields_have_no_query_header_or_body():
     fields = proxy.log_fields(method="get", connection_id="c1", path="Contacts/123", status=200,
-                              total_ms=123.456, insightly_ms=100.0, retries=1)
+                              total_ms=123.456, insightly_ms=100.0, retries=1, priority="background")
     assert fields == {"method": "GET", "connection_id": "c1", "path": "Contacts/{id}", "status": 200,
-                      "latency_ms": 123.5, "insightly_ms": 100.0, "retries": 1, "answered_locally": False}
+                      "latency_ms": 123.5, "insightly_ms": 100.0, "retries": 1, "answered_locally": False,
+                      "priority": "background", "refusal": None}
     assert proxy.log_fields(method="GET", connection_id="c1", path=None, status=400, total_ms=1,
                             insightly_ms=0)["path"] == "{invalid}"
 

@@ -24,6 +24,7 @@ from .insightly import ApiAccessDenied, ApiKeyAuth, ApiKeyRejected, ApiUrlTempla
 from .kinds import API_KEY
 from .labels import optional_tags
 from .observability import logger
+from .quota import optional_quota_group
 from .vault import API_KEY_PURPOSE
 
 MAX_REFUSED_ATTEMPTS = 5
@@ -77,14 +78,15 @@ class ApiKeyConnect:
         """A key the SaaS collected in its own UI: checked the same way, linked at once (the
         backend is the party session binding protects)."""
         self._require_mode()
-        data = requests_in.json_object(body, allowed={"api_key", "api_url", "pod", "tags"},
+        data = requests_in.json_object(body, allowed={"api_key", "api_url", "pod", "tags", "quota_group"},
                                     required={"api_key"})
         tags = optional_tags(data)  # before the key check: a bad tag costs no Insightly request
+        quota_group = optional_quota_group(data)
         if ("api_url" in data) == ("pod" in data):
             raise InvalidRequest("give exactly one of api_url and pod", code="invalid_api_url")
         connection_id = requests_in.connection_id(connection_id)
         new = dataclasses.replace(self.check(connection_id, data["api_key"], data.get("api_url", data.get("pod"))),
-                                  tags=tags)
+                                  tags=tags, quota_group=quota_group)
         return link(new, connections=self.flow.connections, flows=self.flow.flows, events=self.flow.events,
                     revocation=bool(self.settings.provider.revocation_url), now=self._now())
 
@@ -126,7 +128,7 @@ class ApiKeyConnect:
             return self._form(token, exc, form["api_url"], status=exc.status)
         session = self.flow.flows.consume_session(token, now=self._now(), auth_mode=API_KEY)
         auth = AuthState(session.connection_id, session.return_to, session.session_id, tags=session.tags,
-                         display=session.display)
+                         display=session.display, quota_group=session.quota_group)
         return PageAnswer(location=self.flow.end(auth, lambda: self.flow.finish(auth, new)),
                           popup=auth.display == "popup")
 

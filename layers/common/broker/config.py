@@ -119,6 +119,9 @@ class Settings:
     # GET /connections: the one tag key the tag-index serves ("" = off) and the cursor's HMAC key.
     list_tag_key: str = ""
     list_cursor_secret_arn: str = ""
+    # Background calls (X-Broker-Priority: background, scheduled key checks) stop once a quota
+    # group's last observed remaining is at or under this share of its limit; 0 = no reserve.
+    background_quota_reserve_percent: int = 20
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ = os.environ) -> Settings:
@@ -165,6 +168,9 @@ class Settings:
             raise ConfigurationError("API_KEY_CHECK_SECONDS must be 0 or more")
         app_name = " ".join(env.get("APP_NAME", "this app").split())[:80] or "this app"
         quota_backoff = number("QUOTA_BACKOFF_SECONDS", "900")
+        reserve_percent = number("BACKGROUND_QUOTA_RESERVE_PERCENT", "20")
+        if not 0 <= reserve_percent <= 90:
+            raise ConfigurationError("BACKGROUND_QUOTA_RESERVE_PERCENT must be between 0 and 90")
         if not 1 <= quota_backoff <= 86400:
             raise ConfigurationError("QUOTA_BACKOFF_SECONDS must be between 1 and 86400")
 
@@ -205,6 +211,7 @@ class Settings:
             quota_backoff_seconds=quota_backoff,
             list_tag_key=env.get("LIST_TAG_KEY", "").strip(),
             list_cursor_secret_arn=env.get("LIST_CURSOR_SECRET_ARN", "").strip(),
+            background_quota_reserve_percent=reserve_percent,
         )
 
 

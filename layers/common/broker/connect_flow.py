@@ -41,6 +41,7 @@ from .lifecycle import CONNECT_FAILED, CONNECTED, LifecycleEvents
 from .observability import count, logger
 from .popup import DISPLAYS
 from .provider import ProviderClient
+from .quota import optional_quota_group
 from .tokens import expiry_and_due, iso, sealed_fields
 from .vault import TokenVault
 
@@ -90,7 +91,7 @@ def link(result: NewCredentials, *, connections: ConnectionStore, flows: FlowSto
     count("ConnectionsCreated")
     if events is not None:
         events.emit(CONNECTED, connection_id=result.connection_id, status="active", reason=None, at=now,
-                    tags=connection.tags)
+                    tags=connection.tags, quota_group=connection.quota_group)
     logger.info("connection linked", extra={"connection_id": result.connection_id, "auth_mode": result.auth_mode})
     if revocation and replaced is not None and replaced.auth_mode == "oauth2" and replaced.credentials:
         try:
@@ -129,19 +130,22 @@ class ConnectFlow:
     # -- POST /connect-sessions ------------------------------------------------------------
 
     def create_session(self, body: str | None, *, base_url: str) -> dict[str, str]:
-        data = requests_in.json_object(body, allowed={"connection_id", "return_to", "auth_mode", "tags", "display"},
+        data = requests_in.json_object(body, allowed={"connection_id", "return_to", "auth_mode", "tags", "display",
+                                                      "quota_group"},
                                        required={"connection_id", "return_to"})
         connection_id = requests_in.connection_id(data["connection_id"])
         return_to = requests_in.return_to(data["return_to"], self.settings.allowed_return_origins)
         auth_mode = check_auth_mode(data.get("auth_mode"), self.settings.auth_modes)
         tags = optional_tags(data)
+        quota_group = optional_quota_group(data)
         display = data.get("display", "redirect")
         if display not in DISPLAYS:
             raise InvalidRequest(f"display must be one of: {', '.join(DISPLAYS)}", code="invalid_display")
         token, session_id = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         expires_at = self._now() + self.settings.flow_ttl_seconds
         self.flows.put_session(token, session_id=session_id, connection_id=connection_id, return_to=return_to,
-                               expires_at=expires_at, auth_mode=auth_mode, tags=tags, display=display)
+                               expires_at=expires_at, auth_mode=auth_mode, tags=tags, display=display,
+                               quota_group=quota_group)
         # The page of the kind: the provider's consent (through /oauth/authorize) or the key page.
         page = "/oauth/authorize" if auth_mode == OAUTH2 else KEY_PAGE_PATH
         # session_id is for the SaaS's own server-side session of this user, never for a browser.
@@ -158,7 +162,8 @@ class ConnectFlow:
         state, browser_secret = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         self.flows.put_state(state, browser_secret=browser_secret, connection_id=session.connection_id,
                              return_to=session.return_to, expires_at=self._now() + self.settings.flow_ttl_seconds,
-                             session_id=session.session_id, tags=session.tags, display=session.display)
+                             session_id=session.session_id, tags=session.tags, display=session.display,
+                             quota_group=session.quota_group)
         challenge = pkce_challenge(pkce_verifier(browser_secret, state)) if self.settings.provider.use_pkce else None
         location = self.provider.authorization_url(client_id=client_id, redirect_uri=base_url + CALLBACK_PATH,
                                                    state=state, code_challenge=challenge)
@@ -255,6 +260,8 @@ class ConnectFlow:
         """
         if auth.tags is not None:  # given on the connect session
             result = dataclasses.replace(result, tags=auth.tags)
+        if auth.quota_group is not None:
+            result = dataclasses.replace(result, quota_group=auth.quota_group)
         if self.settings.session_binding == "none":
             self._save(result)
             return with_query(auth.return_to, status="connected", connection_id=auth.connection_id)

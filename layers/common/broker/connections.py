@@ -21,7 +21,9 @@ from botocore.exceptions import ClientError
 
 from . import deadline, schema
 from .errors import BrokerError
+from .insightly import RateLimit
 from .observability import logger
+from .quota import ALERT_RANK, QuotaRecord, group_key
 
 DUE_INDEX = "due-index"
 ACTIVE, NEEDS_REAUTH = "active", "needs_reauth"
@@ -29,9 +31,13 @@ ACTIVE, NEEDS_REAUTH = "active", "needs_reauth"
 LISTED_ATTRIBUTES = ("connection_id", "status", "auth_mode", "created_at", "provider_user", "scopes", "expires_at",
                      "last_refreshed_at", "refresh_due_at", "connected_at", "first_failed_at", "last_error", "pod",
                      "api_base_url", "last_checked_at", "tags", "metadata", "rate_limit",
+                     "quota_group", "throttled_until",  # the quota the status JSON shows
                      "list_tag",  # the tag-index key: to see an item is still where the index put it
                      "schema_version")  # a newer item is left out of the page, not misread
 BATCH_GET_ATTEMPTS = 5
+# Connections whose quota group this container has seen, so the proxy reads the connection
+# and its group's record in one BatchGetItem (bounded: a container serves many connections).
+GROUP_HINTS = 10_000
 # Deployment-wide markers share the table. "#" is outside the connection_id pattern, so no
 # request can name one, and they carry no due_shard, so the scheduler's index never lists one.
 CLIENT_REJECTED_MARKER = "#deployment:client-rejected"
@@ -64,6 +70,7 @@ class NewCredentials:
     rate_limit: dict[str, int] | None = None  # {limit, remaining, observed_at} when Insightly sent them
     checked_at: int | None = None  # api_key: when Users/Me last accepted the key
     tags: dict[str, str] | None = None  # None: a re-connect keeps the connection's tags
+    quota_group: str | None = None  # None: a re-connect keeps the connection's group
 
 
 @dataclass
@@ -94,6 +101,7 @@ class Connection:
     throttled_until: int | None = None  # the proxy answers 429 itself until then (daily quota)
     tags: dict[str, str] = field(default_factory=dict)
     metadata: str | None = None  # the SaaS's JSON object, as text
+    quota_group: str | None = None  # shares its quota record with the group's other connections
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> Connection:
@@ -129,11 +137,20 @@ class Connection:
             throttled_until=number("throttled_until"),
             tags=dict(data.get("tags") or {}),
             metadata=data.get("metadata"),
+            quota_group=data.get("quota_group"),
         )
 
     @property
     def metadata_object(self) -> dict[str, Any] | None:
         return json.loads(self.metadata) if self.metadata else None
+
+
+def _plain(item: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A raw item as Python values (a quota record), after its schema version is checked."""
+    if not item:
+        return None
+    schema.check(item, "quota record")
+    return {k: _de.deserialize(v) for k, v in item.items()}
 
 
 def due_shard(connection_id: str, shards: int) -> str:
@@ -147,6 +164,7 @@ class ConnectionStore:
         self._table = table
         self._shards = shards
         self._list_tag_key = list_tag_key
+        self._group_hints: dict[str, str] = {}  # connection_id -> quota group, as last read
 
     def _list_tag(self, sets: dict[str, Any], remove: list[str], tags: dict[str, str]) -> None:
         """Keep list_tag (the tag-index's sparse key) in step with tags[ListTagKey]."""
@@ -177,6 +195,8 @@ class ConnectionStore:
         if new.tags is not None:
             sets["tags"] = new.tags
             self._list_tag(sets, remove, new.tags)
+        if new.quota_group is not None:
+            sets["quota_group"] = new.quota_group
         answer = self._update(
             new.connection_id, sets=sets, due=(new.expires_at, new.refresh_due_at),
             extra_set="version = if_not_exists(version, :zero) + :one, created_at = if_not_exists(created_at, :now)",
@@ -194,9 +214,10 @@ class ConnectionStore:
         return Connection.from_item(item), (Connection.from_item(old) if old else None)
 
     def save_labels(self, connection_id: str, *, tags: dict[str, str] | None, metadata: str | None,
-                    now: int) -> Connection | None:
-        """Set tags and/or metadata of an existing connection (None leaves one as it is). No
-        version bump: labels never race a credential write. None when there is no connection."""
+                    now: int, quota_group: Any = ...) -> Connection | None:
+        """Set tags, metadata and/or the quota group of an existing connection (None, or ... for
+        the group, leaves one as it is; a group of None leaves the group). No version bump:
+        labels never race a credential write. None when there is no connection."""
         sets: dict[str, Any] = {"updated_at": now}
         remove: list[str] = []
         if tags is not None:
@@ -204,6 +225,10 @@ class ConnectionStore:
             self._list_tag(sets, remove, tags)
         if metadata is not None:
             sets["metadata"] = metadata
+        if quota_group is None:
+            remove.append("quota_group")
+        elif quota_group is not ...:
+            sets["quota_group"] = quota_group
         try:
             answer = self._update(connection_id, sets=sets, remove=remove,
                                   condition="attribute_exists(connection_id)", return_new=True)
@@ -249,19 +274,98 @@ class ConnectionStore:
             extra_values={":version": connection.version, ":now": now},
         )
 
-    def record_quota(self, connection_id: str, *, sets: dict[str, Any], remove: list[str] | None = None) -> None:
-        """What the proxy saw of the daily quota (and that the credential worked): no version
-        bump, nothing about credentials, and never a write that recreates a deleted item."""
-        with contextlib.suppress(StaleWrite):
-            self._update(connection_id, sets=sets, remove=remove, condition="attribute_exists(connection_id)")
+    # -- quota records (quota.py): a connection's own item, or its group's #quota:<group> ------
 
-    def claim_probe(self, connection: Connection, *, until: int) -> bool:
+    def get_with_quota(self, connection_id: str) -> tuple[Connection | None, QuotaRecord | None]:
+        """The connection and its quota record. One call: a GetItem for a connection without a
+        group; a BatchGetItem of both items once this container knows the connection's group.
+        The first read of a grouped connection in a container, or one whose group changed since,
+        costs a second read (its group's record)."""
+        group = self._group_hints.get(connection_id)
+        if group is None:
+            conn = self.get(connection_id)
+            if conn is None:
+                return None, None
+        else:
+            items = self._batch_get([connection_id, group_key(group)], consistent=True)
+            if connection_id not in items:
+                self._group_hints.pop(connection_id, None)
+                return None, None
+            conn = Connection.from_item(items[connection_id])
+            if conn.quota_group == group:
+                return conn, QuotaRecord.from_attributes(group, _plain(items.get(group_key(group))))
+        if conn.quota_group is None:
+            self._group_hints.pop(connection_id, None)
+            return conn, QuotaRecord.of_connection(conn)
+        if len(self._group_hints) >= GROUP_HINTS:
+            self._group_hints.pop(next(iter(self._group_hints)))
+        self._group_hints[connection_id] = conn.quota_group
+        return conn, self.quota_record(conn.quota_group)
+
+    def quota_record(self, group: str) -> QuotaRecord:
+        answer = self._db.get_item(TableName=self._table, Key=self._key(group_key(group)), ConsistentRead=True)
+        return QuotaRecord.from_attributes(group, _plain(answer.get("Item")))
+
+    def quota_records(self, groups: list[str]) -> dict[str, QuotaRecord]:
+        """The records of up to 100 groups (a listing page's), in one BatchGetItem."""
+        if not groups:
+            return {}
+        items = self._batch_get([group_key(g) for g in groups])
+        return {g: QuotaRecord.from_attributes(g, _plain(items.get(group_key(g)))) for g in groups}
+
+    def record_quota(self, record: QuotaRecord, *, sets: dict[str, Any], remove: list[str],
+                     observed: RateLimit | None, alert_event: bool) -> bool:
+        """What an Insightly answer showed of the daily quota, on the record it belongs to: no
+        version bump, nothing about credentials, never a write that recreates a deleted
+        connection. Conditional, so concurrent writers of one record never step back: an
+        observation older and higher than the stored one, the end of a throttle someone else
+        started, or an alert already sent, writes nothing (False)."""
+        conditions = [] if record.group is not None else ["attribute_exists(connection_id)"]
+        names: dict[str, str] = {"#q_rl": "rate_limit", "#q_at": "observed_at", "#q_rem": "remaining",
+                                 "#q_tu": "throttled_until", "#q_al": "quota_alert"}
+        values: dict[str, Any] = {}
+        probe_answer = "throttled_until" in remove and record.throttled_until is not None
+        if observed is not None and not probe_answer:  # the probe's answer is the newest there is
+            fresher = "#q_rl.#q_at < :q_at" if observed.remaining is not None else "#q_rl.#q_at <= :q_at"
+            lower = " OR #q_rl.#q_rem >= :q_rem" if observed.remaining is not None else ""
+            conditions.append(f"attribute_not_exists(#q_rl) OR {fresher}{lower}")
+            values[":q_at"] = observed.observed_at
+            if observed.remaining is not None:
+                values[":q_rem"] = observed.remaining
+        if "throttled_until" in remove:
+            if record.throttled_until is None:
+                conditions.append("attribute_not_exists(#q_tu)")
+            else:
+                conditions.append("attribute_not_exists(#q_tu) OR #q_tu = :q_tu")
+                values[":q_tu"] = record.throttled_until
+        if alert_event:  # QuotaLow / QuotaExhausted once per record: the writer that moves the alert up
+            ranked = [a for a, rank in ALERT_RANK.items() if a and rank >= ALERT_RANK[sets["quota_alert"]]]
+            values.update({f":q_al{n}": alert for n, alert in enumerate(ranked)})
+            conditions.append(f"attribute_not_exists(#q_al) OR NOT #q_al IN "
+                              f"({', '.join(f':q_al{n}' for n in range(len(ranked)))})")
+        if record.group is not None:
+            sets = {**sets, "quota_group": record.group}
+        # _update brackets the whole; DynamoDB refuses brackets around a lone clause.
+        condition = " AND ".join(f"({c})" if len(conditions) > 1 and " OR " in c else c for c in conditions)
+        try:
+            self._update(record.key, sets=sets, remove=remove, condition=condition or None, extra_values=values,
+                         extra_names={k: v for k, v in names.items() if k in condition})
+        except StaleWrite:
+            return False
+        return True
+
+    def mark_used(self, connection_id: str, *, now: int) -> None:
+        """A grouped connection's credential worked (its own item: the quota is on the group's)."""
+        with contextlib.suppress(StaleWrite):
+            self._update(connection_id, sets={"last_used_at": now}, condition="attribute_exists(connection_id)")
+
+    def claim_probe(self, record: QuotaRecord, *, until: int) -> bool:
         """After a quota throttle passed, one caller may call Insightly to see if the quota is
         back: the one whose write moves throttled_until on from the value everyone read."""
         try:
-            self._update(connection.connection_id, sets={"throttled_until": until},
+            self._update(record.key, sets={"throttled_until": until},
                          condition="throttled_until = :seen",
-                         extra_values={":seen": connection.throttled_until})
+                         extra_values={":seen": record.throttled_until})
         except StaleWrite:
             return False
         return True
@@ -386,7 +490,7 @@ class ConnectionStore:
             kwargs["ExclusiveStartKey"] = start_key
         page = self._db.query(**kwargs)
         ids = [item["connection_id"]["S"] for item in page.get("Items", [])]
-        items = self._get_listed(ids)
+        items = self._batch_get(ids, attributes=LISTED_ATTRIBUTES)
         listed = [items[i] for i in ids if i in items and items[i].get(key_name, {}).get("S") == key_value]
         newer = [item for item in listed if schema.is_newer(item)]
         if newer:  # after a rollback: one such item must not fail the page (GET of it answers 409)
@@ -395,13 +499,17 @@ class ConnectionStore:
         readable = [Connection.from_item(item) for item in listed if not schema.is_newer(item)]
         return readable, page.get("LastEvaluatedKey")
 
-    def _get_listed(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        """The listed attributes of up to 100 items, by id (BatchGetItem; what DynamoDB leaves
-        unprocessed is asked again, a few times)."""
+    def _batch_get(self, ids: list[str], *, attributes: tuple[str, ...] | None = None,
+                   consistent: bool = False) -> dict[str, dict[str, Any]]:
+        """Up to 100 items (all or the given attributes), by id (BatchGetItem; what DynamoDB
+        leaves unprocessed is asked again, a few times)."""
         found: dict[str, dict[str, Any]] = {}
-        request = {"Keys": [self._key(i) for i in dict.fromkeys(ids)],
-                   "ProjectionExpression": ", ".join(f"#a{n}" for n in range(len(LISTED_ATTRIBUTES))),
-                   "ExpressionAttributeNames": {f"#a{n}": name for n, name in enumerate(LISTED_ATTRIBUTES)}}
+        request: dict[str, Any] = {"Keys": [self._key(i) for i in dict.fromkeys(ids)]}
+        if attributes:
+            request["ProjectionExpression"] = ", ".join(f"#a{n}" for n in range(len(attributes)))
+            request["ExpressionAttributeNames"] = {f"#a{n}": name for n, name in enumerate(attributes)}
+        if consistent:
+            request["ConsistentRead"] = True
         for attempt in range(BATCH_GET_ATTEMPTS):
             if not request["Keys"]:
                 break
@@ -413,7 +521,7 @@ class ConnectionStore:
             answer = self._db.batch_get_item(RequestItems={self._table: request})
             for item in answer.get("Responses", {}).get(self._table, []):
                 found[item["connection_id"]["S"]] = item
-            request = answer.get("UnprocessedKeys", {}).get(self._table) or {"Keys": []}
+            request = {**request, "Keys": (answer.get("UnprocessedKeys", {}).get(self._table) or {}).get("Keys", [])}
         if request["Keys"]:
             raise BrokerError("the connection store is busy; try again", code="storage_unavailable", status=503)
         return found
@@ -427,7 +535,7 @@ class ConnectionStore:
     def _update(self, connection_id: str, *, sets: dict[str, Any], due: tuple | None = None,
                 extra_set: str = "", remove: list[str] | None = None, condition: str | None = None,
                 extra_values: dict[str, Any] | None = None, return_new: bool = False,
-                return_old: bool = False) -> dict:
+                return_old: bool = False, extra_names: dict[str, str] | None = None) -> dict:
         sets = {**sets, schema.ATTRIBUTE: schema.SCHEMA_VERSION}  # every writer writes the current format
         remove = list(remove or [])
         if due is not None:
@@ -443,6 +551,7 @@ class ConnectionStore:
             else:
                 sets["due_shard"] = due_shard(connection_id, self._shards)
         names = {f"#{k}": k for k in [*sets, *remove]}
+        names.update(extra_names or {})
         values = {f":{k}": v for k, v in sets.items()}
         values.update(extra_values or {})
         clauses = [f"#{k} = :{k}" for k in sets] + ([extra_set] if extra_set else [])

@@ -58,6 +58,7 @@ class ConnectSession:
     attempts: int = 0  # API keys Insightly refused on the key page so far
     tags: dict[str, str] | None = None  # given on the connect session, for the connection
     display: str = "redirect"  # "popup": the flow ends with a page that posts to window.opener
+    quota_group: str | None = None  # given on the connect session, for the connection
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class AuthState:
     session_id: str | None = None
     tags: dict[str, str] | None = None
     display: str = "redirect"
+    quota_group: str | None = None
 
 
 class FlowStore:
@@ -78,7 +80,7 @@ class FlowStore:
 
     def put_session(self, token: str, *, session_id: str, connection_id: str, return_to: str,
                     expires_at: int, auth_mode: str = "oauth2", tags: dict[str, str] | None = None,
-                    display: str = "redirect") -> None:
+                    display: str = "redirect", quota_group: str | None = None) -> None:
         self._put(f"session#{digest(token)}", {
             **_display(display),
             "connection_id": {"S": connection_id},
@@ -88,6 +90,7 @@ class FlowStore:
             "session_hash": {"S": digest(session_id)},
             "expires_at": {"N": str(expires_at)},
             **_tags_attribute(tags),
+            **_group_attribute(quota_group),
         })
 
     def consume_session(self, token: str, *, now: int, auth_mode: str = "oauth2") -> ConnectSession:
@@ -128,7 +131,7 @@ class FlowStore:
 
     def put_state(self, state: str, *, browser_secret: str, connection_id: str, return_to: str,
                   expires_at: int, session_id: str | None = None, tags: dict[str, str] | None = None,
-                  display: str = "redirect") -> None:
+                  display: str = "redirect", quota_group: str | None = None) -> None:
         session = {} if session_id is None else {
             "session_masked": {"S": mask(session_id, browser_secret, "state:" + state)},
             "session_hash": {"S": digest(session_id)},
@@ -140,6 +143,7 @@ class FlowStore:
             "expires_at": {"N": str(expires_at)},
             **session,
             **_tags_attribute(tags),
+            **_group_attribute(quota_group),
             **_display(display),
         })
 
@@ -148,7 +152,7 @@ class FlowStore:
                              browser_hash=digest(browser_secret))
         return AuthState(item["connection_id"]["S"], item["return_to"]["S"],
                          _unmask(item, browser_secret, "state:" + state), tags=_tags(item),
-                         display=_display_of(item))
+                         display=_display_of(item), quota_group=_group(item))
 
     # -- pending completions (session binding) ------------------------------------------------
 
@@ -159,6 +163,7 @@ class FlowStore:
             "provider_user": pending.provider_user, "scopes": pending.scopes,
             "auth_mode": pending.auth_mode, "pod": pending.pod, "api_base_url": pending.api_base_url,
             "rate_limit": pending.rate_limit, "checked_at": pending.checked_at, "tags": pending.tags,
+            "quota_group": pending.quota_group,
             "session_hash": digest(session_id), "complete_by": complete_by,
             # Sparse index: only pending completions carry the shard, so the sweep reads nothing else.
             "pending_shard": PENDING_SHARD, "expires_at": complete_by + PENDING_CLEANUP_SECONDS,
@@ -310,7 +315,7 @@ def _session(item: dict, token: str) -> ConnectSession:
     return ConnectSession(item["connection_id"]["S"], item["return_to"]["S"], _unmask(item, token, "link"),
                           auth_mode=item.get("auth_mode", {}).get("S", "oauth2"),
                           attempts=int(item.get("attempts", {}).get("N", "0")), tags=_tags(item),
-                          display=_display_of(item))
+                          display=_display_of(item), quota_group=_group(item))
 
 
 def _display(display: str) -> dict:
@@ -341,6 +346,7 @@ def _pending(item: dict) -> NewCredentials:
         auth_mode=data.get("auth_mode", "oauth2"), pod=data.get("pod"), api_base_url=data.get("api_base_url"),
         rate_limit=_numbers(data.get("rate_limit")), checked_at=number("checked_at"),
         tags=dict(data["tags"]) if data.get("tags") is not None else None,
+        quota_group=data.get("quota_group"),
     )
 
 
@@ -350,6 +356,14 @@ def _tags_attribute(tags: dict[str, str] | None) -> dict:
 
 def _tags(item: dict) -> dict[str, str] | None:
     return _de.deserialize(item["tags"]) if "tags" in item else None
+
+
+def _group_attribute(quota_group: str | None) -> dict:
+    return {} if quota_group is None else {"quota_group": {"S": quota_group}}
+
+
+def _group(item: dict) -> str | None:
+    return item["quota_group"]["S"] if "quota_group" in item else None
 
 
 def _numbers(value: Any) -> dict[str, int] | None:

@@ -42,18 +42,23 @@ def optional_tags(data: dict[str, Any]) -> dict[str, str] | None:
 
 
 def update_labels(connections, connection_id: str, body: str | None, *, now: int):
-    """PATCH /connections/{id}: tags and/or metadata, both checked before anything is written.
-    Answers the connection as stored; NotFound for an unknown one (nothing is created)."""
+    """PATCH /connections/{id}: tags, metadata and/or quota_group (null: leave the group), all
+    checked before anything is written. Answers the connection as stored; NotFound for an
+    unknown one (nothing is created)."""
     from . import requests_in
     from .errors import NotFound
+    from .quota import check_quota_group
 
     connection_id = requests_in.connection_id(connection_id)
-    data = requests_in.json_object(body, allowed={"tags", "metadata"}, required=set())
+    data = requests_in.json_object(body, allowed={"tags", "metadata", "quota_group"}, required=set())
     if not data:
-        raise InvalidRequest("give tags, metadata or both", code="invalid_body")
+        raise InvalidRequest("give tags, metadata, quota_group or several", code="invalid_body")
     tags = optional_tags(data)
     metadata = check_metadata(data["metadata"]) if "metadata" in data else None
-    connection = connections.save_labels(connection_id, tags=tags, metadata=metadata, now=now)
+    quota_group = ... if "quota_group" not in data else (
+        None if data["quota_group"] is None else check_quota_group(data["quota_group"]))
+    connection = connections.save_labels(connection_id, tags=tags, metadata=metadata, now=now,
+                                         quota_group=quota_group)
     if connection is None:
         raise NotFound("no such connection", code="connection_not_found")
     return connection

@@ -2,8 +2,9 @@
 changes: Connected, ConnectFailed, RefreshFailed, NeedsReauth, Recovered, Deleted, QuotaLow, QuotaExhausted;
 and, for the operator, ClientRejected: the provider refuses the broker's own client credentials (no connection id).
 
-An event carries the connection id, its status, a reason code, the time and the
-connection's tags: never a credential. Emitting is best effort: the state change it reports is already stored, and
+An event carries the connection id, its status, a reason code, the time, the
+connection's tags and its quota group (QuotaLow/QuotaExhausted are sent once per group):
+never a credential. Emitting is best effort: the state change it reports is already stored, and
 a failed emit is logged and counted rather than undoing it.
 """
 
@@ -32,10 +33,11 @@ class LifecycleEvents:
         self._bus = bus_name
 
     def emit(self, detail_type: str, *, connection_id: str | None, status: str, reason: str | None,
-             at: int, tags: dict[str, str] | None = None) -> None:
+             at: int, tags: dict[str, str] | None = None, quota_group: str | None = None) -> None:
         if not self._bus:
             return  # no bus configured (a bare test or a deployment without events)
         detail = {"connection_id": connection_id, "status": status, "reason": reason, "tags": tags or {},
+                  "quota_group": quota_group,
                   "at": datetime.fromtimestamp(at, timezone.utc).isoformat().replace("+00:00", "Z")}
         try:
             answer = self._events.put_events(Entries=[{

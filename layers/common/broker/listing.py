@@ -16,6 +16,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from typing import Any
 
 from . import requests_in
@@ -43,10 +44,13 @@ def _invalid_cursor() -> InvalidRequest:
 
 
 class ConnectionListing:
-    def __init__(self, connections: ConnectionStore, *, cursor_key, list_tag_key: str):
+    def __init__(self, connections: ConnectionStore, *, cursor_key, list_tag_key: str, reserve_percent: int = 0,
+                 clock=time.time):
         self._connections = connections
         self._cursor_key = cursor_key  # () -> bytes: fetched lazily, a first page never needs it
         self._list_tag_key = list_tag_key
+        self._reserve_percent = reserve_percent
+        self._clock = clock
 
     def page(self, raw_query: str | None) -> dict[str, Any]:
         params = requests_in.query_params(raw_query)
@@ -85,7 +89,12 @@ class ConnectionListing:
                 if last_key is not None or phase < len(partitions):
                     next_cursor = self._seal_cursor(phase, last_key or {}, filter_text)
                 break
-        return {"connections": [connection_status(c) for c in connections], "next_cursor": next_cursor}
+        # The page's quota groups' records: one more BatchGetItem, only when a connection has a group.
+        records = self._connections.quota_records(sorted({c.quota_group for c in connections if c.quota_group}))
+        now = self._clock()
+        return {"connections": [connection_status(c, records.get(c.quota_group), reserve_percent=self._reserve_percent,
+                                                  now=now) for c in connections],
+                "next_cursor": next_cursor}
 
     def _partitions(self, filters: dict[str, list[str]]) -> tuple[list[tuple[str, str, str]], str]:
         if not filters:

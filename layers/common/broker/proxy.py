@@ -209,9 +209,11 @@ class ProxyAnswer:
                 "isBase64Encoded": self.is_base64}
 
 
-def broker_answer(error: BrokerError, *, retry_after: int | None = None) -> ProxyAnswer:
-    """An answer the broker made itself: `{"error","message"}` and X-Broker-Error."""
-    headers = {"Content-Type": "application/json", "X-Broker-Error": error.code}
+def broker_answer(error: BrokerError, *, retry_after: int | None = None,
+                  headers: Mapping[str, str] | None = None) -> ProxyAnswer:
+    """An answer the broker made itself: `{"error","message"}` and X-Broker-Error (and, for a
+    local 429, the X-RateLimit-* values last observed)."""
+    headers = {**(headers or {}), "Content-Type": "application/json", "X-Broker-Error": error.code}
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     return ProxyAnswer(error.status, headers, json.dumps({"error": error.code, "message": error.message}))
@@ -410,7 +412,8 @@ METRIC_STATUS = {2: "ProxyStatus2xx", 3: "ProxyStatus3xx", 4: "ProxyStatus4xx", 
 METRIC_BROKER_LATENCY = "ProxyBrokerLatency"        # ms spent in the broker, Insightly excluded
 METRIC_INSIGHTLY_LATENCY = "ProxyInsightlyLatency"  # ms waiting for Insightly, retries included
 METRIC_RETRIES = "ProxyRetries"
-METRIC_LOCAL_429 = "ProxyLocal429"                # the quota guard answered 429 itself
+METRIC_LOCAL_429 = "ProxyLocal429"                # the quota guard answered 429 itself: quota used up
+METRIC_QUOTA_RESERVED = "ProxyQuotaReserved"      # ... a background call, the rest is kept for interactive ones
 METRIC_PROVIDER_429 = "ProxyProvider429"          # Insightly answered 429 (its quota is used up)
 METRIC_401_RECOVERED = "Proxy401Recovered"
 INVALID_PATH_TEMPLATE = "{invalid}"
@@ -425,7 +428,8 @@ def path_template(path: str) -> str:
 
 def log_fields(*, method: str, connection_id: str, path: str | None, status: int,
                total_ms: float, insightly_ms: float, retries: int = 0,
-               answered_locally: bool = False) -> dict[str, Any]:
+               answered_locally: bool = False, priority: str | None = None,
+               refusal: str | None = None) -> dict[str, Any]:
     """The one log line per proxied call. Never the query string, a header or a body;
     `path` is the checked path (None when it was refused)."""
     return {
@@ -437,11 +441,14 @@ def log_fields(*, method: str, connection_id: str, path: str | None, status: int
         "insightly_ms": round(insightly_ms, 1),
         "retries": retries,
         "answered_locally": answered_locally,
+        "priority": priority,  # None: the call was refused before its header was read
+        "refusal": refusal,  # a local 429's reason: exhausted | reserved
     }
 
 
 def metric_values(*, status: int, total_ms: float, insightly_ms: float, retries: int = 0,
-                  answered_locally: bool = False, recovered_401: bool = False) -> list[tuple[str, str, float]]:
+                  answered_locally: bool = False, recovered_401: bool = False,
+                  refusal: str | None = None) -> list[tuple[str, str, float]]:
     """(name, unit, value) for Powertools' metrics.add_metric, one call's worth."""
     values: list[tuple[str, str, float]] = []
     if status // 100 in METRIC_STATUS:
@@ -452,7 +459,8 @@ def metric_values(*, status: int, total_ms: float, insightly_ms: float, retries:
     if retries:
         values.append((METRIC_RETRIES, "Count", retries))
     if status == 429:
-        values.append((METRIC_LOCAL_429 if answered_locally else METRIC_PROVIDER_429, "Count", 1))
+        values.append(((METRIC_QUOTA_RESERVED if refusal == "reserved" else METRIC_LOCAL_429)
+                       if answered_locally else METRIC_PROVIDER_429, "Count", 1))
     if recovered_401:
         values.append((METRIC_401_RECOVERED, "Count", 1))
     return values

@@ -78,7 +78,8 @@ def connection_listing():
 
     cfg = settings()
     return ConnectionListing(_shared()["connections"], list_tag_key=cfg.list_tag_key,
-                             cursor_key=cursor_key_from_secret(cfg.list_cursor_secret_arn, aws.get_secret))
+                             cursor_key=cursor_key_from_secret(cfg.list_cursor_secret_arn, aws.get_secret),
+                             reserve_percent=cfg.background_quota_reserve_percent)
 
 
 def reset() -> None:

@@ -40,8 +40,6 @@ from .kinds.oauth2 import OAuth2Kind, backoff, expiry_and_due, sealed_fields  # 
 from .lifecycle import (
     CLIENT_REJECTED,
     DELETED,
-    QUOTA_EXHAUSTED,
-    QUOTA_LOW,
     RECOVERED,
     REFRESH_FAILED,
     LifecycleEvents,
@@ -49,6 +47,7 @@ from .lifecycle import (
 from .lifecycle import NEEDS_REAUTH as NEEDS_REAUTH_EVENT
 from .observability import count, logger, metrics
 from .provider import MAX_RETRY_AFTER, ProviderClient
+from .quota import QuotaGroups, QuotaRecord, quota_change
 from .vault import TokenVault
 
 REFRESHED, NOT_DUE, IN_PROGRESS, NEEDS_REAUTH, FAILED = "refreshed", "not_due", "in_progress", "needs_reauth", "failed"
@@ -79,8 +78,12 @@ def error_record(exc: BrokerError, now: int) -> dict[str, Any]:
     return {"code": exc.code, "message": exc.message[:200], "at": now}
 
 
-def connection_status(conn: Connection) -> dict[str, Any]:
-    """What GET /connections/{id} answers: never a credential."""
+def connection_status(conn: Connection, record: QuotaRecord | None = None, *, reserve_percent: int = 0,
+                      now: float | None = None) -> dict[str, Any]:
+    """What GET /connections/{id} answers: never a credential. `record`: the quota the
+    connection shares with its group (its own when it has none, or when not given)."""
+    record = record or QuotaRecord.of_connection(conn)
+    rate = record.rate_limit
     return {
         "connection_id": conn.connection_id,
         "status": conn.status,
@@ -99,23 +102,15 @@ def connection_status(conn: Connection) -> dict[str, Any]:
         "last_checked_at": iso(conn.last_checked_at),
         "tags": conn.tags,
         "metadata": conn.metadata_object,
-        "rate_limit": ({"limit": conn.rate_limit.get("limit"), "remaining": conn.rate_limit.get("remaining"),
-                        "observed_at": iso(conn.rate_limit.get("observed_at"))} if conn.rate_limit else None),
+        "rate_limit": ({"limit": rate.get("limit"), "remaining": rate.get("remaining"),
+                        "observed_at": iso(rate.get("observed_at"))} if rate else None),
+        "quota_group": conn.quota_group,
+        "quota": _with_iso_time(record.view(reserve_percent, time.time() if now is None else now)),
     }
 
 
-def quota_change(conn: Connection, rate: RateLimit | None) -> tuple[dict[str, Any], str | None]:
-    """What an observed quota changes on the connection, and the event it is worth: QuotaLow
-    once when remaining drops under 10 % of the limit, QuotaExhausted once at 0 (or a 429);
-    both re-armed when the quota is back above 10 %."""
-    if rate is None:
-        return {}, None
-    alert = "exhausted" if rate.is_exhausted() else "low" if rate.is_low() else None
-    rank = {None: 0, "low": 1, "exhausted": 2}
-    event = None
-    if rank[alert] > rank.get(conn.quota_alert, 0):
-        event = QUOTA_EXHAUSTED if alert == "exhausted" else QUOTA_LOW
-    return {"rate_limit": rate.as_dict(), "quota_alert": alert}, event
+def _with_iso_time(view: dict[str, Any] | None) -> dict[str, Any] | None:
+    return {**view, "observed_at": iso(view["observed_at"])} if view else None
 
 
 class TokenService:
@@ -150,7 +145,23 @@ class TokenService:
     # -- routes ------------------------------------------------------------------------------
 
     def status(self, connection_id: str) -> dict[str, Any]:
-        return connection_status(self._get(connection_id))
+        conn, record = self.connections.get_with_quota(connection_id)
+        if conn is None:
+            raise NotFound("no such connection", code="connection_not_found")
+        return self.status_of(conn, record)
+
+    def status_of(self, conn: Connection, record: QuotaRecord | None = None) -> dict[str, Any]:
+        """The status JSON of a connection already read; a grouped one's record is read here."""
+        if record is None:
+            record = self.quota_groups().record_of(conn)
+        return connection_status(conn, record, reserve_percent=self.settings.background_quota_reserve_percent,
+                                 now=self._now())
+
+    def quota_groups(self, *, backoff_seconds: int | None = None) -> QuotaGroups:
+        """The quota guard over shared records; its QuotaLow/QuotaExhausted events name the group."""
+        return QuotaGroups(self.connections, reserve_percent=self.settings.background_quota_reserve_percent,
+                           backoff_seconds=backoff_seconds or self.settings.quota_backoff_seconds,
+                           emit=lambda event, conn, record: self.emit(event, conn, status=ACTIVE, reason="quota"))
 
     def access_token(self, connection_id: str) -> dict[str, Any]:
         """A credential that works now: an access token valid for at least the skew (refreshed
@@ -196,14 +207,18 @@ class TokenService:
         if (conn is None or conn.status != ACTIVE or conn.refresh_due_at is None
                 or conn.refresh_due_at > now):
             return NOT_DUE
-        later = self._kind(conn).postponed_until(conn, now)
+        kind = self._kind(conn)
+        # A key check spends a request of the group's quota, as background work: it waits while
+        # the quota is used up or in the reserve.
+        record = self.quota_groups().record_of(conn) if kind.spends_quota else QuotaRecord.of_connection(conn)
+        later = kind.postponed_until(conn, now, record)
         if later is not None:
             with contextlib.suppress(StaleWrite):  # changed meanwhile: its new due time stands
                 self.connections.reschedule(conn, refresh_due_at=later, now=now)
             count("CheckPostponed")
             return POSTPONED
         try:
-            answer = self._refresh(conn, wait_for_winner=False)
+            answer = self._refresh(conn, wait_for_winner=False, record=record)
         except BrokerError as exc:
             if exc.code == "connection_not_found":
                 return NOT_DUE  # deleted meanwhile
@@ -251,7 +266,8 @@ class TokenService:
                 if not lock.locked() and self._flights.get(connection_id) is lock:
                     del self._flights[connection_id]
 
-    def _refresh(self, conn: Connection, *, wait_for_winner: bool) -> dict[str, Any] | None:
+    def _refresh(self, conn: Connection, *, wait_for_winner: bool,
+                 record: QuotaRecord | None = None) -> dict[str, Any] | None:
         started = time.monotonic()
         owner = uuid.uuid4().hex
         kind = self._kind(conn)
@@ -276,10 +292,10 @@ class TokenService:
                 return self._terminal(conn, exc, reason)
             if isinstance(exc, ProviderRejected) and exc.oauth_error == "invalid_client":
                 self._client_rejected(conn, owner)  # still refused with a freshly fetched secret
-            self._failed(conn, owner, exc)
+            self._failed(conn, owner, exc, record)
             raise
         sealed = renewal.sealed or current
-        self._persist(conn, owner, kind, renewal)
+        self._persist(conn, owner, kind, renewal, record)
         count("RefreshSucceeded")
         metrics.add_metric(name="RefreshLatency", unit=MetricUnit.Milliseconds,
                            value=(time.monotonic() - started) * 1000)
@@ -289,11 +305,14 @@ class TokenService:
         logger.info("credential renewed", extra={"connection_id": conn.connection_id, "auth_mode": kind.auth_mode})
         return self._token_answer(dataclasses.replace(conn, expires_at=renewal.expires_at), sealed)
 
-    def _persist(self, conn: Connection, owner: str, kind: CredentialKind, renewal: Renewal) -> None:
+    def _persist(self, conn: Connection, owner: str, kind: CredentialKind, renewal: Renewal,
+                 record: QuotaRecord | None = None) -> None:
         """Store the renewal before anyone hears of it. The provider may already have retired
-        the old refresh token, so a passing KMS or DynamoDB fault is retried."""
+        the old refresh token, so a passing KMS or DynamoDB fault is retried. The quota it
+        showed goes with it on the connection's own item, or to its group's record."""
         now = self._now()
-        extra, event = quota_change(conn, renewal.rate_limit)
+        grouped = conn.quota_group is not None
+        extra, event = ({}, None) if grouped else quota_change(conn.quota_alert, renewal.rate_limit)
         if renewal.checked_at is not None:
             extra["last_checked_at"] = renewal.checked_at
         for attempt in range(3):
@@ -325,6 +344,13 @@ class TokenService:
             self.sleep(0.1 * 2 ** attempt)
         if event:
             self.emit(event, conn, status=ACTIVE, reason="quota")
+        if grouped and renewal.rate_limit is not None:
+            self._observe_group(conn, record, status=200, rate=renewal.rate_limit, retry_after=None, now=now)
+
+    def _observe_group(self, conn: Connection, record: QuotaRecord | None, **answer) -> None:
+        groups = self.quota_groups()
+        with contextlib.suppress(ClientError, BotoCoreError):  # best effort: the renewal is stored
+            groups.observe(conn, record or groups.record_of(conn), **answer)
 
     def _terminal(self, conn: Connection, exc: BrokerError, reason: str) -> dict[str, Any]:
         """The provider no longer accepts this connection's credential (invalid_grant, no
@@ -339,7 +365,7 @@ class TokenService:
             raise Conflict("this connection needs to be re-authorized", code="needs_reauth")
         self._needs_reauth(conn, reason, exc)
 
-    def _failed(self, conn: Connection, owner: str, exc: BrokerError) -> None:
+    def _failed(self, conn: Connection, owner: str, exc: BrokerError, record: QuotaRecord | None = None) -> None:
         """A transient failure: cool the connection down, tell the SaaS on the first one, and
         give up on it after failing for days."""
         now = self._now()
@@ -356,13 +382,18 @@ class TokenService:
         if isinstance(exc, QuotaExhausted) and (rate is None or not rate.is_exhausted()):
             # Insightly's 429 is the daily quota: remaining is 0 whatever the headers said.
             rate = RateLimit(limit=(rate or conn_rate(conn)).limit, remaining=0, observed_at=now)
-        extra, event = quota_change(conn, rate)
+        grouped = conn.quota_group is not None
+        extra, event = ({}, None) if grouped else quota_change(conn.quota_alert, rate)
         self.connections.record_failure(conn, owner=owner, error=error_record(exc, now), retry_at=retry_at, now=now,
                                         extra=extra)
         if conn.failure_count == 0:
             self.emit(REFRESH_FAILED, conn, status=ACTIVE, reason=exc.code)
         if event:
             self.emit(event, conn, status=ACTIVE, reason="quota")
+        if grouped and rate is not None:
+            self._observe_group(conn, record, status=429 if isinstance(exc, QuotaExhausted) else exc.status,
+                                rate=rate, now=now,
+                                retry_after=str(exc.retry_after) if getattr(exc, "retry_after", None) else None)
     def _client_rejected(self, conn: Connection, owner: str) -> None:
         """The provider refuses the broker's client credentials, even freshly fetched: a fault
         of the deployment (a rotated or wrong secret), never of this connection. Cool it down
@@ -403,7 +434,7 @@ class TokenService:
     def emit(self, detail_type: str, conn: Connection, *, status: str, reason: str | None) -> None:
         if self.events is not None:
             self.events.emit(detail_type, connection_id=conn.connection_id, status=status, reason=reason,
-                             at=self._now(), tags=conn.tags)
+                             at=self._now(), tags=conn.tags, quota_group=conn.quota_group)
 
     def _await_winner(self, conn: Connection) -> dict[str, Any]:
         """Another caller holds the lease: wait briefly for the token it stores."""

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from ..connections import Connection
 from ..errors import BrokerError, InvalidRequest
 from ..insightly import Auth, RateLimit
+from ..quota import QuotaRecord
 
 OAUTH2, API_KEY = "oauth2", "api_key"
 AUTH_MODES = (OAUTH2, API_KEY)
@@ -41,6 +42,9 @@ class CredentialKind(Protocol):
     # Whether renewals failing for ReauthAfterFailingDays mark the connection needs_reauth: a
     # refresh token left unused that long may be gone; a key is only ever refused by a 401/403.
     gives_up_after_failing_days: bool
+    # Whether a renewal spends a request of the Insightly instance's daily quota (a key check
+    # calls Users/Me; a token refresh does not): such a scheduled renewal is background work.
+    spends_quota: bool
 
     def authorization(self, sealed: dict[str, Any]) -> Auth:
         """How a request to Insightly is authenticated with this credential."""
@@ -58,8 +62,9 @@ class CredentialKind(Protocol):
         """The needs_reauth reason when the provider's answer means this connection's
         credential is no longer accepted; None for anything else (transient or ours)."""
 
-    def postponed_until(self, conn: Connection, now: int) -> int | None:
-        """A later due time when the scheduled renewal should not run now; None to run it."""
+    def postponed_until(self, conn: Connection, now: int, quota: QuotaRecord) -> int | None:
+        """A later due time when the scheduled renewal should not run now; None to run it.
+        `quota`: the connection's quota record (its group's, for a kind that spends_quota)."""
 
     def revoke(self, conn: Connection, sealed: dict[str, Any]) -> None:
         """Give the credential up at the provider where that is possible (best effort)."""

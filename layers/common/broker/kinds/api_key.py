@@ -15,6 +15,7 @@ from ..config import Settings
 from ..connections import Connection
 from ..errors import BrokerError
 from ..insightly import ApiAccessDenied, ApiKeyAuth, ApiKeyRejected, Auth, InsightlyApi
+from ..quota import QuotaRecord, next_utc_midnight, reserve_reached
 from ..vault import API_KEY_PURPOSE
 from . import API_KEY, Renewal
 
@@ -26,6 +27,7 @@ class ApiKeyKind:
     purpose = API_KEY_PURPOSE
     retry_after_renewal = False
     gives_up_after_failing_days = False
+    spends_quota = True  # each check is a Users/Me call
 
     def __init__(self, settings: Settings, *, api: InsightlyApi, clock: Callable[[], float] = time.time):
         self.settings = settings
@@ -45,15 +47,21 @@ class ApiKeyKind:
         seconds = self.settings.api_key_check_seconds
         return now + seconds if seconds else None
 
-    def postponed_until(self, conn: Connection, now: int) -> int | None:
-        """Each check spends one of the account's daily requests: none while the last answer
-        said the quota is used up, and none when the key was seen working lately."""
+    def postponed_until(self, conn: Connection, now: int, quota: QuotaRecord) -> int | None:
+        """Each check spends one of the account's daily requests, as background work: none
+        while the group's last answer said the quota is used up (or the proxy holds it
+        throttled), none while it is in the reserve kept for interactive calls (until the next
+        UTC midnight), and none when the key was seen working lately."""
         interval = self.settings.api_key_check_seconds
         if not interval:
             return None
-        rate = conn.rate_limit or {}
+        rate = quota.rate_limit or {}
         if rate.get("remaining") == 0 and rate.get("observed_at", 0) + QUOTA_WINDOW_SECONDS > now:
             return rate["observed_at"] + QUOTA_WINDOW_SECONDS
+        if quota.throttled_until is not None and quota.throttled_until > now:
+            return quota.throttled_until
+        if reserve_reached(quota.rate, self.settings.background_quota_reserve_percent, now):
+            return next_utc_midnight(now)
         if conn.last_used_at and conn.last_used_at + interval > now:
             return conn.last_used_at + interval
         return None

@@ -16,6 +16,7 @@ from ..errors import BrokerError, ProviderRejected, ProviderUnavailable
 from ..insightly import Auth, BearerAuth
 from ..observability import count, logger, metrics
 from ..provider import ProviderClient, TokenSet
+from ..quota import QuotaRecord
 from ..vault import PURPOSE
 from . import OAUTH2, Renewal
 
@@ -75,6 +76,7 @@ class OAuth2Kind:
     purpose = PURPOSE
     retry_after_renewal = True
     gives_up_after_failing_days = True
+    spends_quota = False
 
     def __init__(self, settings: Settings, *, provider: ProviderClient, credentials: ClientCredentialSource,
                  clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
@@ -95,7 +97,7 @@ class OAuth2Kind:
     def fresh(self, conn: Connection, now: int) -> bool:
         return conn.expires_at is None or conn.expires_at - self.settings.token_skew_seconds > now
 
-    def postponed_until(self, conn: Connection, now: int) -> int | None:
+    def postponed_until(self, conn: Connection, now: int, quota: QuotaRecord) -> int | None:
         return None  # a due refresh always runs: the access token is about to expire
 
     def rejected_reason(self, exc: BrokerError) -> str | None:
