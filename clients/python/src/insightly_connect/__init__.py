@@ -6,7 +6,7 @@
 """
 
 from insightly_connect import webhooks
-from insightly_connect.client import Broker, Proxy
+from insightly_connect.client import Broker, ProxySession
 from insightly_connect.errors import (
     AccessDeniedError,
     ApiKeyRejectedError,
@@ -25,6 +25,6 @@ from insightly_connect.models import Connection, ConnectSession, Token
 
 __all__ = [
     "AccessDeniedError", "ApiKeyRejectedError", "BadRequestError", "Broker", "BrokerError", "ClientRejectedError",
-    "ConflictError", "Connection", "ConnectSession", "NeedsReauthError", "NotFoundError", "Proxy",
+    "ConflictError", "Connection", "ConnectSession", "NeedsReauthError", "NotFoundError", "ProxySession",
     "QuotaExhaustedError", "QuotaReservedError", "ServerError", "Token", "UnavailableError", "webhooks",
 ]

@@ -142,9 +142,9 @@ class Broker:
             if not cursor:
                 return
 
-    def proxy(self, connection_id: str, priority: Priority | None = None) -> Proxy:
+    def proxy(self, connection_id: str, priority: Priority | None = None) -> ProxySession:
         """Insightly's API through the broker, with the connection's credential injected there."""
-        return Proxy(self, connection_id, priority)
+        return ProxySession(self, connection_id, priority)
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -218,7 +218,7 @@ class Broker:
         return asked if asked <= self.max_retry_wait else None
 
 
-class Proxy:
+class ProxySession:
     """Insightly's API through the broker, like a requests.Session on Insightly's base URL:
     `get("Contacts", params={"top": 5})`, `post("Contacts", json={...})`. Answers are Insightly's
     own `requests.Response`s (4xx and 5xx included); the broker's own refusals raise
