@@ -8,13 +8,15 @@ import pytest
 import requests
 
 from insightly_connect import (
+    AccessDeniedError,
     BadRequestError,
+    Broker,
     Connection,
     NeedsReauthError,
     NotFoundError,
     webhooks,
 )
-from tests.clients.conftest import approve_in_browser
+from tests.clients.conftest import approve_in_browser, local_session
 
 pytestmark = pytest.mark.e2e
 
@@ -121,3 +123,18 @@ def _delivery(stack, connection_id: str, kind: str, seconds: float = 20.0) -> di
                 return delivery
         time.sleep(0.2)
     raise AssertionError(f"no {kind} webhook for {connection_id}")
+
+
+def test_a_role_assumed_from_the_session_signs_the_calls(stack, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL_STS", stack.local.moto_url)  # STS is the local moto server
+    role = "arn:aws:iam::123456789012:role/insightly-connect-BrokerCallerRole"
+    broker = Broker(stack.local.gateway_url, region=stack.local.region, session=local_session(stack),
+                    role_arn=role, external_id="saas-7")
+    with pytest.raises(AccessDeniedError):  # signed with the role's key, which this gateway does not know yet
+        broker.status("py-nobody")
+
+    assumed = broker._credentials.get_frozen_credentials()
+    assert assumed.access_key != stack.local.access_key and assumed.token
+    stack.local.gateway.verifier.credentials[assumed.access_key] = assumed.secret_key  # IAM now allows the role
+    with pytest.raises(NotFoundError):  # through the gateway's signature check, to the broker
+        broker.status("py-nobody")
