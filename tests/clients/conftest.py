@@ -8,6 +8,7 @@ import requests
 
 from insightly_connect import Broker
 from tests.clients.stack import start_client_stack
+from tests.e2e.conftest import standin  # noqa: F401 - the stand-in's control endpoints, reset after each test
 
 
 @pytest.fixture(scope="module")
@@ -17,16 +18,10 @@ def stack():
     started.stop()
 
 
-@pytest.fixture
-def standin(stack):
-    """The stand-in's control endpoints (accounts, key regeneration, call counts), reset after each test."""
-    def control(method: str, path: str, body: dict | None = None) -> dict:
-        answer = requests.request(method, f"{stack.local.standin_url}/_control/{path}", json=body, timeout=5)
-        answer.raise_for_status()
-        return answer.json() if answer.content else {}
-
-    yield control
-    control("POST", "reset")
+@pytest.fixture(scope="module")
+def local(stack):
+    """The stack's LocalStack, for the e2e fixtures reused here."""
+    return stack.local
 
 
 def local_session(stack) -> botocore.session.Session:
