@@ -187,8 +187,11 @@ class Broker:
             signed = requests.Request(method, url, data=data, headers=dict(request.headers))
             prepared = self.http.prepare_request(signed)
             prepared.url = url
+            # As Session.request would: HTTPS_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE from the environment.
+            settings = self.http.merge_environment_settings(url, {}, None, None, None)
             try:
-                response = self.http.send(prepared, timeout=timeout or self.timeout, allow_redirects=False)
+                response = self.http.send(prepared, timeout=timeout or self.timeout, allow_redirects=False,
+                                          **settings)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 if attempt >= self.max_attempts or not (idempotent or _never_sent(exc)):
                     raise
