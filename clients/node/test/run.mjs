@@ -25,7 +25,7 @@ async function startStack() {
   }
   const stack = spawn(python, ["-m", "tests.clients.stack"], {
     cwd: repository, stdio: ["pipe", "pipe", "inherit"],
-    env: { ...process.env, PYTHONPATH: ["layers/common", ".", process.env.PYTHONPATH].filter(Boolean).join(":") },
+    env: { ...process.env, PYTHONPATH: ["layers/common", ".", "clients/python/src", process.env.PYTHONPATH].filter(Boolean).join(":") },
   });
   const exited = new Promise((done) => stack.once("exit", done));
   const firstLine = await new Promise((done) => {
