@@ -16,10 +16,11 @@ FAKE_AWS := AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_
             AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help install lock test fuzz chromium lint validate security build deploy local smoke bench docs clean
+.PHONY: help install lock test test-node fuzz chromium lint validate security build deploy local smoke bench docs clean
 
 help:
 	@echo "make test      create .venv if needed, install, run the test suite"
+	@echo "make test-node the Node client (clients/node): npm ci && npm test, against a local stack it starts"
 	@echo "make fuzz      schemathesis against the local stack, held to docs/openapi.yaml (about 2 min)"
 	@echo "make lock      re-resolve both locks from pyproject.toml (then make install)"
 	@echo "make lint      ruff"
@@ -61,6 +62,11 @@ lock: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest
+
+# The Node client's tests (node 20+ and npm): npm test starts the local stack on free ports with
+# this venv's Python (tests/clients/stack.py), runs node's test runner and stops the stack.
+test-node: $(STAMP)
+	cd clients/node && npm ci --no-audit --no-fund && npm test
 
 # Property-based tests of docs/openapi.yaml against the local stack (tests/fuzz, not collected
 # by `make test`): every operation, SigV4-signed, plus the links of POST /connect-sessions.
