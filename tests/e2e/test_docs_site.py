@@ -3,14 +3,14 @@
 reads it), and no code block hides part of its lines at a 1280 px wide window.
 
 The site is built here with mkdocs --strict, as `make docs` builds it, into a temporary
-directory, then served on loopback and opened in Debian's Chromium."""
+directory, then served on loopback and opened in Debian's Chromium (the `browser` fixture of
+tests/e2e/conftest.py)."""
 
 from __future__ import annotations
 
 import functools
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -23,9 +23,8 @@ import pytest
 
 from tests.support.stack import ROOT
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync"]
+pytestmark = pytest.mark.e2e
+
 ABSOLUTE = re.compile(r"^\s*(?:https?:)?//", re.IGNORECASE)
 CSS_URL = re.compile(r"""url\(\s*['"]?([^'")\s]+)|@import\s+(?:url\(\s*)?['"]?([^'")\s;]+)""", re.IGNORECASE)
 # Attributes that make a browser fetch what they name (an <a href> is only a link).
@@ -105,16 +104,6 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield launched
-        launched.close()
-
-
 def site_pages(site: Path) -> list[str]:
     return sorted(path.relative_to(site).as_posix() for path in site.rglob("index.html"))
 
@@ -155,13 +144,11 @@ def visit(site, served, browser) -> Visit:
     return seen
 
 
-@pytest.mark.e2e
 def test_no_page_fetches_anything_from_another_origin(visit):
     # Given every page opened in Chromium, scripts run and fonts applied: nothing left loopback
     assert visit.elsewhere == []
 
 
-@pytest.mark.e2e
 def test_every_code_block_shows_its_whole_lines_at_1280px(visit):
     # Given every page at 1280x800: no code block needs a horizontal scroll (long lines wrap),
     # and no page is wider than the window
