@@ -21,7 +21,7 @@ export SAM_CLI_TELEMETRY := 0
 help:
 	@echo "make test      create .venv if needed, install, run the test suite"
 	@echo "make test-node the Node client (clients/node): npm ci && npm test, against a local stack it starts"
-	@echo "make fuzz      schemathesis against the local stack, held to docs/openapi.yaml (about 2 min)"
+	@echo "make fuzz      schemathesis against the local stack, held to docs/openapi.yaml (about 70 s)"
 	@echo "make lock      re-resolve both locks from pyproject.toml (then make install)"
 	@echo "make lint      ruff"
 	@echo "make validate  sam validate --lint and cfn-lint on template.yaml"

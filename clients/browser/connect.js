@@ -1,5 +1,5 @@
 /*
- * connect.js: the popup helper for Insightly Connect (issue 10). No dependencies; copy it into
+ * connect.js: the popup helper for Insightly Connect. No dependencies; copy it into
  * your app and serve it from your own origin.
  *
  *   button.addEventListener("click", function () {

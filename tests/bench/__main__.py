@@ -18,7 +18,7 @@ and what each figure means; docs/cost.md turns the call counts into money.
    per due connection (bound 1 + 1) and per connection not due (bound 0).
 3. Calls per operation (calls.py). Every route and the scheduled path through the real
    handlers under moto in-process; DynamoDB, KMS, Secrets Manager (warm), SQS, EventBridge
-   and provider calls against DESIGN.md's "Floors".
+   and provider calls against the floors (docs/architecture.md).
 4. Cold start (coldstart.py). Importing each functions/<name>/app.py in a fresh interpreter
    with the template's environment and X-Ray tracing on, as in Lambda (no pyOpenSSL or
    awscrt), as a ratio to `import boto3` the same way.
@@ -28,7 +28,7 @@ and what each figure means; docs/cost.md turns the call counts into money.
 6. The proxy (proxy.py). GET Contacts through the proxy vs straight to the stand-in on the
    local stack at 1, 4 and 16 callers: added latency p50/p95 and the throughput ratio; and
    AWS and Insightly calls per proxied call (fresh token, 401 recovery, local 429) against
-   issue 9's floors, under moto in-process.
+   the floors, under moto in-process.
 
 Options: --latency-ms (provider latency, default 100); --connections K (connections stored
 for the throughput test, a multiple of 160, default 480: the N-worker step refreshes
@@ -133,14 +133,14 @@ def main(argv: list[str] | None = None) -> int:
             throughput.table)
     section("reads", "2. DynamoDB items read per connection in a scheduled run",
             lambda: reads.measure(total=2_000 if args.quick else 10_000), reads.table)
-    section("calls", "3. AWS and provider calls per operation vs DESIGN.md floors (SM warm)",
+    section("calls", "3. AWS and provider calls per operation vs the floors (SM warm)",
             lambda: calls.measure(quick=args.quick), calls.table)
     section("coldstart",
             "4. Cold start: handler import in a fresh interpreter, as in Lambda, tracer on (bound ~1x boto3)",
             lambda: coldstart.measure(samples=3 if args.quick else 9), coldstart.table)
     section("pool", "5. A worker batch of 10 at 300 ms: one by one vs the pool (bound: ceil(10/threads) x 300 ms)",
             lambda: pool.measure(latency_ms=300, rounds=1 if args.quick else 3), pool.table)
-    section("proxy", "6. The proxy: proxied vs direct on the local stack; calls per proxied call vs issue 9's floors",
+    section("proxy", "6. The proxy: proxied vs direct on the local stack; calls per proxied call vs the floors",
             lambda: proxy.measure(latency_ms=args.latency_ms, quick=args.quick), proxy.table)
 
     results["seconds"] = round(time.monotonic() - started, 1)

@@ -1,4 +1,4 @@
-"""AWS and provider calls per operation, against DESIGN.md's "Floors" table.
+"""AWS and provider calls per operation, against the floors table of docs/architecture.md.
 
 Every route runs through its real handler (InProcessBroker builds the HTTP API 2.0 event),
 with moto in-process and FakeInsightly behind `responses`. Every botocore call is counted
@@ -33,9 +33,9 @@ from tests.support.lambda_events import LambdaContext, load_handler
 
 PROVIDER_CALLS = ("token", "users_me", "revoke")  # "token" counts every token endpoint call
 
-# DESIGN.md "Floors": DynamoDB item calls, KMS, Secrets Manager (warm), provider HTTP.
+# The floors (docs/architecture.md): DynamoDB item calls, KMS, Secrets Manager (warm), provider HTTP.
 # Query pages are allowed only where the table says "amortized index page" (<= 1 per due
-# connection). None: DESIGN.md gives no floor for the operation.
+# connection). None: the table gives no floor for the operation.
 FLOORS = {
     "create connect session": {"dynamodb": 1, "kms": 0, "secretsmanager": 0, "provider": 0},
     "authorize redirect": {"dynamodb": 2, "kms": 0, "secretsmanager": 0, "provider": 0},

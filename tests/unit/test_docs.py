@@ -1,8 +1,10 @@
-"""The docs keep up with the code: every template parameter is documented, every page is
+"""The docs keep up with the code: every template parameter is documented (in
+docs/configuration.md, the one place parameters live), every route is listed, every page is
 reachable. `make docs` (mkdocs --strict) checks the links inside docs/; the README lives
 outside docs/, so its links to the pages are checked here."""
 
 import re
+import subprocess
 from urllib.parse import unquote
 
 import yaml
@@ -62,10 +64,50 @@ def test_every_template_parameter_is_documented_and_nothing_else():
     assert sorted(set(documented) - parameters) == [], "docs/configuration.md names parameters the template lacks"
 
 
-def test_the_readme_names_every_template_parameter():
-    # The front page lists them (the details live in docs/configuration.md).
+def http_routes() -> list[str]:
+    """Every "METHOD /path" the template's HTTP API serves."""
+    return [f"{event['Properties']['Method'].upper()} {event['Properties']['Path']}"
+            for resource in load_template()["Resources"].values()
+            if resource["Type"] == "AWS::Serverless::Function"
+            for event in resource["Properties"].get("Events", {}).values() if event["Type"] == "HttpApi"]
+
+
+def test_the_readme_lists_every_route_of_the_template():
     readme = (ROOT / "README.md").read_text()
-    assert sorted(p for p in load_template()["Parameters"] if f"`{p}`" not in readme) == []
+    assert [route for route in http_routes() if f"`{route}`" not in readme] == []
+
+
+def test_the_quick_start_comes_right_after_the_first_paragraph():
+    # A newcomer reads what it is, then how to run it.
+    blocks = (ROOT / "README.md").read_text().split("\n\n")
+    assert blocks[0].startswith("# ") and not blocks[1].startswith("#")
+    assert blocks[2].startswith("## Quick start")
+
+
+def test_nothing_in_the_repository_mentions_notes_it_does_not_hold():
+    # The project's internal design notes are not in the repository: a reader cannot follow them.
+    name = "DESIGN" + ".md"
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    mentioning = [path for path in files if (ROOT / path).is_file()
+                  and name in (ROOT / path).read_bytes().decode("utf-8", errors="replace")]
+    assert mentioning == []
+
+
+def test_what_users_read_carries_no_internal_issue_numbers():
+    # "(issue 10)" means nothing to a reader of the docs or of a file they copy into their app.
+    read = [ROOT / "README.md", ROOT / "clients" / "browser" / "connect.js", *sorted(DOCS.glob("*.md")),
+            DOCS / "openapi.yaml"]
+    found = [f"{path.relative_to(ROOT)}: {match.group(0)}" for path in read
+             for match in re.finditer(r"\bissues? #?\d+\b", path.read_text(), flags=re.IGNORECASE)]
+    assert found == []
+
+
+def test_the_docs_home_links_every_page_and_the_openapi_document():
+    home = (DOCS / "index.md").read_text()
+    linked = {link.split("#")[0] for link in re.findall(r"\]\(([^)\s]+)\)", home)}
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    pages = [page for page in nav_pages(config["nav"]) if page != "index.md"] + ["openapi.yaml"]
+    assert [page for page in pages if page not in linked] == []
 
 
 def test_every_docs_page_is_in_the_nav_and_every_nav_page_exists():

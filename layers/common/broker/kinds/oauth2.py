@@ -22,7 +22,8 @@ from . import OAUTH2, Renewal
 
 MAX_PROVIDER_ATTEMPTS = 3
 # OAuth answers that no retry will fix: this connection's grant is gone. invalid_client is
-# not one of them: it is the deployment's fault (DESIGN.md invariant 9), not the connection's.
+# not one of them: it is the deployment's fault, not the connection's (docs/architecture.md,
+# "What the broker holds to", 9).
 REJECTED = frozenset({"invalid_grant", "no_refresh_token"})
 
 
