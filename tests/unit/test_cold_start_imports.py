@@ -60,3 +60,16 @@ def test_only_the_proxy_function_loads_the_proxy(logical):
                           capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout) == (["broker.insightly_proxy", "broker.proxy"] if logical == "ProxyFunction" else [])
+
+
+# Powertools' resolver and event data classes: their eager package __init__s cost about a
+# quarter of a boto3 import (docs/benchmarks.md). Functions dispatch on the routeKey instead.
+RESOLVER_PACKAGES = ("aws_lambda_powertools.event_handler", "aws_lambda_powertools.utilities.data_classes")
+
+
+@pytest.mark.parametrize("logical", sorted(CODE_URIS))
+def test_no_handler_import_reaches_powertools_resolver_or_data_classes(logical):
+    done = subprocess.run([sys.executable, "-c", LOADED, *RESOLVER_PACKAGES], env=environment(STACK, logical),
+                          capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == []
