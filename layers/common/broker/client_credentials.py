@@ -16,7 +16,7 @@ T = TypeVar("T")
 CACHE_SECONDS = 300
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # its own __repr__ below hides the secret
 class ClientCredentials:
     client_id: str
     client_secret: str

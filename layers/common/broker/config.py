@@ -63,7 +63,9 @@ def _provider_url(name: str, url: str, *, allow_loopback_http: bool) -> str:
     return url
 
 
-@dataclass(frozen=True)
+# No generated __eq__/__repr__: nothing compares or prints it, and each generated method is an
+# exec() at import, in every cold start (docs/benchmarks.md, cold start).
+@dataclass(frozen=True, eq=False, repr=False)
 class ProviderSettings:
     authorize_url: str
     token_url: str
@@ -80,7 +82,7 @@ class ProviderSettings:
         return self.api_base_url.rstrip("/") + "/" + self.userinfo_path.lstrip("/")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)  # as ProviderSettings
 class Settings:
     connections_table: str
     flow_table: str

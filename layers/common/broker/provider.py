@@ -27,7 +27,7 @@ MAX_EXPIRES_IN = 31_536_000  # one year: a longer lifetime is an anomaly, treate
 _SECONDS = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # its own __repr__ below hides the tokens
 class TokenSet:
     access_token: str
     token_type: str = "Bearer"

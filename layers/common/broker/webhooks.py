@@ -173,7 +173,9 @@ class PinnedAddressAdapter(HTTPAdapter):
 
 # -- the delivery function ---------------------------------------------------------------------
 
-@dataclass(frozen=True)
+# No generated __eq__/__repr__: nothing compares or prints it, and each generated method is an
+# exec() at import, in every cold start (docs/benchmarks.md, cold start).
+@dataclass(frozen=True, eq=False, repr=False)
 class WebhookSettings:
     url: str
     secret_arn: str
