@@ -69,6 +69,8 @@ class NewCredentials:
 # No generated __eq__ (nothing compares two): one exec() less at import, in every cold start.
 @dataclass(eq=False)
 class Connection:
+    """One connections-table item, as the broker reads it."""
+
     connection_id: str
     status: str
     version: int
