@@ -89,6 +89,8 @@ def connection_listing():
 
 
 def reset() -> None:
+    if data_key_cache.cache_info().currsize:  # overwrite the keys, not only forget them
+        data_key_cache().wipe()
     for cached in (settings, data_key_cache, _shared, connection_listing,
                    connect_flow, insightly_api, token_service, api_key_connect, insightly_proxy):
         cached.cache_clear()
