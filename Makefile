@@ -135,7 +135,7 @@ local: $(STAMP)
 smoke: $(STAMP)
 	PYTHONPATH=layers/common:. $(BIN)/python -m tests.smoke
 
-# Loopback only, about 2 minutes on 2 cores; writes .bench/results.json and .bench/throughput.png.
+# Loopback only, a few minutes on 2 cores; writes .bench/results.json and .bench/throughput.png.
 # Options: BENCH_ARGS="--quick --latency-ms 100 --connections 160" (see docs/benchmarks.md).
 bench: $(STAMP)
 	PYTHONPATH=layers/common:. $(BIN)/python -m tests.bench $(BENCH_ARGS)

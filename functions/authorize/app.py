@@ -4,17 +4,16 @@ from aws_lambda_powertools.logging import correlation_paths
 
 from broker import deadline, services
 from broker.connect_flow import BROWSER_COOKIE
-from broker.http_api import base_url, browser_cookie, callback_path, create_app, redirect
+from broker.http_api import Routes, base_url, browser_cookie, callback_path, raw_query, redirect
 from broker.observability import logger, metrics, tracer
 
-app = create_app()
+routes = Routes()
 
 
-@app.get("/oauth/authorize")
-def authorize():
-    event = app.current_event
+@routes.route("GET /oauth/authorize")
+def authorize(event):
     flow = services.connect_flow()
-    result = flow.begin_authorization(event.raw_query_string, base_url=base_url(event))
+    result = flow.begin_authorization(raw_query(event), base_url=base_url(event))
     cookie = browser_cookie(BROWSER_COOKIE, result.browser_secret, path=callback_path(event),
                             max_age=flow.settings.flow_ttl_seconds)
     return redirect(result.location, cookies=[cookie])
@@ -25,4 +24,4 @@ def authorize():
 @tracer.capture_lambda_handler(capture_response=False)  # the response sets a browser secret
 def lambda_handler(event, context):
     deadline.start(context)
-    return app.resolve(event, context)
+    return routes.resolve(event)

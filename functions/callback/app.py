@@ -5,18 +5,17 @@ from aws_lambda_powertools.logging import correlation_paths
 
 from broker import deadline, services
 from broker.connect_flow import BROWSER_COOKIE
-from broker.http_api import base_url, browser_cookie, callback_path, cookie_value, create_app, flow_end
+from broker.http_api import Routes, base_url, browser_cookie, callback_path, cookie_value, flow_end, raw_query
 from broker.observability import logger, metrics, tracer
 
-app = create_app()
+routes = Routes()
 
 
-@app.get("/oauth/callback")
-def callback():
-    event = app.current_event
+@routes.route("GET /oauth/callback")
+def callback(event):
     result = services.connect_flow().complete_callback(
-        event.raw_query_string,
-        browser_secret=cookie_value(event.raw_event, BROWSER_COOKIE),
+        raw_query(event),
+        browser_secret=cookie_value(event, BROWSER_COOKIE),
         base_url=base_url(event),
     )
     # The state is spent: the browser's secret is of no further use.
@@ -29,4 +28,4 @@ def callback():
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event, context):
     deadline.start(context)
-    return app.resolve(event, context)
+    return routes.resolve(event)

@@ -2,19 +2,27 @@
 
 from urllib.parse import urlsplit
 
-from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.logging import correlation_paths
 
 from broker import deadline, key_page, services
 from broker.connect_flow import KEY_PAGE_PATH
-from broker.http_api import NO_STORE, base_url, browser_cookie, cookie_value, create_app, flow_end, request_body
+from broker.http_api import (
+    NO_STORE,
+    Response,
+    Routes,
+    base_url,
+    browser_cookie,
+    cookie_value,
+    flow_end,
+    raw_query,
+    request_body,
+)
 from broker.observability import logger, metrics, tracer
 
-app = create_app()
+routes = Routes()
 
 
-def _answer(result) -> Response:
-    event = app.current_event
+def _answer(event, result) -> Response:
     connect = services.api_key_connect()
     path = urlsplit(base_url(event)).path.rstrip("/") + KEY_PAGE_PATH
     if result.location is not None:  # the flow ended: the form's secret is of no further use
@@ -24,19 +32,18 @@ def _answer(result) -> Response:
                             max_age=connect.settings.flow_ttl_seconds)
     headers = {**NO_STORE, **key_page.response_headers(
         return_origins=tuple(sorted(connect.settings.allowed_return_origins)))}
-    return Response(status_code=result.status, headers=headers, body=result.html, cookies=[cookie])
+    return Response(result.status, headers, result.html, [cookie])
 
 
-@app.get(KEY_PAGE_PATH)
-def show_form():
-    return _answer(services.api_key_connect().page(app.current_event.raw_query_string))
+@routes.route(f"GET {KEY_PAGE_PATH}")
+def show_form(event):
+    return _answer(event, services.api_key_connect().page(raw_query(event)))
 
 
-@app.post(KEY_PAGE_PATH)
-def submit_form():
-    event = app.current_event
-    return _answer(services.api_key_connect().submit(
-        request_body(event), cookie_secret=cookie_value(event.raw_event, key_page.CSRF_COOKIE)))
+@routes.route(f"POST {KEY_PAGE_PATH}")
+def submit_form(event):
+    return _answer(event, services.api_key_connect().submit(
+        request_body(event), cookie_secret=cookie_value(event, key_page.CSRF_COOKIE)))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)
@@ -44,4 +51,4 @@ def submit_form():
 @tracer.capture_lambda_handler(capture_response=False)  # the form carries a CSRF token
 def lambda_handler(event, context):
     deadline.start(context)
-    return app.resolve(event, context)
+    return routes.resolve(event)

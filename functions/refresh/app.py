@@ -3,19 +3,19 @@
 from aws_lambda_powertools.logging import correlation_paths
 
 from broker import deadline, requests_in, services
-from broker.http_api import create_app, json_response
+from broker.http_api import Routes, json_response
 from broker.observability import logger, metrics, tracer
 
-app = create_app()
+routes = Routes()
 
 
-@app.get("/connections/<connection_id>/token")
-def get_token(connection_id: str):
+@routes.route("GET /connections/{connection_id}/token")
+def get_token(event, connection_id: str):
     return json_response(200, services.token_service().access_token(requests_in.connection_id(connection_id)))
 
 
-@app.post("/connections/<connection_id>/refresh")
-def force_refresh(connection_id: str):
+@routes.route("POST /connections/{connection_id}/refresh")
+def force_refresh(event, connection_id: str):
     return json_response(200, services.token_service().force_refresh(requests_in.connection_id(connection_id)))
 
 
@@ -24,4 +24,4 @@ def force_refresh(connection_id: str):
 @tracer.capture_lambda_handler(capture_response=False)  # responses carry access tokens
 def lambda_handler(event, context):
     deadline.start(context)
-    return app.resolve(event, context)
+    return routes.resolve(event)

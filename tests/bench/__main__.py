@@ -26,14 +26,15 @@ and what each figure means; docs/cost.md turns the call counts into money.
    after the other vs the worker's thread pool: wall time per batch against
    ceil(10 / threads) x latency.
 6. The proxy (proxy.py). GET Contacts through the proxy vs straight to the stand-in on the
-   local stack at 1, 4 and 16 callers: added latency p50/p95 and the throughput ratio; and
-   AWS and Insightly calls per proxied call (fresh token, 401 recovery, local 429) against
-   the floors, under moto in-process.
+   local stack (its own process) at 1, 4 and 16 callers (a process each): added latency
+   p50/p95 and the throughput ratio; AWS and Insightly calls per proxied call (cold and warm
+   container, 401 recovery, local 429) against the floors, under moto
+   in-process; and the broker's own CPU per warm proxied call (in-memory fakes excluded).
 
 Options: --latency-ms (provider latency, default 100); --connections K (connections stored
 for the throughput test, a multiple of 160, default 480: the N-worker step refreshes
 10 x N x K/160 of them, so every worker takes K/160 batches); --quick (K = 160, 2,000
-connections for the reads, 3 cold start samples: about a minute); --only SECTION. Also
+connections for the reads, 5 cold start samples: about a minute); --only SECTION. Also
 as environment variables: BENCH_LATENCY_MS, BENCH_CONNECTIONS, BENCH_QUICK=1.
 """
 
@@ -137,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             lambda: calls.measure(quick=args.quick), calls.table)
     section("coldstart",
             "4. Cold start: handler import in a fresh interpreter, as in Lambda, tracer on (bound ~1x boto3)",
-            lambda: coldstart.measure(samples=3 if args.quick else 9), coldstart.table)
+            lambda: coldstart.measure(samples=5 if args.quick else 15), coldstart.table)
     section("pool", "5. A worker batch of 10 at 300 ms: one by one vs the pool (bound: ceil(10/threads) x 300 ms)",
             lambda: pool.measure(latency_ms=300, rounds=1 if args.quick else 3), pool.table)
-    section("proxy", "6. The proxy: proxied vs direct on the local stack; calls per proxied call vs the floors",
+    section("proxy", "6. The proxy: proxied vs direct (callers and stack in processes of their own); calls per "
+                     "proxied call vs the floors; broker CPU per warm call",
             lambda: proxy.measure(latency_ms=args.latency_ms, quick=args.quick), proxy.table)
 
     results["seconds"] = round(time.monotonic() - started, 1)

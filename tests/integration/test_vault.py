@@ -6,6 +6,7 @@ import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
+from broker.data_key_cache import DataKeyCache
 from broker.errors import CredentialsUnreadable, VaultUnavailable
 from broker.vault import PURPOSE, TokenVault
 from tests.integration.test_tokens import make_due, stored_token_set
@@ -28,6 +29,12 @@ def kms_calls(stack):
 def vault(stack, kms_calls):
     kms, _ = kms_calls
     return TokenVault(kms, stack.refs["TokenKey"])
+
+
+@pytest.fixture
+def cached_vault(stack, kms_calls):
+    kms, _ = kms_calls
+    return TokenVault(kms, stack.refs["TokenKey"], cache=DataKeyCache())
 
 
 def test_a_token_set_larger_than_4_kb_seals_and_opens(vault):
@@ -127,3 +134,54 @@ def test_a_provider_issuing_token_sets_over_4_kb_connects_and_keeps_its_rotated_
     _, sealed = stored_token_set(stack)
     assert sealed["access_token"] == refreshed.json["access_token"]
     assert [sealed["refresh_token"]] == provider.current_refresh_tokens
+
+
+# -- the data-key cache (issue 16): a warm open makes no KMS call -----------------------------
+
+def test_a_warm_open_of_the_same_blob_makes_no_kms_call(cached_vault, kms_calls):
+    _, calls = kms_calls
+    sealed = cached_vault.seal("user-1", LARGE_TOKEN_SET)
+
+    opened = [cached_vault.open("user-1", sealed) for _ in range(3)]
+
+    assert opened == [LARGE_TOKEN_SET] * 3
+    assert calls == ["GenerateDataKey", "Decrypt"]
+
+
+def test_a_resealed_credential_is_opened_by_kms_again(cached_vault, kms_calls):
+    _, calls = kms_calls
+    cached_vault.open("user-1", cached_vault.seal("user-1", {"access_token": "at-1"}))
+
+    rekeyed = cached_vault.seal("user-1", {"access_token": "at-2"})  # a refresh or a reconnect
+
+    assert cached_vault.open("user-1", rekeyed) == {"access_token": "at-2"}
+    assert calls.count("Decrypt") == 2
+
+
+def test_a_cached_key_does_not_open_the_blob_as_another_connection(cached_vault, kms_calls):
+    sealed = cached_vault.seal("user-1", LARGE_TOKEN_SET)
+    cached_vault.open("user-1", sealed)
+
+    with pytest.raises(CredentialsUnreadable):
+        cached_vault.open("user-2", sealed)  # KMS is asked under user-2's context, and refuses
+
+
+@pytest.mark.parametrize("where", ["ciphertext", "kms refuses"])
+def test_a_failed_open_wipes_the_cache(cached_vault, kms_calls, where):
+    _, calls = kms_calls
+    other = cached_vault.seal("user-2", {"access_token": "at-2"})
+    cached_vault.open("user-2", other)
+    sealed = bytearray(cached_vault.seal("user-1", {"access_token": "at-1"}))
+    if where == "ciphertext":
+        cached_vault.open("user-1", bytes(sealed))  # its key is cached: the tampered blob fails on the tag
+        sealed[-1] ^= 0x01
+    else:  # a blob whose wrapped key KMS does not open
+        sealed[3 + int.from_bytes(sealed[1:3], "big") - 1] ^= 0x01
+    decrypts = calls.count("Decrypt")
+
+    with pytest.raises(CredentialsUnreadable):
+        cached_vault.open("user-1", bytes(sealed))
+
+    assert len(cached_vault._cache) == 0
+    cached_vault.open("user-2", other)
+    assert calls.count("Decrypt") == decrypts + (1 if where == "ciphertext" else 2)

@@ -28,35 +28,41 @@ CODE_URIS = {logical: res["Properties"]["CodeUri"]
 CALL_OUT_EVERY_TIME = {"CallbackFunction", "ProxyFunction", "RefreshWorkerFunction", "WebhookFunction"}
 
 
-@pytest.mark.parametrize("logical", sorted(CODE_URIS))
-def test_a_handler_import_loads_no_vault_cipher_secrets_utility_or_xray_sdk(logical):
-    done = subprocess.run([sys.executable, "-c", LOADED, *ON_SOME_PATHS], env=environment(STACK, logical),
+def loaded_by_import(logical: str, *modules: str) -> list[str]:
+    """Which of `modules` importing the function's app.py loads, in a fresh interpreter."""
+    done = subprocess.run([sys.executable, "-c", LOADED, *modules], env=environment(STACK, logical),
                           capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
     assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout) == []
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("logical", sorted(CODE_URIS))
+def test_a_handler_import_loads_no_vault_cipher_secrets_utility_or_xray_sdk(logical):
+    assert loaded_by_import(logical, *ON_SOME_PATHS) == []
 
 
 @pytest.mark.parametrize("logical", ["RefreshFunction", "RefreshWorkerFunction"])
 def test_token_routes_and_the_worker_do_not_import_the_connect_flows(logical):
     flows = ("broker.connect_flow", "broker.api_keys", "broker.flowstore", "broker.key_page")
-    done = subprocess.run([sys.executable, "-c", LOADED, *flows], env=environment(STACK, logical),
-                          capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout) == []
+    assert loaded_by_import(logical, *flows) == []
 
 
 @pytest.mark.parametrize("logical", sorted(CODE_URIS))
 def test_a_handler_import_loads_requests_only_where_every_invocation_calls_out(logical):
-    done = subprocess.run([sys.executable, "-c", LOADED, "requests"], env=environment(STACK, logical),
-                          capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout) == (["requests"] if logical in CALL_OUT_EVERY_TIME else [])
+    assert loaded_by_import(logical, "requests") == (["requests"] if logical in CALL_OUT_EVERY_TIME else [])
 
 
 @pytest.mark.parametrize("logical", sorted(CODE_URIS))
 def test_only_the_proxy_function_loads_the_proxy(logical):
-    done = subprocess.run([sys.executable, "-c", LOADED, "broker.insightly_proxy", "broker.proxy"],
-                          env=environment(STACK, logical),
-                          capture_output=True, text=True, timeout=120, cwd=ROOT / CODE_URIS[logical])
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert json.loads(done.stdout) == (["broker.insightly_proxy", "broker.proxy"] if logical == "ProxyFunction" else [])
+    proxy = ["broker.insightly_proxy", "broker.proxy"]
+    assert loaded_by_import(logical, *proxy) == (proxy if logical == "ProxyFunction" else [])
+
+
+# Powertools' resolver and event data classes: their eager package __init__s cost about a
+# quarter of a boto3 import (docs/benchmarks.md). Functions dispatch on the routeKey instead.
+RESOLVER_PACKAGES = ("aws_lambda_powertools.event_handler", "aws_lambda_powertools.utilities.data_classes")
+
+
+@pytest.mark.parametrize("logical", sorted(CODE_URIS))
+def test_no_handler_import_reaches_powertools_resolver_or_data_classes(logical):
+    assert loaded_by_import(logical, *RESOLVER_PACKAGES) == []

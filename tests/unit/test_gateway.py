@@ -406,7 +406,7 @@ def test_the_verifier_checks_the_signature_over_the_canonical_query_only():
 def test_each_concurrent_invocation_gets_its_own_container():
     pool = _FunctionPool("functions/connections/")
     first, second = pool.acquire(), pool.acquire()
-    assert first is not second and first.app is not second.app
+    assert first is not second and first.routes is not second.routes
     pool.release(first)
     assert pool.acquire() is first
 

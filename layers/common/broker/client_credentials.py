@@ -16,8 +16,10 @@ T = TypeVar("T")
 CACHE_SECONDS = 300
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # its own __repr__ below hides the secret
 class ClientCredentials:
+    """The OAuth client id and secret, from the Secrets Manager secret."""
+
     client_id: str
     client_secret: str
 

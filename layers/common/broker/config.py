@@ -63,8 +63,13 @@ def _provider_url(name: str, url: str, *, allow_loopback_http: bool) -> str:
     return url
 
 
-@dataclass(frozen=True)
+# No generated __eq__/__repr__: nothing compares or prints it, and each generated method is an
+# exec() at import, in every cold start (docs/benchmarks.md, cold start). The docstring spares
+# the inspect.signature() dataclass otherwise runs to write one.
+@dataclass(frozen=True, eq=False, repr=False)
 class ProviderSettings:
+    """Where and how the broker talks OAuth to the provider (PROVIDER_* variables)."""
+
     authorize_url: str
     token_url: str
     api_base_url: str
@@ -80,8 +85,10 @@ class ProviderSettings:
         return self.api_base_url.rstrip("/") + "/" + self.userinfo_path.lstrip("/")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False, repr=False)  # as ProviderSettings
 class Settings:
+    """This function's configuration, from the environment the template gives it."""
+
     connections_table: str
     flow_table: str
     token_key_id: str

@@ -106,6 +106,8 @@ def link(result: NewCredentials, *, connections: ConnectionStore, flows: FlowSto
 
 @dataclass(frozen=True)
 class Redirect:
+    """Where a connect-flow step sends the browser, and what it sets there."""
+
     location: str
     browser_secret: str | None = None  # set on the authorize redirect: goes into the cookie
     popup: bool = False  # the flow's end for display=popup: a page posting to window.opener instead

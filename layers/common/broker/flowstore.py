@@ -51,6 +51,8 @@ def mask(session_id: str, key: str, label: str) -> str:
 
 @dataclass(frozen=True)
 class ConnectSession:
+    """A connect session the SaaS backend created, kept under the hash of its token."""
+
     connection_id: str
     return_to: str
     session_id: str | None = None  # None: a session created before session binding
@@ -63,6 +65,8 @@ class ConnectSession:
 
 @dataclass(frozen=True)
 class AuthState:
+    """An OAuth state the authorize step issued, kept under the hash of its value."""
+
     connection_id: str
     return_to: str
     session_id: str | None = None

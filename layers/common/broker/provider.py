@@ -27,8 +27,10 @@ MAX_EXPIRES_IN = 31_536_000  # one year: a longer lifetime is an anomaly, treate
 _SECONDS = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # its own __repr__ below hides the tokens
 class TokenSet:
+    """A token endpoint's answer: the access token, and the refresh token when one came."""
+
     access_token: str
     token_type: str = "Bearer"
     refresh_token: str | None = None

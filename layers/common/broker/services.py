@@ -14,6 +14,7 @@ from . import aws, observability
 from .client_credentials import ClientCredentialSource
 from .config import settings
 from .connections import ConnectionStore
+from .data_key_cache import DataKeyCache
 from .insightly import InsightlyApi
 from .lifecycle import LifecycleEvents
 from .provider import ProviderClient
@@ -27,12 +28,18 @@ if TYPE_CHECKING:
 
 
 @lru_cache(maxsize=1)
+def data_key_cache() -> DataKeyCache:
+    """The data keys KMS opened for this container, reused while it is warm."""
+    return DataKeyCache()
+
+
+@lru_cache(maxsize=1)
 def _shared():
     cfg = settings()
     return dict(
         connections=ConnectionStore(aws.client("dynamodb"), cfg.connections_table, shards=cfg.due_index_shards,
                                     list_tag_key=cfg.list_tag_key),
-        vault=TokenVault(aws.client("kms"), cfg.token_key_id),
+        vault=TokenVault(aws.client("kms"), cfg.token_key_id, cache=data_key_cache()),
         provider=ProviderClient(cfg.provider, timeout=(cfg.http_connect_timeout, cfg.http_read_timeout)),
         credentials=ClientCredentialSource(cfg.client_secret_arn),
         events=LifecycleEvents(aws.client("events"), cfg.event_bus_name),
@@ -83,7 +90,9 @@ def connection_listing():
 
 
 def reset() -> None:
-    for cached in (settings, _shared, connection_listing,
+    if data_key_cache.cache_info().currsize:  # overwrite the keys, not only forget them
+        data_key_cache().wipe()
+    for cached in (settings, data_key_cache, _shared, connection_listing,
                    connect_flow, insightly_api, token_service, api_key_connect, insightly_proxy):
         cached.cache_clear()
     aws.reset()

@@ -9,7 +9,9 @@ data key beside the ciphertext:
 
 The GCM associated data is that header plus the encryption context, so neither the wrapped key
 nor the connection can be swapped. Blobs written before (KMS Encrypt output, which starts with
-another byte) are still opened with a direct KMS Decrypt. One KMS call per seal and per open.
+another byte) are still opened with a direct KMS Decrypt. One KMS call per seal, and one per
+open unless the container's DataKeyCache (broker.data_key_cache) still holds the opened data
+key of that wrapped key and context.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .data_key_cache import DataKeyCache
 from .errors import CredentialsUnreadable, VaultUnavailable
 
 PURPOSE = "oauth2-token-set"  # the default: an OAuth token set
@@ -36,9 +39,10 @@ def _unreadable() -> CredentialsUnreadable:
 
 
 class TokenVault:
-    def __init__(self, kms, key_id: str):
+    def __init__(self, kms, key_id: str, *, cache: DataKeyCache | None = None):
         self._kms = kms
         self._key_id = key_id
+        self._cache = cache
 
     @staticmethod
     def _context(connection_id: str, purpose: str) -> dict[str, str]:
@@ -68,12 +72,19 @@ class TokenVault:
         return header + nonce + sealed
 
     def open(self, connection_id: str, ciphertext: bytes, *, purpose: str = PURPOSE) -> dict[str, Any]:
+        try:
+            return self._open(connection_id, bytes(ciphertext), purpose)
+        except Exception:
+            if self._cache is not None:  # see broker.data_key_cache: a failed open starts it over
+                self._cache.wipe()
+            raise
+
+    def _open(self, connection_id: str, blob: bytes, purpose: str) -> dict[str, Any]:
         # lazily: routes that neither seal nor open (authorize, connect sessions, the scheduler)
         # skip the import
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        blob = bytes(ciphertext)
         if not blob or blob[0] != ENVELOPE_V1:
             return json.loads(self._decrypt(connection_id, blob, purpose))  # sealed by KMS Encrypt, before envelopes
         wrapped_end = 3 + int.from_bytes(blob[1:3], "big")
@@ -81,12 +92,19 @@ class TokenVault:
             raise _unreadable()
         header, nonce = blob[:wrapped_end], blob[wrapped_end:wrapped_end + NONCE_BYTES]
         sealed = blob[wrapped_end + NONCE_BYTES:]
-        data_key = self._decrypt(connection_id, header[3:], purpose)
+        wrapped, context = header[3:], self._context(connection_id, purpose)
+        data_key = self._cache.get(wrapped, context) if self._cache is not None else None
+        opened_by_kms = data_key is None
+        if opened_by_kms:
+            data_key = self._decrypt(connection_id, wrapped, purpose)
         try:
             plaintext = AESGCM(data_key).decrypt(nonce, sealed, self._associated_data(header, connection_id, purpose))
         except (InvalidTag, ValueError) as exc:
             raise _unreadable() from exc
-        return json.loads(plaintext)
+        opened = json.loads(plaintext)
+        if opened_by_kms and self._cache is not None:  # only a key that opened this blob
+            self._cache.put(wrapped, context, data_key)
+        return opened
 
     def _decrypt(self, connection_id: str, blob: bytes, purpose: str) -> bytes:
         if not blob:

@@ -83,6 +83,8 @@ def signature_header(keys: list[bytes], *, msg_id: str, timestamp: int, body: st
 
 @dataclass(frozen=True)
 class Delivery:
+    """One webhook to send: its Standard Webhooks message id and JSON body."""
+
     msg_id: str
     body: str
 
@@ -173,8 +175,13 @@ class PinnedAddressAdapter(HTTPAdapter):
 
 # -- the delivery function ---------------------------------------------------------------------
 
-@dataclass(frozen=True)
+# No generated __eq__/__repr__: nothing compares or prints it, and each generated method is an
+# exec() at import, in every cold start (docs/benchmarks.md, cold start). The docstring spares
+# the inspect.signature() dataclass otherwise runs to write one.
+@dataclass(frozen=True, eq=False, repr=False)
 class WebhookSettings:
+    """Where webhooks go and which secret signs them (WEBHOOK_* variables)."""
+
     url: str
     secret_arn: str
     queue_url: str

@@ -22,7 +22,9 @@ OAUTH2, API_KEY = "oauth2", "api_key"
 AUTH_MODES = (OAUTH2, API_KEY)
 
 
-@dataclass(frozen=True)
+# No generated __repr__: it would print `sealed`, the new credential in plaintext. No __eq__
+# either (nothing compares two). Each generated method is an exec() in every cold start.
+@dataclass(frozen=True, eq=False, repr=False)
 class Renewal:
     """The outcome of a successful refresh or check, to be stored under the lease."""
 
