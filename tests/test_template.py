@@ -366,6 +366,54 @@ def test_each_permission_set_grants_exactly_its_routes(name):
         assert all(r.startswith(API_ARN + "/") for r in as_list(statement["Resource"]))  # this API only
 
 
+# Which sets may call each IAM route of the template (by its route key).
+ROUTE_SETS = {
+    "POST /connect-sessions": {"connect", "admin"},
+    "POST /connect-sessions/{session_id}/complete": {"connect", "admin"},
+    "PUT /connections/{connection_id}/api-key": {"connect", "admin"},
+    "GET /connections/{connection_id}": {"connect", "admin"},
+    "GET /connections": {"connect", "admin"},
+    "GET /connections/{connection_id}/token": {"token-only", "admin"},
+    "POST /connections/{connection_id}/refresh": {"admin"},
+    "PATCH /connections/{connection_id}": {"admin"},
+    "DELETE /connections/{connection_id}": {"admin"},
+    "ANY /connections/{connection_id}/proxy/{path+}": {"admin"},
+}
+# Values a caller may put in each path parameter: a proxied path may end like any other
+# route's path ("*" in an execute-api ARN spans "/", so PUT/connections/*/api-key also
+# matches PUT /connections/u/proxy/x/api-key).
+PARAMETER_VALUES = {
+    "connection_id": ["u", "u.v", "proxy"],
+    "session_id": ["s"],
+    "path+": ["Contacts", "Users/Me", "x/api-key", "x/token", "x/refresh", "x/complete", "x/proxy/y",
+              "connections/u", "connect-sessions"],
+}
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+
+
+def concrete_paths(template_path: str):
+    names = re.findall(r"\{([a-z_]+\+?)\}", template_path)
+    paths = [template_path]
+    for name in names:
+        paths = [p.replace("{" + name + "}", value) for p in paths for value in PARAMETER_VALUES[name]]
+    return paths
+
+
+@pytest.mark.parametrize("name", sorted(SET_POLICIES))
+def test_each_permission_set_reaches_exactly_its_routes_whatever_the_path_parameters_hold(name):
+    document = permission_set(name)
+    routes = [r for r in Stack().http_routes() if r["auth"] == "AWS_IAM"]
+    assert {f"{r['method']} {r['path']}" for r in routes} == set(ROUTE_SETS)
+    wrong = []
+    for route in routes:
+        allowed = name in ROUTE_SETS[f"{route['method']} {route['path']}"]
+        for method in (METHODS if route["method"] == "ANY" else (route["method"],)):
+            for path in concrete_paths(route["path"]):
+                if invoke_allowed(document, method, path) != allowed:
+                    wrong.append(f"{method} {path}")
+    assert wrong == []
+
+
 def test_admin_covers_every_iam_route_of_the_template():
     document = permission_set("admin")
     for route in Stack().http_routes():
