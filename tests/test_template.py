@@ -118,6 +118,50 @@ def role_grants(role_name: str) -> dict[str, set[str]]:
     return grants
 
 
+# What each role may write to a connection item (dynamodb:Attributes on its UpdateItem).
+CONNECT_WRITES = {"connection_id", "schema_version", "version", "created_at", "updated_at", "connected_at", "status",
+                  "auth_mode", "credentials", "provider_user", "scopes", "pod", "api_base_url", "rate_limit",
+                  "last_checked_at", "tags", "list_tag", "expires_at", "refresh_due_at", "due_shard", "lease_owner",
+                  "lease_until", "last_error", "last_refreshed_at", "failure_count", "first_failed_at", "quota_alert",
+                  "last_used_at", "throttled_until"}
+RENEWAL_WRITES = {"connection_id", "schema_version", "version", "updated_at", "status", "credentials", "expires_at",
+                  "refresh_due_at", "due_shard", "lease_owner", "lease_until", "last_error", "last_refreshed_at",
+                  "failure_count", "first_failed_at", "rate_limit", "quota_alert", "last_checked_at", "last_used_at",
+                  "throttled_until", "last_signal_at"}
+CONNECTION_WRITES = {
+    "CallbackRole": CONNECT_WRITES, "KeyPageRole": CONNECT_WRITES,
+    "ConnectionsRole": CONNECT_WRITES | {"metadata"},
+    "RefreshRole": RENEWAL_WRITES, "ProxyRole": RENEWAL_WRITES, "RefreshWorkerRole": RENEWAL_WRITES,
+}
+
+
+def connection_writes(role_name):
+    """The attributes the role's statements let it write to connection items; None: any."""
+    writable = set()
+    for name, statement in role_statements():
+        actions = set(as_list(statement["Action"]))
+        if name != role_name or statement["Resource"] != {"Fn::GetAtt": ["ConnectionsTable", "Arn"]}:
+            continue
+        assert not actions & {"dynamodb:PutItem", "dynamodb:BatchWriteItem"}  # whole items: any attribute
+        if "dynamodb:UpdateItem" in actions:
+            attributes = statement.get("Condition", {}).get("ForAllValues:StringEquals", {}).get("dynamodb:Attributes")
+            if attributes is None:
+                return None
+            writable |= set(attributes)
+    return writable
+
+
+@pytest.mark.parametrize("role_name", sorted(ROLES))
+def test_each_role_writes_only_its_own_attributes_of_a_connection(role_name):
+    assert connection_writes(role_name) == CONNECTION_WRITES.get(role_name, set())
+
+
+def test_no_role_that_renews_or_proxies_may_write_where_a_credential_goes():
+    destination = {"pod", "api_base_url", "auth_mode"}
+    for role_name in ("RefreshRole", "ProxyRole", "RefreshWorkerRole"):
+        assert not connection_writes(role_name) & destination, role_name
+
+
 def test_the_key_page_stores_a_key_but_reads_no_connection_and_no_client_secret():
     # The page is public: whoever gets code execution in it must find nothing stored to read.
     assert role_grants("KeyPageRole") == {

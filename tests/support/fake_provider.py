@@ -319,7 +319,7 @@ class FakeInsightly:
                       if m == method and (found := pattern.fullmatch(path))), None)
         with self._lock:
             self.calls["api"] += 1
-            self.api_requests.append({"method": method, "path": path,
+            self.api_requests.append({"method": method, "path": path, "pod": pod,
                                       "headers": {k.lower(): v for k, v in headers.items()}})
             if route is not None:
                 self.calls[route[0]] += 1
@@ -467,6 +467,7 @@ class FakeInsightly:
     # -- serving through `responses` -------------------------------------------------------------
 
     def install(self, mock) -> FakeInsightly:
+        self.mock = mock  # a test may add hosts of its own (one that must never be called)
         def adapt(handler, with_form=True):
             def callback(request):
                 form = {k: v[0] for k, v in parse_qs(request.body or "").items()} if with_form else None

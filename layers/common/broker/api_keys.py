@@ -67,7 +67,8 @@ class ApiKeyConnect:
         now = self._now()
         interval = self.settings.api_key_check_seconds
         return NewCredentials(
-            connection_id, credentials=self.flow.vault.seal(connection_id, {"api_key": key}, purpose=API_KEY_PURPOSE),
+            connection_id, credentials=self.flow.vault.seal(connection_id, {"api_key": key}, purpose=API_KEY_PURPOSE,
+                                                         bound={"pod": pod}),
             refresh_due_at=now + interval if interval else None, provider_user=user, auth_mode=API_KEY,
             pod=pod, api_base_url=base_url, rate_limit=rate.as_dict() if rate else None, checked_at=now)
 
