@@ -86,11 +86,8 @@ def request_body(event) -> str | None:
 
 
 def base_url(event) -> str:
-    """The public URL of this API: the configured one, or the API Gateway host that was called."""
-    configured = settings().public_base_url
-    if configured:
-        return configured
-    return f"https://{event.request_context.domain_name}"
+    """The public URL of this API: the configured one, or this stack's own (never the Host)."""
+    return settings().public_url(event.request_context.api_id)
 
 
 def browser_cookie(name: str, value: str, *, path: str, max_age: int) -> Cookie:
