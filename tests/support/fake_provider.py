@@ -331,6 +331,8 @@ class FakeInsightly:
                     return 429, {"Retry-After": str(self.retry_after)}, {"Message": "Too many requests"}
                 if fault == "503":
                     return 503, {}, {"Message": "Service unavailable"}
+                if fault == "401":  # refused whatever the credential (a permission, a bad deploy)
+                    return 401, {}, {"Message": "Authorization has been denied for this request."}
                 return 500, {}, {"Message": "An error has occurred."}
             account = self._caller(pod, headers)
             if account is None:
