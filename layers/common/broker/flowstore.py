@@ -13,6 +13,7 @@ read of the table alone does not give it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 from collections.abc import Iterator
@@ -108,21 +109,38 @@ class FlowStore:
             raise InvalidRequest("the connect session has expired; start again", code="session_expired")
         return _session(item, token)
 
-    def record_refused_attempt(self, token: str, *, now: int) -> int:
-        """Count a key Insightly refused; answers the count. Only a live session counts."""
+    def reserve_attempt(self, token: str, *, now: int, limit: int) -> int | None:
+        """Take one of the session's `limit` key checks before Insightly is called (a
+        conditional ADD, so parallel submits cannot all pass a count read earlier): the
+        attempt's number, or None when all are taken. Only a live session has attempts."""
         try:
             answer = self._db.update_item(
                 TableName=self._table, Key={"flow_key": {"S": f"session#{digest(token)}"}},
                 UpdateExpression="ADD attempts :one",
-                ConditionExpression=f"attribute_exists(flow_key) AND expires_at > :now AND {schema.NOT_NEWER}",
-                ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"N": str(now)}, **schema.NOT_NEWER_VALUES},
+                ConditionExpression=("attribute_exists(flow_key) AND expires_at > :now AND"
+                                     " (attribute_not_exists(attempts) OR attempts < :limit)"
+                                     f" AND {schema.NOT_NEWER}"),
+                ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"N": str(now)}, ":limit": {"N": str(limit)},
+                                           **schema.NOT_NEWER_VALUES},
                 ReturnValues="UPDATED_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
-            schema.check(exc.response.get("Item") or {}, "connect session")
+            old = exc.response.get("Item") or {}
+            schema.check(old, "connect session")
+            if old and int(old["expires_at"]["N"]) > now and int(old.get("attempts", {}).get("N", "0")) >= limit:
+                return None
             raise InvalidRequest("unknown or already used connect session", code="invalid_session") from None
         return int(answer["Attributes"]["attempts"]["N"])
+
+    def release_attempt(self, token: str) -> None:
+        """Give a reserved attempt back: Insightly refused nothing (an outage, the quota)."""
+        with contextlib.suppress(ClientError):  # gone meanwhile: nothing to give back
+            self._db.update_item(
+                TableName=self._table, Key={"flow_key": {"S": f"session#{digest(token)}"}},
+                UpdateExpression="ADD attempts :minus_one",
+                ConditionExpression=f"attribute_exists(flow_key) AND attempts > :zero AND {schema.NOT_NEWER}",
+                ExpressionAttributeValues={":minus_one": {"N": "-1"}, ":zero": {"N": "0"}, **schema.NOT_NEWER_VALUES})
 
     # -- OAuth states ----------------------------------------------------------------------
 
