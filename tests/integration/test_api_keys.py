@@ -4,6 +4,7 @@ Basic-auth API behind `responses`."""
 
 import base64
 import json
+import time
 
 import pytest
 import requests
@@ -353,3 +354,26 @@ def test_a_key_check_failing_for_days_is_never_marked(broker, provider, account,
     # Only Insightly's 401/403 says a key is gone; an outage, however long, is not its fault.
     assert broker.call("GET", "/connections/user-1").json["status"] == "active"
     assert "NeedsReauth" not in [e["detail-type"] for e in lifecycle_events()]
+
+
+def test_wrong_keys_sent_in_parallel_reach_insightly_at_most_five_times(broker, provider, account, monkeypatch):
+    # Second security review, F2: 12 concurrent wrong keys all reached Insightly, because the
+    # page read the session, called Users/Me and only then counted.
+    from concurrent.futures import ThreadPoolExecutor
+
+    page = broker.open_key_page(key_session(broker).json["connect_url"])
+    answer_slowly = provider.api
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)  # every submit has read the session before any answer comes back
+        return answer_slowly(*args, **kwargs)
+
+    monkeypatch.setattr(provider, "api", slow)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        answers = list(pool.map(lambda _: broker.submit_key(page, "a-wrong-key-here", account["api_url"]),
+                                range(12)))
+
+    assert api_calls(provider) <= 5
+    assert all(a.status in (302, 400, 422) for a in answers)
+    assert any(a.status == 302 and query_of(a.location)["error"] == "too_many_attempts" for a in answers)

@@ -427,3 +427,20 @@ def test_any_fault_after_the_state_is_spent_redirects_with_an_error_code(broker,
     assert answer.status == 302 and answer.location == f"{RETURN_TO}?status=error&error={code}"
     assert connection_item(dynamodb, stack) is None
     assert "secret-ish" not in captured_logs.getvalue() and "boom" not in captured_logs.getvalue()
+
+
+def test_without_public_base_url_the_redirect_uri_is_the_stacks_own_api_whatever_host_the_request_named(broker):
+    # Second security review, F8: HTTP API puts the Host header in requestContext.domainName.
+    own = "https://abc123defg.execute-api.us-east-1.amazonaws.com"
+    foreign = {"Host": "broker.attacker.example"}
+
+    session = broker.call("POST", "/connect-sessions", body={"connection_id": "user-1", "return_to": RETURN_TO},
+                          headers={**foreign, "Content-Type": "application/json"})
+    assert session.status == 201 and session.json["connect_url"].startswith(own + "/oauth/authorize?")
+    authorize = broker.call("GET", "/oauth/authorize", query=urlsplit(session.json["connect_url"]).query,
+                            headers=foreign)
+
+    assert authorize.status == 302
+    redirect_uri = query_of(authorize.location)["redirect_uri"]
+    assert redirect_uri == own + "/oauth/callback"
+    assert authorize.cookie("ic_oauth_browser")["path"] == "/oauth/callback"

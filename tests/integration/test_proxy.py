@@ -194,3 +194,34 @@ def test_a_cookie_insightly_set_for_one_connection_never_goes_out_with_another(b
 
     assert first["statusCode"] == second["statusCode"] == 200
     assert [r for r in provider.api_requests if "cookie" in r["headers"]] == []
+
+
+def test_a_persistent_401_costs_one_renewal_and_then_says_why_it_is_passed_back(broker, provider):
+    # Second security review, F3: six calls had made six refresh-token rotations.
+    assert broker.connect("user-1").linked
+    provider.api_faults.extend(["401"] * 20)
+    refreshes = provider.calls["refresh_token"]
+
+    answers = [proxied(broker, "GET", "Contacts") for _ in range(6)]
+
+    assert provider.calls["refresh_token"] - refreshes == 1
+    assert [a["statusCode"] for a in answers] == [401] * 6
+    assert answers[0]["headers"]["X-Broker-Error"] == "provider_unauthorized"
+    assert {a["headers"]["X-Broker-Error"] for a in answers[1:]} == {"credential_recently_renewed"}
+    assert "renewed" in json.loads(answers[1]["body"])["message"]
+
+
+def test_a_keys_401_costs_one_users_me_check_a_minute_and_passes_insightlys_answer_on(broker, provider):
+    account = provider.issue_api_key("na1")
+    assert broker.connect_with_key("user-1", account["api_key"], account["api_url"]).linked
+    checks = provider.calls["users_me"]
+
+    provider.api_faults.append("401")  # this path only: the check's Users/Me is accepted
+    first = proxied(broker, "GET", "Contacts")
+    provider.api_faults.append("401")
+    second = proxied(broker, "GET", "Contacts")
+
+    assert first["statusCode"] == 401 and "X-Broker-Error" not in first["headers"]
+    assert "denied" in json.loads(body_of(first))["Message"]  # Insightly's own answer, whole
+    assert second["statusCode"] == 401 and second["headers"]["X-Broker-Error"] == "credential_recently_renewed"
+    assert provider.calls["users_me"] - checks == 1

@@ -211,3 +211,24 @@ def test_every_dynamodb_call_of_a_scheduled_sweep_is_granted_by_the_schedulers_r
     assert {"PutItem", "Query", "GetItem", "DeleteItem"} <= operations  # lease, index, schema check, sweep
     assert not_granted(stack, "SchedulerRole", calls) == []
     assert completion_items(dynamodb, stack) == []  # swept
+
+
+def test_a_completion_the_index_still_lists_but_the_saas_completed_is_skipped_never_revoked(
+        broker, dynamodb, stack, monkeypatch):
+    # The race (second security review, F5): completed just before its deadline, while the
+    # pending index (eventually consistent) still lists it when the sweep runs.
+    session_id, returned = pending_flow(broker)
+    expire_completions(dynamodb, stack)
+    flows = services.connect_flow().flows
+    lagging = list(flows.expired_completions(now=int(time.time())))
+    assert len(lagging) == 1
+    dynamodb.update_item(TableName=stack.refs["FlowTable"], Key={"flow_key": {"S": lagging[0][0]}},
+                         UpdateExpression="SET complete_by = :later",
+                         ExpressionAttributeValues={":later": {"N": str(int(time.time()) + 60)}})
+    assert broker.complete(session_id, returned["completion_code"]).status == 200  # just before the deadline
+    monkeypatch.setattr(type(flows), "expired_completions", lambda self, *, now, page_size=25: iter(lagging))
+
+    run_scheduler()
+
+    assert broker.provider.calls["revoke"] == 0 and broker.provider.revoked == []
+    assert broker.call("GET", "/connections/user-1/token").status == 200

@@ -341,7 +341,7 @@ class FakeInsightly:
                       if m == method and (found := pattern.fullmatch(path))), None)
         with self._lock:
             self.calls["api"] += 1
-            self.api_requests.append({"method": method, "path": path,
+            self.api_requests.append({"method": method, "path": path, "pod": pod,
                                       "headers": {k.lower(): v for k, v in headers.items()}})
             if route is not None:
                 self.calls[route[0]] += 1
@@ -353,6 +353,8 @@ class FakeInsightly:
                     return 429, {"Retry-After": str(self.retry_after)}, {"Message": "Too many requests"}
                 if fault == "503":
                     return 503, {}, {"Message": "Service unavailable"}
+                if fault == "401":  # refused whatever the credential (a permission, a bad deploy)
+                    return 401, {}, {"Message": "Authorization has been denied for this request."}
                 return 500, {}, {"Message": "An error has occurred."}
             account = self._caller(pod, headers)
             if account is None:
@@ -489,6 +491,7 @@ class FakeInsightly:
     # -- serving through `responses` -------------------------------------------------------------
 
     def install(self, mock) -> FakeInsightly:
+        self.mock = mock  # a test may add hosts of its own (one that must never be called)
         def adapt(handler, with_form=True):
             def callback(request):
                 form = {k: v[0] for k, v in parse_qs(request.body or "").items()} if with_form else None

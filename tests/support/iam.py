@@ -5,7 +5,8 @@ and fails only in AWS (AccessDenied). `recorded_calls` captures the DynamoDB cal
 piece of code; `not_granted` evaluates them against the role's statements in template.yaml:
 action, table or index resource, and the condition keys the template uses
 (dynamodb:LeadingKeys, dynamodb:Attributes, dynamodb:Select). An unknown condition key
-fails the check rather than being assumed to pass."""
+fails the check rather than being assumed to pass. An UpdateItem's dynamodb:Attributes are the
+key and every attribute its update and condition expressions name."""
 
 from __future__ import annotations
 
@@ -57,11 +58,29 @@ def _partition_value(key: dict[str, Any]) -> str:
     return next(iter(value.values()))
 
 
+_EXPRESSION_WORDS = {"SET", "REMOVE", "ADD", "DELETE", "AND", "OR", "NOT", "BETWEEN", "IN"}
+
+
+def _expression_attributes(params: dict[str, Any]) -> set[str]:
+    """The top-level attribute names an UpdateItem's update and condition expressions name
+    (what DynamoDB puts in dynamodb:Attributes for a write: read, written or compared)."""
+    names = params.get("ExpressionAttributeNames", {})
+    found = set()
+    for expression in (params.get("UpdateExpression", ""), params.get("ConditionExpression", "")):
+        for token in re.findall(r"[#:]?[A-Za-z_][A-Za-z0-9_]*(?:\s*\()?", expression):
+            if token.startswith(":") or token.endswith("(") or token in _EXPRESSION_WORDS:
+                continue  # a value, a function, a keyword
+            found.add(names.get(token, token))
+    return found
+
+
 def _context(operation: str, params: dict[str, Any]) -> dict[str, Any]:
     context: dict[str, Any] = {}
     key = params.get("Key") or params.get("Item")
     if operation in ITEM_OPERATIONS and key:
         context["dynamodb:LeadingKeys"] = [_partition_value(key)]
+    if operation == "UpdateItem":
+        context["dynamodb:Attributes"] = sorted(set(params["Key"]) | _expression_attributes(params))
     if operation == "BatchGetItem":
         context["dynamodb:LeadingKeys"] = [_partition_value(k) for k in params["Keys"]]
     projection = params.get("ProjectionExpression")

@@ -106,8 +106,8 @@ def http_event(method: str, path: str, *, route: dict, path_parameters: dict[str
     queryStringParameters decoded with repeated keys comma-joined. The body (str is taken
     as UTF-8) is text when its Content-Type is text (text/*, JSON, XML, JavaScript) and it
     decodes as UTF-8, else base64-encoded, as HTTP API does. `request_id` is the id of the
-    `apigw-requestid` header (a new one when None); `api_id` defaults to the domain's first
-    label."""
+    `apigw-requestid` header (a new one when None); `api_id` defaults to the first label of
+    `domain` (not of a Host header: the API that was called keeps its id)."""
     joined: dict[str, str] = {}
     cookies = list(cookies or [])
     for name, value in _header_pairs(headers):
@@ -116,6 +116,7 @@ def http_event(method: str, path: str, *, route: dict, path_parameters: dict[str
             cookies += [c.strip() for c in value.split(";") if c.strip()]
         else:
             joined[name] = f"{joined[name]},{value}" if name in joined else value
+    api_prefix = domain.split(":")[0].split(".")[0]  # the API's id: API Gateway's, whatever Host says
     domain = joined.setdefault("host", domain)
     if user_agent is not None:
         joined.setdefault("user-agent", user_agent)
@@ -148,7 +149,7 @@ def http_event(method: str, path: str, *, route: dict, path_parameters: dict[str
         "headers": joined,
         "requestContext": {
             "accountId": ACCOUNT_ID,
-            "apiId": api_id or prefix,
+            "apiId": api_id or api_prefix,
             "domainName": domain,
             "domainPrefix": prefix,
             "http": {"method": method, "path": path, "protocol": protocol, "sourceIp": source_ip,

@@ -523,3 +523,29 @@ def test_a_429_from_insightly_is_counted_apart_from_the_brokers_own():
     # Quota trouble at Insightly (an alarm watches it) versus the broker's quota guard answering.
     upstream = {name for name, _, _ in proxy.metric_values(status=429, total_ms=90, insightly_ms=80)}
     assert upstream == {"ProxyStatus4xx", "ProxyBrokerLatency", "ProxyInsightlyLatency", "ProxyProvider429"}
+
+
+def gzip_bomb(decompressed_mb: int) -> bytes:
+    """A gzip body of `decompressed_mb` MB of zeros, built without holding them."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip framing
+    zeros = bytes(1 << 20)
+    return b"".join([*(packer.compress(zeros) for _ in range(decompressed_mb)), packer.flush()])
+
+
+@responses.activate
+def test_a_gzip_bomb_is_refused_with_memory_bounded_by_the_limit_not_the_bomb():
+    # Second security review, F4: a 200 MB answer in a ~200 KB gzip body.
+    import tracemalloc
+
+    bomb = gzip_bomb(200)
+    responses.get(BASE + "/Contacts", body=bomb, content_type="application/json",
+                  headers={"Content-Encoding": "gzip", "Content-Length": str(len(bomb))})
+    tracemalloc.start()
+    try:
+        answer = proxy.upstream_answer(send()[0])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert answer.status == 502 and answer.headers["X-Broker-Error"] == "response_too_large"
+    assert peak < 3 * proxy.MAX_LAMBDA_RESPONSE  # the limit and its copy, never the 200 MB

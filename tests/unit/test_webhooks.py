@@ -106,6 +106,14 @@ def test_a_public_https_target_passes_and_http_or_credentials_do_not():
             check_target(url, resolver=public)
 
 
+@pytest.mark.parametrize("url", ["https://hooks.saas.example/in?token=s3cret", "https://hooks.saas.example/in?",
+                                 "https://hooks.saas.example/in#s3cret"])
+def test_a_target_with_a_query_or_fragment_is_refused_since_the_url_is_no_place_for_a_secret(url):
+    # It is configuration, in the function's environment (second security review, F9).
+    with pytest.raises(TargetRefused, match="query"):
+        check_target(url, resolver=public)
+
+
 def test_an_international_host_is_refused_since_it_would_be_sent_under_another_name():
     # checked as faß -> fass (IDNA 2003), sent by requests as xn--fa-hia (IDNA 2008) past the pin
     looked_up = []

@@ -68,7 +68,8 @@ class ApiKeyConnect:
         now = self._now()
         interval = self.settings.api_key_check_seconds
         return NewCredentials(
-            connection_id, credentials=self.flow.vault.seal(connection_id, {"api_key": key}, purpose=API_KEY_PURPOSE),
+            connection_id, credentials=self.flow.vault.seal(connection_id, {"api_key": key}, purpose=API_KEY_PURPOSE,
+                                                         bound={"pod": pod}),
             refresh_due_at=now + interval if interval else None, provider_user=user, auth_mode=API_KEY,
             pod=pod, api_base_url=base_url, rate_limit=rate.as_dict() if rate else None, checked_at=now)
 
@@ -110,27 +111,48 @@ class ApiKeyConnect:
         # Read first, so nobody can use the page to try keys without a live session.
         session = self.flow.flows.peek_session(token, now=self._now(), auth_mode=API_KEY)
         try:
+            self.template.parse(form["api_url"])  # a typo costs no attempt and no Insightly request
+            check_api_key(form["api_key"])
+        except InvalidRequest as exc:
+            if key_page.message_for(exc) is None:
+                raise
+            return self._form(token, exc, form["api_url"], status=exc.status)
+        # An attempt is taken before Insightly is called: parallel submits get at most
+        # MAX_REFUSED_ATTEMPTS keys checked per session, whatever their timing.
+        attempt = self.flow.flows.reserve_attempt(token, now=self._now(), limit=MAX_REFUSED_ATTEMPTS)
+        if attempt is None:
+            return self._too_many_attempts(token, session)
+        try:
             new = self.check(session.connection_id, form["api_key"], form["api_url"])
         except REFUSED as exc:
-            attempts = self.flow.flows.record_refused_attempt(token, now=self._now())
             logger.info("API key refused", extra={"connection_id": session.connection_id, "error": exc.code,
-                                                  "attempts": attempts})
-            if attempts >= MAX_REFUSED_ATTEMPTS:
-                self.flow.flows.consume_session(token, now=self._now(), auth_mode=API_KEY)
-                self.flow.failed(session.connection_id, "too_many_attempts", tags=session.tags)
-                return PageAnswer(location=with_query(session.return_to, status="error", error="too_many_attempts"),
-                                  popup=session.display == "popup")
+                                                  "attempts": attempt})
+            if attempt >= MAX_REFUSED_ATTEMPTS:
+                return self._too_many_attempts(token, session)
             return self._form(token, exc, form["api_url"], status=422)
         except (InvalidRequest, ProviderUnavailable) as exc:
             if key_page.message_for(exc) is None:
                 raise
-            # A typo in the URL or an Insightly outage: nothing was refused, nothing counts.
+            # An Insightly outage or its quota: nothing was refused, nothing counts.
+            self.flow.flows.release_attempt(token)
             return self._form(token, exc, form["api_url"], status=exc.status)
         session = self.flow.flows.consume_session(token, now=self._now(), auth_mode=API_KEY)
         auth = AuthState(session.connection_id, session.return_to, session.session_id, tags=session.tags,
                          display=session.display, quota_group=session.quota_group)
         return PageAnswer(location=self.flow.end(auth, lambda: self.flow.finish(auth, new)),
                           popup=auth.display == "popup")
+
+    def _too_many_attempts(self, token: str, session) -> PageAnswer:
+        """The session's last attempt was refused (or all were taken): spend it, end the flow.
+        Of parallel submits, the one that spends it tells the SaaS; all go back with the error."""
+        try:
+            self.flow.flows.consume_session(token, now=self._now(), auth_mode=API_KEY)
+        except InvalidRequest:
+            pass  # spent already by a parallel submit, which told the SaaS
+        else:
+            self.flow.failed(session.connection_id, "too_many_attempts", tags=session.tags)
+        return PageAnswer(location=with_query(session.return_to, status="error", error="too_many_attempts"),
+                          popup=session.display == "popup")
 
     def _form(self, token: str, error: BrokerError | None = None, api_url: str = "", *,
               status: int = 200) -> PageAnswer:

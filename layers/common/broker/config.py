@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass
 from functools import lru_cache
@@ -129,6 +130,19 @@ class Settings:
     # Background calls (X-Broker-Priority: background, scheduled key checks) stop once a quota
     # group's last observed remaining is at or under this share of its limit; 0 = no reserve.
     background_quota_reserve_percent: int = 20
+    # "execute-api.<region>.<url suffix>" from the template: with the API id API Gateway puts
+    # in every event, this stack's own API URL when PublicBaseUrl is empty.
+    api_domain_suffix: str = ""
+
+    def public_url(self, api_id: str) -> str:
+        """The public URL of this API (redirect_uri, connect links, cookie paths): PublicBaseUrl,
+        else this stack's own execute-api URL. Never the request's Host: HTTP API copies that
+        into requestContext.domainName, so a caller could choose where the callback points."""
+        if self.public_base_url:
+            return self.public_base_url
+        if not self.api_domain_suffix or not re.fullmatch(r"[a-z0-9]{1,32}", api_id or ""):
+            raise ConfigurationError("PUBLIC_BASE_URL or API_DOMAIN_SUFFIX is required to build the callback URL")
+        return f"https://{api_id}.{self.api_domain_suffix}"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ = os.environ) -> Settings:
@@ -219,6 +233,7 @@ class Settings:
             list_tag_key=env.get("LIST_TAG_KEY", "").strip(),
             list_cursor_secret_arn=env.get("LIST_CURSOR_SECRET_ARN", "").strip(),
             background_quota_reserve_percent=reserve_percent,
+            api_domain_suffix=env.get("API_DOMAIN_SUFFIX", "").strip().strip("."),
         )
 
 

@@ -13,6 +13,7 @@ read of the table alone does not give it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 from collections.abc import Iterator
@@ -115,21 +116,38 @@ class FlowStore:
             raise InvalidRequest("the connect session has expired; start again", code="session_expired")
         return _session(item, token)
 
-    def record_refused_attempt(self, token: str, *, now: int) -> int:
-        """Count a key Insightly refused; answers the count. Only a live session counts."""
+    def reserve_attempt(self, token: str, *, now: int, limit: int) -> int | None:
+        """Take one of the session's `limit` key checks before Insightly is called (a
+        conditional ADD, so parallel submits cannot all pass a count read earlier): the
+        attempt's number, or None when all are taken. Only a live session has attempts."""
         try:
             answer = self._db.update_item(
                 TableName=self._table, Key={"flow_key": {"S": f"session#{digest(token)}"}},
                 UpdateExpression="ADD attempts :one",
-                ConditionExpression=f"attribute_exists(flow_key) AND expires_at > :now AND {schema.NOT_NEWER}",
-                ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"N": str(now)}, **schema.NOT_NEWER_VALUES},
+                ConditionExpression=("attribute_exists(flow_key) AND expires_at > :now AND"
+                                     " (attribute_not_exists(attempts) OR attempts < :limit)"
+                                     f" AND {schema.NOT_NEWER}"),
+                ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"N": str(now)}, ":limit": {"N": str(limit)},
+                                           **schema.NOT_NEWER_VALUES},
                 ReturnValues="UPDATED_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
-            schema.check(exc.response.get("Item") or {}, "connect session")
+            old = exc.response.get("Item") or {}
+            schema.check(old, "connect session")
+            if old and int(old["expires_at"]["N"]) > now and int(old.get("attempts", {}).get("N", "0")) >= limit:
+                return None
             raise InvalidRequest("unknown or already used connect session", code="invalid_session") from None
         return int(answer["Attributes"]["attempts"]["N"])
+
+    def release_attempt(self, token: str) -> None:
+        """Give a reserved attempt back: Insightly refused nothing (an outage, the quota)."""
+        with contextlib.suppress(ClientError):  # gone meanwhile: nothing to give back
+            self._db.update_item(
+                TableName=self._table, Key={"flow_key": {"S": f"session#{digest(token)}"}},
+                UpdateExpression="ADD attempts :minus_one",
+                ConditionExpression=f"attribute_exists(flow_key) AND attempts > :zero AND {schema.NOT_NEWER}",
+                ExpressionAttributeValues={":minus_one": {"N": "-1"}, ":zero": {"N": "0"}, **schema.NOT_NEWER_VALUES})
 
     # -- OAuth states ----------------------------------------------------------------------
 
@@ -219,11 +237,17 @@ class FlowStore:
 
     def open_expired(self, item: dict[str, Any]) -> NewCredentials | None:
         """An expired completion as this code reads it, or None when a newer version wrote it
-        (left for that version). The index does not project schema_version (adding it would
-        rebuild the index on upgrade): one read of that attribute, for the rare completion
-        nobody completed (the scheduler's role may read no other attribute)."""
+        (left for that version) or when the table no longer holds it. The index does not
+        project schema_version (adding it would rebuild the index on upgrade): one read of that
+        attribute, for the rare completion nobody completed (the scheduler's role may read no
+        other attribute)."""
         stored = self._db.get_item(TableName=self._table, Key={"flow_key": item["flow_key"]},
                                    ProjectionExpression="flow_key, schema_version", ConsistentRead=True).get("Item")
+        if stored is None:
+            # The index lags the table: a completion the SaaS completed just before its deadline
+            # is still listed. Its grant now belongs to an active connection: never revoke it.
+            logger.info("expired completion no longer stored; skipped")
+            return None
         if schema.is_newer(stored):
             logger.warning("expired completion of a newer schema version left for that version")
             return None

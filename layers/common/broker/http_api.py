@@ -129,11 +129,8 @@ def request_body(event: dict[str, Any]) -> str | None:
 
 
 def base_url(event: dict[str, Any]) -> str:
-    """The public URL of this API: the configured one, or the API Gateway host that was called."""
-    configured = settings().public_base_url
-    if configured:
-        return configured
-    return f"https://{event['requestContext']['domainName']}"
+    """The public URL of this API: the configured one, or this stack's own (never the Host)."""
+    return settings().public_url(event["requestContext"].get("apiId", ""))
 
 
 def browser_cookie(name: str, value: str, *, path: str, max_age: int) -> Cookie:

@@ -29,6 +29,10 @@ if TYPE_CHECKING:  # loaded by the proxy function's handler module (it always ca
     import requests
 
 
+# A 401 within this long of the credential's last renewal is passed back, not renewed again.
+RENEWED_RECENTLY_SECONDS = 60
+
+
 class HeaderAuth:  # a requests auth (any callable is)
     """The Authorization header /token would hand out, for either credential kind."""
 
@@ -102,10 +106,18 @@ class InsightlyProxy:
         url = proxy.target_url(credential["api_base_url"], path, event.get("rawQueryString") or "")
         response = self._forward(method, url, headers, body, credential, outcome)
         if response.status_code == 401:
+            if conn.last_refreshed_at is not None and now - conn.last_refreshed_at < RENEWED_RECENTLY_SECONDS:
+                # A renewal a moment ago did not help: another would rotate the refresh token (or
+                # spend a Users/Me request of the daily quota) on every call for nothing.
+                response.close()
+                raise BrokerError("Insightly refused the connection's credential, which was renewed less than "
+                                  "a minute ago; it is not renewed again yet", code="credential_recently_renewed",
+                                  status=401)
             # Renewed through the token service's lease and single flight: a refresh for
             # oauth2, a Users/Me check for a key (which marks it needs_reauth if refused: 409).
             renewed = self.tokens.force_refresh(connection_id)
             if self.tokens.kinds[conn.auth_mode].retry_after_renewal:
+                response.close()  # streamed: give its connection back before the next attempt
                 response = self._forward(method, url, headers, body, renewed, outcome)
                 if response.status_code == 401:
                     raise BrokerError("Insightly did not accept the connection's credential even after a refresh",

@@ -56,9 +56,8 @@ class ConnectionListing:
         params = requests_in.query_params(raw_query)
         filters = {k: v for k, v in params.items() if k not in ("limit", "cursor")}
         unknown = [k for k in filters if k not in ("status", "auth_mode") and not k.startswith("tag.")]
-        if unknown:
-            raise InvalidRequest(f"unknown filter {unknown[0]!r}: use status, auth_mode or tag.<key>",
-                                 code="unsupported_filter")
+        if unknown:  # not named: a parameter name is the caller's text
+            raise InvalidRequest("unknown filter: use status, auth_mode or tag.<key>", code="unsupported_filter")
         if len(filters) > 1:
             raise InvalidRequest("give one filter at a time (each is served by its own index)",
                                  code="unsupported_filter")
@@ -100,7 +99,7 @@ class ConnectionListing:
         if not filters:
             return [("status-index", "status", s) for s in STATUSES], ""
         (name, values), = filters.items()
-        value = requests_in.single(filters, name, max_length=255)
+        value = requests_in.single(filters, name, max_length=255, label="filter")
         if name == "status":
             if value not in STATUSES:
                 raise InvalidRequest(f"status must be one of {', '.join(STATUSES)}", code="invalid_filter")
@@ -112,7 +111,8 @@ class ConnectionListing:
         key = name[len("tag."):]
         if not self._list_tag_key or key != self._list_tag_key:
             served = f"only tag.{self._list_tag_key}" if self._list_tag_key else "none (ListTagKey is empty)"
-            raise InvalidRequest(f"tag.{key} is not indexed; tag filters served: {served}", code="unsupported_filter")
+            raise InvalidRequest(f"that tag key is not indexed; tag filters served: {served}",
+                                 code="unsupported_filter")
         if not value:
             raise InvalidRequest("a tag filter needs a value", code="invalid_filter")
         return [("tag-index", "list_tag", value)], f"tag.{key}={value}"

@@ -223,6 +223,22 @@ def _serialised_size(answer: ProxyAnswer) -> int:
     return len(json.dumps(answer.as_lambda_result()).encode("utf-8"))
 
 
+READ_CHUNK = 64 * 1024
+
+
+def read_limited(response: requests.Response, limit: int) -> bytes | None:
+    """The decompressed body, read a chunk at a time (forward streams it); None as soon as it
+    passes `limit`, the rest unread. A gzip bomb costs the limit, not what it inflates to
+    (urllib3 bounds what one streamed read decompresses)."""
+    body = bytearray()
+    for chunk in response.iter_content(chunk_size=READ_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            response.close()
+            return None
+    return bytes(body)
+
+
 def upstream_answer(response: requests.Response, *, retries: int = 0) -> ProxyAnswer:
     """Insightly's status, allowed headers and decompressed body: text for JSON and text
     that is UTF-8, base64 for everything else (bytes survive unchanged). A result over
@@ -231,9 +247,9 @@ def upstream_answer(response: requests.Response, *, retries: int = 0) -> ProxyAn
     if encoding not in _DECODED_ENCODINGS:
         return broker_answer(BrokerError("Insightly answered with a content encoding the broker "
                                          "cannot decode", code="provider_bad_answer", status=502))
-    content = response.content  # decompressed by urllib3 for gzip and deflate
+    content = read_limited(response, MAX_LAMBDA_RESPONSE)  # decompressed by urllib3 for gzip and deflate
     headers = response_headers(response.headers, retries=retries)
-    if len(content) > MAX_LAMBDA_RESPONSE:  # too large whatever the encoding: skip the work
+    if content is None:  # too large whatever the encoding: skip the work
         return broker_answer(response_too_large())
     answer = None
     if is_text(headers.get("Content-Type")):
@@ -292,8 +308,9 @@ def forward(session: requests.Session, method: str, url: str, headers: Mapping[s
         timeout = (min(CONNECT_TIMEOUT, budget), min(READ_TIMEOUT, budget))
         last = attempt == attempts - 1
         try:
+            # Streamed: upstream_answer reads at most the Lambda limit of the body.
             response = session.request(method, url, headers=dict(headers), data=body, auth=auth,
-                                       timeout=timeout, allow_redirects=False)
+                                       timeout=timeout, allow_redirects=False, stream=True)
         except requests.Timeout as exc:
             if last or not _wait(attempt, None, seconds_left, sleep, jitter):
                 raise UpstreamTimeout("Insightly did not answer in time") from exc

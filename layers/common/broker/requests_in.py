@@ -39,16 +39,20 @@ def origin_of(scheme: str, host: str, port: int | None) -> str:
     return f"{scheme}://{host.lower()}" + (f":{port}" if port and port != default_port else "")
 
 
-def single(params: dict[str, list[str]], name: str, *, required: bool = True, max_length: int = 2048) -> str | None:
+def single(params: dict[str, list[str]], name: str, *, required: bool = True, max_length: int = 2048,
+           label: str | None = None) -> str | None:
+    """One query parameter's only value. `label` names it in errors when `name` is the caller's
+    own text (a tag filter): errors never quote what the caller chose."""
+    label = label or name
     values = params.get(name)
     if not values:
         if required:
-            raise InvalidRequest(f"the {name} parameter is required", code=f"missing_{name}")
+            raise InvalidRequest(f"the {label} parameter is required", code=f"missing_{label}")
         return None
     if len(values) > 1:
-        raise InvalidRequest(f"the {name} parameter is given more than once", code="invalid_request")
+        raise InvalidRequest(f"the {label} parameter is given more than once", code="invalid_request")
     if len(values[0]) > max_length:
-        raise InvalidRequest(f"the {name} parameter is too long", code="invalid_request")
+        raise InvalidRequest(f"the {label} parameter is too long", code="invalid_request")
     return values[0]
 
 

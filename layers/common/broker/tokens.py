@@ -317,7 +317,8 @@ class TokenService:
             extra["last_checked_at"] = renewal.checked_at
         for attempt in range(3):
             try:
-                credentials = (self.vault.seal(conn.connection_id, renewal.sealed, purpose=kind.purpose)
+                credentials = (self.vault.seal(conn.connection_id, renewal.sealed, purpose=kind.purpose,
+                                               bound=kind.bound(conn))
                                if renewal.sealed is not None else None)
                 self.connections.save_refreshed(
                     conn, owner=owner, credentials=credentials, expires_at=renewal.expires_at,
@@ -471,7 +472,8 @@ class TokenService:
         return self.kinds[conn.auth_mode]
 
     def _open(self, conn: Connection) -> dict[str, Any]:
-        return self.vault.open(conn.connection_id, conn.credentials, purpose=self._kind(conn).purpose)
+        kind = self._kind(conn)
+        return self.vault.open(conn.connection_id, conn.credentials, purpose=kind.purpose, bound=kind.bound(conn))
 
     def _revokes(self, conn: Connection) -> bool:
         """Whether deleting this connection gives something up at the provider."""
@@ -481,7 +483,7 @@ class TokenService:
         """One shape for both kinds, so a backend calls Insightly with one code path."""
         kind = self._kind(conn)
         return {"connection_id": conn.connection_id, "auth_mode": conn.auth_mode,
-                "api_base_url": conn.api_base_url or self.settings.provider.api_base_url,
+                "api_base_url": kind.api_base_url(conn),  # derived now, never the stored copy
                 "authorization": authorization_header(kind.authorization(sealed)),
                 "expires_at": iso(conn.expires_at), **kind.token_answer(conn, sealed)}
 

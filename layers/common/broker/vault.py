@@ -8,16 +8,19 @@ data key beside the ciphertext:
     0xE1 | len(wrapped key), 2 bytes big-endian | wrapped key | nonce (12) | ciphertext + tag (16)
 
 The GCM associated data is that header plus the encryption context, so neither the wrapped key
-nor the connection can be swapped. Blobs written before (KMS Encrypt output, which starts with
-another byte) are still opened with a direct KMS Decrypt. One KMS call per seal, and one per
-open unless the container's DataKeyCache (broker.data_key_cache) still holds the opened data
-key of that wrapped key and context.
+nor the connection can be swapped. A seal may also bind attributes the item stores in plaintext
+(an API key's pod, which decides where the key is sent): they join the associated data, the
+blob starts with 0xE2 instead, and it opens only with the same values. Blobs written before
+(KMS Encrypt output, which starts with another byte) are still opened with a direct KMS
+Decrypt. One KMS call per seal, and one per open unless the container's DataKeyCache
+(broker.data_key_cache) still holds the opened data key of that wrapped key and context.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -28,6 +31,7 @@ from .errors import CredentialsUnreadable, VaultUnavailable
 PURPOSE = "oauth2-token-set"  # the default: an OAuth token set
 API_KEY_PURPOSE = "insightly-api-key"
 ENVELOPE_V1 = 0xE1  # never the first byte of a KMS ciphertext blob (those start with 0x01)
+ENVELOPE_BOUND = 0xE2  # as ENVELOPE_V1, with bound attributes in the associated data
 NONCE_BYTES = 12
 TAG_BYTES = 16
 # KMS says the context does not match (or the blob is not one of its own): not this connection's.
@@ -51,11 +55,20 @@ class TokenVault:
         return {"connection_id": connection_id, "purpose": purpose}
 
     @classmethod
-    def _associated_data(cls, header: bytes, connection_id: str, purpose: str) -> bytes:
-        context = cls._context(connection_id, purpose)
+    def _associated_data(cls, header: bytes, connection_id: str, purpose: str,
+                         bound: Mapping[str, Any] | None = None) -> bytes:
+        context: dict[str, Any] = cls._context(connection_id, purpose)
+        if header[0] == ENVELOPE_BOUND:
+            context["bound"] = dict(bound or {})
         return header + json.dumps(context, sort_keys=True, separators=(",", ":")).encode()
 
-    def seal(self, connection_id: str, token_set: dict[str, Any], *, purpose: str = PURPOSE) -> bytes:
+    @staticmethod
+    def binds(ciphertext: bytes | None) -> bool:
+        """Whether a blob was sealed with bound attributes (older ones were not)."""
+        return bool(ciphertext) and bytes(ciphertext)[0] == ENVELOPE_BOUND
+
+    def seal(self, connection_id: str, token_set: dict[str, Any], *, purpose: str = PURPOSE,
+             bound: Mapping[str, str] | None = None) -> bytes:
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # lazily: most routes never seal
 
         plaintext = json.dumps(token_set, separators=(",", ":")).encode()
@@ -65,27 +78,31 @@ class TokenVault:
         except (ClientError, BotoCoreError) as exc:
             raise VaultUnavailable("the token key could not encrypt; nothing was changed") from exc
         wrapped = data_key["CiphertextBlob"]
-        header = bytes([ENVELOPE_V1]) + len(wrapped).to_bytes(2, "big") + wrapped
+        version = ENVELOPE_BOUND if bound else ENVELOPE_V1
+        header = bytes([version]) + len(wrapped).to_bytes(2, "big") + wrapped
         nonce = os.urandom(NONCE_BYTES)  # a fresh key per seal: a random nonce never repeats under it
         sealed = AESGCM(data_key["Plaintext"]).encrypt(nonce, plaintext,
-                                                      self._associated_data(header, connection_id, purpose))
+                                                      self._associated_data(header, connection_id, purpose, bound))
         return header + nonce + sealed
 
-    def open(self, connection_id: str, ciphertext: bytes, *, purpose: str = PURPOSE) -> dict[str, Any]:
+    def open(self, connection_id: str, ciphertext: bytes, *, purpose: str = PURPOSE,
+             bound: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The sealed token set; `bound`: the values the seal bound, as the item holds them now
+        (a blob that binds none ignores them)."""
         try:
-            return self._open(connection_id, bytes(ciphertext), purpose)
+            return self._open(connection_id, bytes(ciphertext), purpose, bound)
         except Exception:
             if self._cache is not None:  # see broker.data_key_cache: a failed open starts it over
                 self._cache.wipe()
             raise
 
-    def _open(self, connection_id: str, blob: bytes, purpose: str) -> dict[str, Any]:
+    def _open(self, connection_id: str, blob: bytes, purpose: str, bound: Mapping[str, Any] | None) -> dict[str, Any]:
         # lazily: routes that neither seal nor open (authorize, connect sessions, the scheduler)
         # skip the import
         from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-        if not blob or blob[0] != ENVELOPE_V1:
+        if not blob or blob[0] not in (ENVELOPE_V1, ENVELOPE_BOUND):
             return json.loads(self._decrypt(connection_id, blob, purpose))  # sealed by KMS Encrypt, before envelopes
         wrapped_end = 3 + int.from_bytes(blob[1:3], "big")
         if len(blob) < wrapped_end + NONCE_BYTES + TAG_BYTES:
@@ -98,7 +115,8 @@ class TokenVault:
         if opened_by_kms:
             data_key = self._decrypt(connection_id, wrapped, purpose)
         try:
-            plaintext = AESGCM(data_key).decrypt(nonce, sealed, self._associated_data(header, connection_id, purpose))
+            plaintext = AESGCM(data_key).decrypt(nonce, sealed,
+                                                 self._associated_data(header, connection_id, purpose, bound))
         except (InvalidTag, ValueError) as exc:
             raise _unreadable() from exc
         opened = json.loads(plaintext)

@@ -128,6 +128,10 @@ def check_target(url: str, *, resolver: Resolver | None = None, allow_loopback: 
     parts = urlsplit(url)
     if not parts.hostname or parts.username or parts.password:
         raise TargetRefused("the webhook URL needs a host and no credentials")
+    if "?" in url or "#" in url:
+        # The URL is configuration (the function's environment, the stack's parameters), so it
+        # may hold no secret; receivers authenticate a delivery by its signature instead.
+        raise TargetRefused("the webhook URL may have no query or fragment (it is no place for a secret)")
     if not url.isascii():
         # requests would send an IDN host as its IDNA 2008 form, which is not the name checked
         # here (Python's idna codec is IDNA 2003) and not the one the pinned adapter is mounted on.

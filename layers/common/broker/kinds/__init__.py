@@ -51,6 +51,13 @@ class CredentialKind(Protocol):
     def authorization(self, sealed: dict[str, Any]) -> Auth:
         """How a request to Insightly is authenticated with this credential."""
 
+    def api_base_url(self, conn: Connection) -> str:
+        """Where this credential may be sent: derived now from configuration (and the pod the
+        vault bound to the credential), never read from a stored URL."""
+
+    def bound(self, conn: Connection) -> dict[str, Any] | None:
+        """The item's plaintext attributes the credential's seal binds (TokenVault `bound`)."""
+
     def token_answer(self, conn: Connection, sealed: dict[str, Any]) -> dict[str, Any]:
         """The kind's own fields of the /token answer."""
 

@@ -14,9 +14,10 @@ from typing import Any
 from ..config import Settings
 from ..connections import Connection
 from ..errors import BrokerError
-from ..insightly import ApiAccessDenied, ApiKeyAuth, ApiKeyRejected, Auth, InsightlyApi
+from ..insightly import ApiAccessDenied, ApiKeyAuth, ApiKeyRejected, ApiUrlTemplate, Auth, InsightlyApi
+from ..observability import count
 from ..quota import QuotaRecord, next_utc_midnight, reserve_reached
-from ..vault import API_KEY_PURPOSE
+from ..vault import API_KEY_PURPOSE, TokenVault
 from . import API_KEY, Renewal
 
 QUOTA_WINDOW_SECONDS = 86400  # Insightly's daily limit counts over a moving 24 hours
@@ -33,9 +34,22 @@ class ApiKeyKind:
         self.settings = settings
         self.api = api
         self.clock = clock
+        self.template = ApiUrlTemplate(settings.insightly_api_url_template)
 
     def authorization(self, sealed: dict[str, Any]) -> Auth:
         return ApiKeyAuth(sealed["api_key"])
+
+    def api_base_url(self, conn: Connection) -> str:
+        # The host from the template, the pod the key was sealed with (TokenVault refuses to
+        # open the key when the item's pod is not that one); the stored api_base_url is a
+        # display copy nothing reads. A key sealed before pods were bound is sent to its stored
+        # pod, still only on the template's host, and re-sealed with it at its next check.
+        if not TokenVault.binds(conn.credentials):
+            count("UnboundPodUsed")
+        return self.template.base_url(conn.pod)
+
+    def bound(self, conn: Connection) -> dict[str, Any] | None:
+        return {"pod": conn.pod}
 
     def token_answer(self, conn: Connection, sealed: dict[str, Any]) -> dict[str, Any]:
         return {"api_key": sealed["api_key"]}
@@ -76,10 +90,11 @@ class ApiKeyKind:
     def renew(self, conn: Connection, sealed: dict[str, Any], *, end: float) -> Renewal:
         """One Users/Me call, never retried: the next scheduled check is the retry, and each
         call costs the account a request of its daily quota."""
-        _user, rate = self.api.users_me(conn.api_base_url, self.authorization(sealed))
+        _user, rate = self.api.users_me(self.api_base_url(conn), self.authorization(sealed))
         now = int(self.clock())
-        return Renewal(sealed=None, expires_at=None, next_due_at=self.next_check(now), rate_limit=rate,
-                       checked_at=now)
+        # A key sealed before pods were bound is sealed again, now with its pod.
+        return Renewal(sealed=None if TokenVault.binds(conn.credentials) else sealed, expires_at=None,
+                       next_due_at=self.next_check(now), rate_limit=rate, checked_at=now)
 
     def revoke(self, conn: Connection, sealed: dict[str, Any]) -> None:
         """Insightly has no API to revoke a key (the user regenerates it); deleting forgets it."""

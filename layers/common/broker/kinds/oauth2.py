@@ -92,6 +92,12 @@ class OAuth2Kind:
     def authorization(self, sealed: dict[str, Any]) -> Auth:
         return BearerAuth(sealed["access_token"])
 
+    def api_base_url(self, conn: Connection) -> str:
+        return self.settings.provider.api_base_url  # one API for every OAuth connection
+
+    def bound(self, conn: Connection) -> dict[str, Any] | None:
+        return None  # its destination is configuration only
+
     def token_answer(self, conn: Connection, sealed: dict[str, Any]) -> dict[str, Any]:
         return {"access_token": sealed["access_token"], "token_type": sealed.get("token_type") or "Bearer"}
 
