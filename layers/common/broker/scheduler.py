@@ -82,12 +82,6 @@ def enqueue_due(store: ConnectionStore, sqs, queue_url: str, *, shards: int, now
 
     def read(shard: int, sending: ThreadPoolExecutor) -> None:
         batch: list[str] = []
-
-        def hand_over() -> None:
-            room.acquire()  # wait while the senders are this far behind: memory stays bounded
-            # A copy of this context per call: the invocation's deadline goes with it.
-            sending.submit(contextvars.copy_context().run, send, batch)
-
         for connection_id in store.due_connection_ids(shard, now=now, page_size=PAGE_SIZE):
             if stopped.is_set() or seconds_left() < RESERVE_SECONDS:
                 if not stopped.is_set():
@@ -96,16 +90,24 @@ def enqueue_due(store: ConnectionStore, sqs, queue_url: str, *, shards: int, now
                 break
             batch.append(connection_id)
             if len(batch) == SQS_BATCH:
-                hand_over()
+                hand_over(batch, sending)
                 batch = []
-        if batch:
-            hand_over()
+        with tally_lock:  # a shard's short last batch is pooled with the others': fewer calls when few are due
+            leftovers.extend(batch)
 
-    with ThreadPoolExecutor(max_workers=senders, thread_name_prefix="enqueue") as sending, \
-            ThreadPoolExecutor(max_workers=min(shards, MAX_READERS), thread_name_prefix="due-index") as reading:
-        readers = [reading.submit(contextvars.copy_context().run, read, shard, sending) for shard in range(shards)]
-        for reader in readers:
-            reader.result()  # a shard that cannot be read fails the run (Lambda tries it again)
+    def hand_over(batch: list[str], sending: ThreadPoolExecutor) -> None:
+        room.acquire()  # wait while the senders are this far behind: memory stays bounded
+        # A copy of this context per call: the invocation's deadline goes with it.
+        sending.submit(contextvars.copy_context().run, send, batch)
+
+    leftovers: list[str] = []
+    with ThreadPoolExecutor(max_workers=senders, thread_name_prefix="enqueue") as sending:
+        with ThreadPoolExecutor(max_workers=min(shards, MAX_READERS), thread_name_prefix="due-index") as reading:
+            readers = [reading.submit(contextvars.copy_context().run, read, shard, sending) for shard in range(shards)]
+            for reader in readers:
+                reader.result()  # a shard that cannot be read fails the run (Lambda tries it again)
+        for start in range(0, len(leftovers), SQS_BATCH):
+            hand_over(leftovers[start:start + SQS_BATCH], sending)
     enqueued, failed = tally["enqueued"], tally["not_enqueued"]
     count("ConnectionsEnqueued", enqueued)
     logger.info("scheduled run finished", extra={"enqueued": enqueued, "not_enqueued": failed})
