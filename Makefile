@@ -59,8 +59,11 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --group security --universal --python-version 3.11 \
 		$(LOCK_ARGS) -o $(SECURITY_LOCK)
 
+# One pytest-xdist worker per core (TEST_WORKERS=0: one process). --dist loadscope keeps a
+# module's tests on one worker, so a module's local stack and browser start once.
+TEST_WORKERS ?= auto
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 # Property-based tests of docs/openapi.yaml against the local stack (tests/fuzz, not collected
 # by `make test`): every operation, SigV4-signed, plus the links of POST /connect-sessions.
