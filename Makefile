@@ -60,8 +60,11 @@ lock: $(STAMP)
 	$(BIN)/uv pip compile pyproject.toml --group security --universal --python-version 3.11 \
 		$(LOCK_ARGS) -o $(SECURITY_LOCK)
 
+# One pytest-xdist worker per core (TEST_WORKERS=0: one process). --dist loadscope keeps a
+# module's tests on one worker, so a module's local stack and browser start once.
+TEST_WORKERS ?= auto
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope
 
 # The Node client's tests (node 20+ and npm): npm test starts the local stack on free ports with
 # this venv's Python (tests/clients/stack.py), runs node's test runner and stops the stack.

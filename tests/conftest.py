@@ -30,7 +30,7 @@ from broker import services  # noqa: E402
 from tests.support import moto_atomic  # noqa: E402
 from tests.support.fake_provider import FakeInsightly  # noqa: E402
 from tests.support.inprocess import InProcessBroker  # noqa: E402
-from tests.support.stack import Stack  # noqa: E402
+from tests.support.stack import Stack, aws_session  # noqa: E402
 
 moto_atomic.install()  # conditional writes are atomic in DynamoDB; make them so in moto
 
@@ -75,7 +75,7 @@ def provider():
 def stack(monkeypatch, provider):
     """The template's tables, key and secret in moto, and the functions' environment set."""
     with mock_aws():
-        session = boto3.Session()
+        session = aws_session()
         built = Stack(parameters=TEST_PARAMETERS).provision(session)
         # What a deployer does after `sam deploy`: put the real client credentials in.
         session.client("secretsmanager").put_secret_value(

@@ -13,7 +13,9 @@ deleting the messages:
     R0  one connection, not due                     -> the fixed cost of a run
     R1  + X more connections, none due              -> (R1 - R0) / X = cost per connection not due
     R2  D of them due                               -> (R2 - R1) / D = cost per due connection
-and R2 / D, the cost per due connection with the run's fixed cost spread over D.
+and (R2 - L) / D, the cost per due connection with the run's fixed cost but the lease spread
+over D. L, the lease (one run at a time), is its own row: the real lease taken and released
+around a run that does nothing; R0 - L is the rest of the fixed cost (the index pages).
 API-key connections (issue 8) the same way, from a run with nothing due (K0): + Y keys, none
 due (K1); D of them due (K2); D due again but postponed, their account's quota used up (K3).
 """
@@ -27,6 +29,7 @@ import boto3
 from aws_lambda_powertools.utilities import parameters
 
 from broker import services
+from broker.scheduler import one_run_at_a_time
 from tests.bench.harness import aws_calls, broker_output, make_due, moto_stack, now
 from tests.local.schedule import sqs_event_sources
 from tests.support.inprocess import RETURN_TO, query_of
@@ -56,6 +59,8 @@ FLOORS = {
     "status": None,
     "delete (+ revocation)": None,
     "authorize, cold container": None,
+    # The floor: "lease write + release" per run; the index pages (fixed per run) have no number.
+    "scheduled: lease, fixed per run": {"dynamodb": 2, "query_pages": 0, "kms": 0, "secretsmanager": 0, "provider": 0},
     "scheduled: fixed per run": None,
     "scheduled: per due (marginal)":
         {"dynamodb": 3, "query_pages": 1, "kms": 2, "secretsmanager": 0, "provider": 1},
@@ -238,14 +243,17 @@ def measure(*, quick: bool) -> dict:
         assert r2["answer"]["enqueued"] == due and moto.provider.calls["refresh_token"] - refreshes_before == due
 
         def difference(run: dict, baseline: dict | None, divisor: int) -> dict:
-            """Counts per connection; `operations` stay those of the whole run."""
+            """Counts per connection (run - baseline, / divisor); `operations` stay those of the whole run."""
             counts = minus(run["counts"], baseline["counts"]) if baseline else run["counts"]
             chars = run["log_chars"] - (baseline["log_chars"] if baseline else 0)
             return {**run, "counts": per(counts, divisor), "log_chars": chars / divisor, "divided_by": divisor}
 
-        row("scheduled: fixed per run", r0)
+        lease = meter(lambda: one_run_at_a_time(services.connect_flow().flows, "bench-lease", lambda: "ran",
+                                                now=now(), seconds_left=lambda: 300))
+        row("scheduled: lease, fixed per run", lease, lambda a: a == "ran")
+        row("scheduled: fixed per run", difference(r0, lease, 1))
         row("scheduled: per due (marginal)", difference(r2, r1, due))
-        row("scheduled: per due (+ fixed share)", difference(r2, None, due))
+        row("scheduled: per due (+ fixed share)", difference(r2, lease, due))
         row("scheduled: per not-due (marginal)", difference(r1, r0, not_due + due))
 
         # -- the scheduled path for API-key connections (checks with Users/Me) -----------------

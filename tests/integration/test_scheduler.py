@@ -82,6 +82,36 @@ def test_workers_refresh_what_was_enqueued_and_nothing_else(broker, dynamodb, st
     assert run_scheduler() == {"enqueued": 0, "not_enqueued": 0}  # refreshed: no longer due
 
 
+def test_a_batch_the_queue_refused_stays_due_and_the_next_run_enqueues_it(broker, dynamodb, stack):
+    from botocore.exceptions import ClientError
+
+    ids = [f"due-{n:02d}" for n in range(12)]
+    for connection_id in ids:
+        broker.connect(connection_id)
+        make_due(dynamodb, stack, connection_id)
+    refused: list[str] = []
+
+    def refuse_the_first_batch(params, **_):
+        if not refused:
+            refused.extend(json.loads(e["MessageBody"])["connection_id"] for e in params["Entries"])
+            raise ClientError({"Error": {"Code": "KmsThrottled", "Message": "slow down"}}, "SendMessageBatch")
+
+    aws.client("sqs").meta.events.register("before-parameter-build.sqs.SendMessageBatch", refuse_the_first_batch)
+
+    assert run_scheduler() == {"enqueued": 12 - len(refused), "not_enqueued": len(refused)}  # the run went on
+    first = [json.loads(m["Body"])["connection_id"] for m in queued_messages(stack)]
+    assert refused and sorted(first) == sorted(set(ids) - set(refused))
+    assert run_worker(*(json.dumps({"connection_id": cid}) for cid in first)) == {"batchItemFailures": []}
+
+    # Still due: the next run enqueues exactly the refused batch, and it is refreshed.
+    assert run_scheduler() == {"enqueued": len(refused), "not_enqueued": 0}
+    second = [json.loads(m["Body"])["connection_id"] for m in queued_messages(stack)]
+    assert sorted(second) == sorted(refused)
+    assert run_worker(*(json.dumps({"connection_id": cid}) for cid in second)) == {"batchItemFailures": []}
+    assert all(connection_item(dynamodb, stack, cid)["version"]["N"] == "2" for cid in ids)
+    assert broker.provider.calls["refresh_token"] == 12
+
+
 def test_duplicate_and_late_messages_are_harmless(broker, dynamodb, stack):
     broker.connect("user-1")
     make_due(dynamodb, stack)

@@ -22,11 +22,11 @@ def test_a_second_run_while_one_is_running_does_nothing(broker, dynamodb, stack,
     reading, finish = threading.Event(), threading.Event()
     due_ids = ConnectionStore.due_connection_ids
 
-    def slow_first_read(self, shard, *, now):
+    def slow_first_read(self, shard, **query):
         if shard == 0 and not reading.is_set():
             reading.set()
             assert finish.wait(10)
-        return due_ids(self, shard, now=now)
+        return due_ids(self, shard, **query)
 
     monkeypatch.setattr(ConnectionStore, "due_connection_ids", slow_first_read)
     answers = {}

@@ -15,7 +15,7 @@ from broker.lifecycle import LifecycleEvents
 from tests.conftest import TEST_PARAMETERS, function_environment
 from tests.integration.test_api_keys import key_session
 from tests.support.lambda_events import lambda_context, load_handler
-from tests.support.stack import Stack
+from tests.support.stack import Stack, aws_session
 
 RECEIVER = "https://hooks.saas.example/insightly"
 PUBLIC, PRIVATE = ["93.184.215.14"], ["10.0.0.7"]
@@ -48,7 +48,7 @@ def hook_stack(monkeypatch):
     """The stack with WebhookUrl set: its secret, rule, queues in moto; the delivery
     function's environment set."""
     with mock_aws():
-        session = boto3.Session()
+        session = aws_session()
         built = Stack(parameters={**TEST_PARAMETERS, "WebhookUrl": RECEIVER}).provision(session)
         events = session.client("events")
         rule = built.resolve(built.resources["WebhookRule"]["Properties"])

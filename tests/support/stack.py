@@ -8,6 +8,8 @@ what a function's environment and routes are.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 import secrets
@@ -23,6 +25,14 @@ ACCOUNT_ID = "123456789012"  # moto's default account
 
 
 def load_template(path: Path = TEMPLATE) -> dict[str, Any]:
+    """The template, parsed once per version of the file (the YAML parser is pure Python: about
+    half a second a parse, and most tests build a stack); a copy each time, free to change."""
+    stat = path.stat()
+    return copy.deepcopy(_parsed(path, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.cache
+def _parsed(path: Path, mtime_ns: int, size: int) -> dict[str, Any]:
     return load_yaml(path.read_text())
 
 
@@ -41,6 +51,16 @@ def _generated(props: dict[str, Any]) -> str:
     value = json.loads(spec.get("SecretStringTemplate", "{}"))
     value[spec["GenerateStringKey"]] = generated
     return json.dumps(value)
+
+
+@functools.cache
+def aws_session():
+    """One boto3 session for the process: a new session reads every service's model again
+    (most of a second on a busy machine), and each test's stack is made through one. Its
+    clients are made per call, so they reach whatever mock_aws() or endpoint is current."""
+    import boto3  # here: most importers of this module never create anything
+
+    return boto3.Session()
 
 
 class Stack:

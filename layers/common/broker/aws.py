@@ -25,7 +25,10 @@ from . import deadline
 CONNECT_TIMEOUT, READ_TIMEOUT, ATTEMPTS = 1, 2, 2
 ATTEMPT_SECONDS = CONNECT_TIMEOUT + READ_TIMEOUT
 MAX_BACKOFF_SECONDS = 1  # standard mode: rand(0, 1) x 2^0 before the one retry
-_CONFIG = Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+# A kept connection for each of the scheduler's SendMessageBatch threads (scheduler.SENDERS);
+# botocore's 10 would open and drop a connection (a TLS handshake) per call beyond them.
+MAX_POOL_CONNECTIONS = 16
+_CONFIG = Config(connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT, max_pool_connections=MAX_POOL_CONNECTIONS,
                  retries={"mode": "standard", "total_max_attempts": ATTEMPTS})
 
 
@@ -41,11 +44,13 @@ def _refuse_without_time_left(**_) -> None:
         raise DeadlineExceeded()
 
 
-@cache
-def client(service: str):
+def new_client(service: str):
     made = boto3.client(service, config=_CONFIG)
     made.meta.events.register("before-send", _refuse_without_time_left)
     return made
+
+
+client = cache(new_client)  # one per service while the container is warm
 
 
 def get_secret(name: str, **options):
