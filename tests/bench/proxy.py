@@ -35,7 +35,7 @@ from botocore.credentials import Credentials
 from tests.bench.harness import aws_calls, moto_stack, now
 from tests.bench.throughput import StandInControl
 from tests.local import start_local_stack
-from tests.local.demo_app import BrokerClient
+from tests.support.signed import SignedCaller
 
 CONCURRENCY = (1, 4, 16)
 PATH, QUERY = "Contacts", "top=5"
@@ -105,7 +105,7 @@ def latency(*, latency_ms: float, rounds: int) -> dict:
         standin = StandInControl(local.standin_url)
         account = requests.post(f"{local.standin_url}/_control/api-keys", timeout=5,
                                 json={"pod": "na1", "daily_limit": 100_000_000}).json()
-        backend = BrokerClient(local.gateway_url, local.region, Credentials(local.access_key, local.secret_key))
+        backend = SignedCaller(local.gateway_url, local.region, local.access_key, local.secret_key)
         linked = backend.call("PUT", "/connections/bench-proxy/api-key",
                               {"api_key": account["api_key"], "api_url": account["api_url"]})
         assert linked.status_code == 200, linked.text

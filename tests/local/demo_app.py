@@ -21,7 +21,10 @@ backend routes use IAM auth), here each a method of `insightly_connect.Broker`:
                                            and guards the daily quota, whichever the kind
     DELETE /connections/{id}            -> revoke and forget
 
-(create_connect_session, complete_connect_session, status, proxy(...).get, delete.)
+In that order: `create_connect_session`, `complete_connect_session`, `status`,
+`proxy(id).get(path)` and `delete`; each refusal of the broker raises a BrokerError subclass
+(NotFoundError, NeedsReauthError, QuotaReservedError, ...) with its status and code.
+
 (GET /connections/{id}/token hands out api_base_url and the Authorization header instead,
 for a backend that must call Insightly itself; this app does not need it.)
 
