@@ -79,12 +79,13 @@ def demo(broker):
     app.stop()
 
 
-def assert_validly_signed(request: dict, secret: str = "testing", region: str = "us-east-1") -> None:
+def assert_validly_signed(request: dict, secret: str = "testing", region: str = "us-east-1",
+                          key: str = "testing") -> None:
     """Recompute the SigV4 signature with botocore from what arrived, as API Gateway would."""
     headers = request["headers"]
     found = AUTH.match(headers["Authorization"])
     assert found, headers["Authorization"]
-    assert found["service"] == "execute-api" and found["region"] == region and found["key"] == "testing"
+    assert found["service"] == "execute-api" and found["region"] == region and found["key"] == key
     assert headers["X-Amz-Date"].startswith(found["date"])
     signed = found["signed"].split(";")
     assert {"host", "x-amz-date"} <= set(signed)
@@ -351,6 +352,16 @@ def test_an_unreachable_broker_is_a_message_not_a_crash():
         assert "broker is unreachable" in requests.get(app.url + "/", timeout=5).text
         answer = requests.post(app.url + "/connect", allow_redirects=False, timeout=5)
         assert answer.status_code == 502 and "unreachable" in message_of(answer.text)
+
+
+def test_a_given_key_signs_instead_of_the_environments(broker):
+    """`make local` hands the demo the stack's key: the calls are signed with it, whatever the
+    environment (the default credential chain) holds."""
+    with DemoApp(broker_url=broker.url, access_key="AKIDLOCALSTACK", secret_key="local-secret",
+                 region="eu-west-1") as app:
+        requests.get(app.url + "/", timeout=5)
+    (call,) = broker.requests
+    assert_validly_signed(call, secret="local-secret", region="eu-west-1", key="AKIDLOCALSTACK")
 
 
 def test_a_tampered_request_fails_the_signature_check(broker, demo):
