@@ -15,6 +15,11 @@ SECURITY_LOCK := requirements-security.txt
 FAKE_AWS := AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 \
             AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 export SAM_CLI_TELEMETRY := 0
+# What `make local`, `smoke` and `bench` import from the source tree, as pytest does (its
+# `pythonpath` in pyproject.toml): the layer, the tests and the Python client the demo app
+# uses. A path, not an install into the venv: the client is read from the checkout as it is
+# now, nothing installed can go stale, and the venv stays exactly the locked set.
+LOCAL_PYTHONPATH := layers/common:.:clients/python/src
 
 .PHONY: help install lock test test-node fuzz chromium lint validate security build deploy local smoke bench docs clean
 
@@ -131,17 +136,17 @@ deploy: build
 # exec: no shell stays between make and the stack, so Ctrl-C reaches the stack alone, which
 # stops cleanly and exits 0 (a shell left waiting would die of the SIGINT and make report it).
 local: $(STAMP)
-	exec env LOCAL_SCHEDULE_SECONDS=$${LOCAL_SCHEDULE_SECONDS:-30} PYTHONPATH=layers/common:. $(BIN)/python -m tests.local
+	exec env LOCAL_SCHEDULE_SECONDS=$${LOCAL_SCHEDULE_SECONDS:-30} PYTHONPATH=$(LOCAL_PYTHONPATH) $(BIN)/python -m tests.local
 
 # Without API_URL: a local stack on free ports. With API_URL=... AWS_REGION=...: the deployed
 # stack, signed with your AWS credentials; it creates one connect session (see tests/smoke.py).
 smoke: $(STAMP)
-	PYTHONPATH=layers/common:. $(BIN)/python -m tests.smoke
+	PYTHONPATH=$(LOCAL_PYTHONPATH) $(BIN)/python -m tests.smoke
 
 # Loopback only, a few minutes on 2 cores; writes .bench/results.json and .bench/throughput.png.
 # Options: BENCH_ARGS="--quick --latency-ms 100 --connections 160" (see docs/benchmarks.md).
 bench: $(STAMP)
-	PYTHONPATH=layers/common:. $(BIN)/python -m tests.bench $(BENCH_ARGS)
+	PYTHONPATH=$(LOCAL_PYTHONPATH) $(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 # README.md is the front page; docs/ holds the rest (mkdocs.yml). --strict turns every
 # warning into a failure: a broken link or anchor, a page left out of the nav. Not --quiet:

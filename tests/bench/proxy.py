@@ -83,7 +83,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "common"), str(ROOT)])}
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "layers" / "common"), str(ROOT),
+                                                       str(ROOT / "clients" / "python" / "src")])}
 
 
 def run_callers(concurrency: int, rounds: int, spec: dict) -> tuple[float, list[float], Counter]:

@@ -15,13 +15,12 @@ import json
 import sys
 
 import requests
-from botocore.credentials import Credentials
 
 from tests.bench.__main__ import PROCESS_ENV  # noqa: F401 - sets this process's fake AWS environment first
 from tests.bench.harness import broker_output, loopback_only
 from tests.bench.throughput import StandInControl
 from tests.local import start_local_stack
-from tests.local.demo_app import BrokerClient
+from tests.support.signed import SignedCaller
 
 PATH, QUERY = "Contacts", "top=5"
 
@@ -36,7 +35,7 @@ def main() -> int:
             source.stop()
         account = requests.post(f"{local.standin_url}/_control/api-keys", timeout=5,
                                 json={"pod": "na1", "daily_limit": 100_000_000}).json()
-        backend = BrokerClient(local.gateway_url, local.region, Credentials(local.access_key, local.secret_key))
+        backend = SignedCaller(local.gateway_url, local.region, local.access_key, local.secret_key)
         with broker_output():
             linked = backend.call("PUT", "/connections/bench-proxy/api-key",
                                   {"api_key": account["api_key"], "api_url": account["api_url"]})

@@ -5,12 +5,11 @@ import shutil
 
 import pytest
 import requests
-from botocore.credentials import Credentials
 from playwright.sync_api import sync_playwright
 
 from tests.local import start_local_stack
-from tests.local.demo_app import BrokerClient
 from tests.support.openapi import Contract
+from tests.support.signed import SignedCaller
 
 ARTIFACTS = __import__("pathlib").Path(__file__).resolve().parents[2] / ".e2e-artifacts"
 # Debian's Chromium (Playwright's own browser download is not used).
@@ -72,8 +71,9 @@ def standin(local):
 
 @pytest.fixture
 def backend(local):
-    """The SaaS backend: SigV4-signed calls with the local credentials."""
-    return BrokerClient(local.gateway_url, local.region, Credentials(local.access_key, local.secret_key))
+    """The SaaS backend's signed calls with the local credentials, answered raw (statuses and
+    headers are what these tests check)."""
+    return SignedCaller(local.gateway_url, local.region, local.access_key, local.secret_key)
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
-from botocore.credentials import Credentials
 
-from tests.local.demo_app import BrokerClient
 from tests.local.schedule import Scheduler
+from tests.support.signed import SignedCaller
 
 
 def query(url: str) -> dict:
@@ -63,7 +62,7 @@ def test_backend_routes_refuse_unsigned_and_badly_signed_calls(local):
     unsigned = requests.post(f"{local.gateway_url}/connect-sessions", timeout=5,
                              json={"connection_id": "x", "return_to": local.demo_url + "/"})
     assert unsigned.status_code == 403
-    forged = BrokerClient(local.gateway_url, local.region, Credentials(local.access_key, "not-the-secret"))
+    forged = SignedCaller(local.gateway_url, local.region, local.access_key, "not-the-secret")
     assert forged.connection("x").status_code == 403
     public = requests.get(f"{local.gateway_url}/oauth/authorize", timeout=5)
     assert public.status_code == 400 and public.json()["error"] == "missing_session"

@@ -9,7 +9,7 @@ import requests
 
 from tests.e2e.test_api_key_http import connect_with_key
 from tests.e2e.test_http import connect
-from tests.local.demo_app import BrokerClient
+from tests.support.signed import SignedCaller
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,7 @@ def connected(local, backend, standin, kind: str, connection_id: str) -> dict:
     return {**token.json(), "account": account.get("account", "oauth")}
 
 
-def proxied(backend: BrokerClient, connection_id: str, method: str, path: str, *, query=None, body=None,
+def proxied(backend: SignedCaller, connection_id: str, method: str, path: str, *, query=None, body=None,
             headers=None) -> requests.Response:
     return backend.call(method, f"/connections/{connection_id}/proxy/{path}", body, query=query,
                         headers={"Accept": "application/json", **(headers or {})})

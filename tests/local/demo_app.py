@@ -1,7 +1,9 @@
-"""Demo SaaS: the reference integration with Insightly Connect. Copy from this.
+"""Demo SaaS: a small web app integrated with Insightly Connect through the Python client,
+`insightly_connect` (clients/python: `pip install ./clients/python`). Start from the client
+and its README; this app shows where the calls go in a web app.
 
 A SaaS backend needs five calls to the broker, each signed with SigV4 (the broker's
-backend routes use IAM auth):
+backend routes use IAM auth), here each a method of `insightly_connect.Broker`:
 
     POST   /connect-sessions            -> {"auth_mode": "oauth2"} (Insightly's consent page)
                                            or "api_key" (the broker's key page); keep
@@ -18,6 +20,10 @@ backend routes use IAM auth):
                                            credential, follows the pod, recovers from a 401
                                            and guards the daily quota, whichever the kind
     DELETE /connections/{id}            -> revoke and forget
+
+In that order: `create_connect_session`, `complete_connect_session`, `status`,
+`proxy(id).get(path)` and `delete`; each refusal of the broker raises a BrokerError subclass
+(NotFoundError, NeedsReauthError, QuotaReservedError, ...) with its status and code.
 
 (GET /connections/{id}/token hands out api_base_url and the Authorization header instead,
 for a backend that must call Insightly itself; this app does not need it.)
@@ -49,7 +55,6 @@ import argparse
 import hmac
 import html
 import json
-import os
 import secrets
 import threading
 import time
@@ -57,82 +62,35 @@ from collections import deque
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
+import botocore.session
 import requests
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from insightly_connect import Broker, BrokerError, Connection, NotFoundError, QuotaReservedError
+from insightly_connect.errors import error_for
+from insightly_connect.models import Priority
 from tests.local.server import ThreadedServer
 
-TIMEOUT = (3.05, 30)  # a proxied call may include a refresh and retries at the provider
+STANDIN_TIMEOUT = (3.05, 10)
 
 
 # -- the integration: what a SaaS backend does ---------------------------------------------------
 
-class BrokerClient:
-    """The broker's backend routes, called with SigV4-signed requests (service execute-api)."""
-
-    def __init__(self, url: str, region: str, credentials: Credentials):
-        self.url = url.rstrip("/")
-        self.region = region
-        self.credentials = credentials
-
-    def call(self, method: str, path: str, body: dict | None = None, *, query: dict[str, str] | None = None,
-             headers: dict[str, str] | None = None) -> requests.Response:
-        data = json.dumps(body) if body is not None else None
-        headers = {**({"Content-Type": "application/json"} if data else {}), **(headers or {})}
-        url = self.url + path + ("?" + urlencode(query) if query else "")
-        request = AWSRequest(method=method, url=url, data=data, headers=headers)
-        SigV4Auth(self.credentials, "execute-api", self.region).add_auth(request)
-        return requests.request(method, request.url, data=data, headers=dict(request.headers), timeout=TIMEOUT)
-
-    def create_connect_session(self, connection_id: str, return_to: str,
-                               auth_mode: str = "oauth2", display: str = "redirect") -> requests.Response:
-        body = {"connection_id": connection_id, "return_to": return_to, "auth_mode": auth_mode}
-        if display != "redirect":
-            body["display"] = display
-        return self.call("POST", "/connect-sessions", body)
-
-    def complete_connect_session(self, session_id: str, completion_code: str) -> requests.Response:
-        return self.call("POST", f"/connect-sessions/{quote(session_id, safe='')}/complete",
-                         {"completion_code": completion_code})
-
-    def connection(self, connection_id: str) -> requests.Response:
-        return self.call("GET", f"/connections/{quote(connection_id, safe='')}")
-
-    def token(self, connection_id: str) -> requests.Response:
-        return self.call("GET", f"/connections/{quote(connection_id, safe='')}/token")
-
-    def delete(self, connection_id: str) -> requests.Response:
-        return self.call("DELETE", f"/connections/{quote(connection_id, safe='')}")
-
-    def proxy(self, connection_id: str, method: str, path: str, body: dict | None = None, *,
-              query: dict[str, str] | None = None, priority: str = "interactive") -> requests.Response:
-        """Insightly's `path` (below its API base, e.g. "Contacts") through the broker, which
-        injects the connection's credential: the backend never holds one. A sync marks its
-        calls background: the broker keeps the quota's reserve for the interactive ones."""
-        return self.call(method, f"/connections/{quote(connection_id, safe='')}/proxy/{quote(path, safe='/')}",
-                         body, query=query, headers={"Accept": "application/json", "X-Broker-Priority": priority})
+def aws_session(access_key: str | None = None, secret_key: str | None = None,
+                session_token: str | None = None) -> botocore.session.Session:
+    """The credentials the calls are signed with: the given key (the local stack's), else the
+    default chain (environment, shared files, a deployed backend's role)."""
+    session = botocore.session.Session()
+    if access_key and secret_key:
+        session.set_credentials(access_key, secret_key, session_token)
+    return session
 
 
-def broker_message(response: requests.Response) -> str:
-    """The human part of an error answer: the broker's "message", or API Gateway's."""
-    try:
-        body = response.json()
-        return str(body.get("message") or body.get("error") or response.reason)
-    except (ValueError, AttributeError):
-        return str(response.reason or response.status_code)
-
-
-def broker_error(response: requests.Response) -> str:
-    """The broker's machine-readable error code ({"error": ..., "message": ...})."""
-    try:
-        return str(response.json().get("error") or response.status_code)
-    except (ValueError, AttributeError):
-        return str(response.status_code)
+def code_of(refused: BrokerError) -> str:
+    """The broker's error code, or the status for an answer without one (API Gateway's)."""
+    return refused.code or str(refused.status)
 
 
 # -- the web app ---------------------------------------------------------------------------------
@@ -147,6 +105,7 @@ TOO_MANY_ATTEMPTS = "Insightly refused the API key too many times. Nothing was c
 QUOTA_USED_UP = "Insightly's daily API limit for this account is used up; try again later."
 AUTH_MODES = {"oauth2": "OAuth", "api_key": "API key"}
 NOT_YOURS = "This connection was not started from your session. Nothing was connected."
+UNREACHABLE = "The connection broker is unreachable."
 SESSION_COOKIE = "demo_session"
 CONNECT_JS = Path(__file__).resolve().parents[2] / "clients" / "browser" / "connect.js"
 # Both buttons open the flow in a popup when JavaScript runs; without it the forms redirect.
@@ -194,10 +153,8 @@ class DemoApp:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, broker_url: str = "http://127.0.0.1:3000",
                  region: str = "us-east-1", *, connection_id: str = "demo-user", access_key: str | None = None,
                  secret_key: str | None = None, session_token: str | None = None):
-        # A deployed backend would use its role: botocore.session.Session().get_credentials().
-        credentials = Credentials(access_key or os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
-                                  secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"), session_token)
-        self.broker = BrokerClient(broker_url, region, credentials)
+        self._aws = aws_session(access_key, secret_key, session_token)
+        self.broker = Broker(broker_url, region, self._aws)
         self.connection_id = connection_id
         # The SaaS's own server-side sessions (cookie value -> data); a real app has its own store.
         self.sessions: dict[str, dict] = {}
@@ -214,7 +171,7 @@ class DemoApp:
     def point_at(self, broker_url: str) -> DemoApp:
         """Use this broker: for an app built before the broker's URL was known. (Insightly is
         called through the broker's proxy, so its URL is all the app needs.)"""
-        self.broker.url = broker_url.rstrip("/")
+        self.broker = Broker(broker_url, self.broker.region, self._aws)
         return self
 
     def start(self) -> DemoApp:
@@ -259,17 +216,18 @@ class DemoApp:
         consent page, or the broker's key page), and the same completion on return. For a
         popup, connect.js gets connect_url as JSON and opens it in the popup it opened."""
         try:
-            answer = self.broker.create_connect_session(self.connection_id, return_to=self.url + "/",
-                                                        auth_mode=auth_mode, display=display)
+            started = self.broker.create_connect_session(self.connection_id, return_to=self.url + "/",
+                                                         auth_mode=auth_mode,
+                                                         display=None if display == "redirect" else display)
         except requests.RequestException:
-            return 502, {}, self.page("The connection broker is unreachable.")
-        if answer.status_code != 201:
-            return 502, {}, self.page(f"Could not start connecting Insightly ({broker_error(answer)})")
+            return 502, {}, self.page(UNREACHABLE)
+        except BrokerError as refused:
+            return 502, {}, self.page(f"Could not start connecting Insightly ({code_of(refused)})")
         if session is not None:  # server side only: the browser never sees session_id on the way out
-            session["connect_session_id"] = answer.json()["session_id"]
+            session["connect_session_id"] = started.session_id
         if display == "popup":
-            return 201, {"Content-Type": "application/json"}, json.dumps({"connect_url": answer.json()["connect_url"]})
-        return 303, {"Location": answer.json()["connect_url"]}, ""
+            return 201, {"Content-Type": "application/json"}, json.dumps({"connect_url": started.connect_url})
+        return 303, {"Location": started.connect_url}, ""
 
     def complete(self, query: dict[str, str], session: dict) -> tuple[int, dict, str]:
         """Back from the broker with a pending connection: link it only if this browser's own
@@ -279,21 +237,33 @@ class DemoApp:
             return 403, {}, self.page(NOT_YOURS)
         session.pop("connect_session_id")
         try:
-            answer = self.broker.complete_connect_session(expected, query.get("completion_code", ""))
+            self.broker.complete_connect_session(expected, query.get("completion_code", ""))
         except requests.RequestException:
-            return 502, {}, self.page("The connection broker is unreachable.")
-        if answer.status_code != 200:
-            return 502, {}, self.page(f"Connecting Insightly failed ({broker_error(answer)[:100]})")
+            return 502, {}, self.page(UNREACHABLE)
+        except BrokerError as refused:
+            return 502, {}, self.page(f"Connecting Insightly failed ({code_of(refused)[:100]})")
         # A clean URL: the completion code is spent and has no business in the history.
         return 303, {"Location": f"/?status=connected&connection_id={quote(self.connection_id)}"}, ""
 
+    def insightly_get(self, path: str, params: dict[str, str] | None = None,
+                      priority: Priority = "interactive") -> requests.Response:
+        """Insightly's own answer to GET `path`, through the broker's proxy, which adds the
+        credential (Bearer for OAuth, Basic on the account's pod for a key): the app never holds
+        one. The broker's own refusals raise BrokerError (they carry X-Broker-Error), and so
+        does a 5xx without Insightly's X-RateLimit-Limit (which every Insightly answer carries):
+        that is the broker's platform failing (API Gateway's `{"message": "Internal Server
+        Error"}` when a function fails), not Insightly."""
+        answer = self.broker.proxy(self.connection_id, priority=priority).get(path, params=params)
+        if answer.status_code >= 500 and "X-RateLimit-Limit" not in answer.headers:
+            raise error_for(answer.status_code, answer.content, answer.headers, response=answer)
+        return answer
+
     def call_insightly(self) -> tuple[int, dict, str]:
-        """Users/Me through the broker's proxy: one code path for both kinds (Bearer for
-        OAuth, Basic on the account's own pod for an API key, chosen by the broker)."""
+        """Users/Me through the broker's proxy: one code path for both kinds."""
         try:
-            me = self.broker.proxy(self.connection_id, "GET", "Users/Me")
-        except requests.RequestException:
-            return 502, {}, self.page("The connection broker is unreachable.")
+            me = self.insightly_get("Users/Me")
+        except (requests.RequestException, BrokerError) as failed:
+            return self.proxy_refusal(failed)
         if me.status_code != 200:
             return self.proxy_refusal(me)
         user = me.json()
@@ -303,10 +273,9 @@ class DemoApp:
     def list_contacts(self) -> tuple[int, dict, str]:
         """The first contacts and how many there are (Insightly's X-Total-Count), through the proxy."""
         try:
-            answer = self.broker.proxy(self.connection_id, "GET", "Contacts",
-                                       query={"top": str(CONTACTS_SHOWN), "count_total": "true"})
-        except requests.RequestException:
-            return 502, {}, self.page("The connection broker is unreachable.")
+            answer = self.insightly_get("Contacts", {"top": str(CONTACTS_SHOWN), "count_total": "true"})
+        except (requests.RequestException, BrokerError) as failed:
+            return self.proxy_refusal(failed)
         if answer.status_code != 200:
             return self.proxy_refusal(answer)
         contacts = answer.json()
@@ -320,39 +289,39 @@ class DemoApp:
         made = 0
         while made < most:
             try:
-                answer = self.broker.proxy(self.connection_id, "GET", "Contacts", query={"top": "1"},
-                                           priority="background")
-            except requests.RequestException:
-                return 502, {}, self.page("The connection broker is unreachable.")
-            if answer.headers.get("X-Broker-Error") == "quota_reserved":
-                left = answer.headers.get("X-RateLimit-Remaining", "?")
+                answer = self.insightly_get("Contacts", {"top": "1"}, priority="background")
+            except QuotaReservedError as reserved:
+                left = reserved.response.headers.get("X-RateLimit-Remaining", "?")
                 return 200, {}, self.page("", call_result=f"Background sync: {made} calls, then stopped at the "
                                               f"reserve ({left} left for interactive calls)")
+            except (requests.RequestException, BrokerError) as failed:
+                return self.proxy_refusal(failed)
             if answer.status_code != 200:
                 return self.proxy_refusal(answer)
             made += 1
         return 200, {}, self.page("", call_result=f"Background sync: {made} calls")
 
-    def proxy_refusal(self, answer: requests.Response) -> tuple[int, dict, str]:
-        """What a person reads when a proxied call did not succeed, saying truly who answered.
-        X-Broker-Error marks the broker's own answers. An answer without it is Insightly's,
-        passed on as it came, except a 5xx without Insightly's X-RateLimit-Limit (which every
-        Insightly answer carries): that is the broker's platform failing (API Gateway's
-        `{"message": "Internal Server Error"}` when a function fails)."""
-        error = answer.headers.get("X-Broker-Error")
-        if error == "connection_not_found":
+    def proxy_refusal(self, refusal: BrokerError | requests.RequestException | requests.Response,
+                      ) -> tuple[int, dict, str]:
+        """What a person reads when a proxied call did not succeed, saying truly who answered:
+        a BrokerError is the broker's own answer (see insightly_get), a Response Insightly's,
+        passed on as it came."""
+        if isinstance(refusal, requests.RequestException):
+            return 502, {}, self.page(UNREACHABLE)
+        by_broker = isinstance(refusal, BrokerError)
+        status = refusal.status if by_broker else refusal.status_code
+        code = refusal.code if by_broker else None
+        if code == "connection_not_found":
             return 409, {}, self.page("Connect Insightly first.")
-        if error == "needs_reauth":
+        if code == "needs_reauth":
             return 409, {}, self.page("Insightly needs to be connected again.")
-        if answer.status_code == 429:  # Insightly's 429, or the broker's while the quota is gone
+        if status == 429:  # Insightly's 429, or the broker's while the quota is gone
             return 502, {}, self.page(QUOTA_USED_UP)
-        if error == "provider_unauthorized" or (not error and answer.status_code in (401, 403)):
-            return 502, {}, self.page(f"Insightly refused the credentials ({answer.status_code}).")
-        if error:
-            return 502, {}, self.page(f"The broker answered {answer.status_code} ({error[:100]}).")
-        if answer.status_code >= 500 and "X-RateLimit-Limit" not in answer.headers:
-            return 502, {}, self.page(f"The broker answered {answer.status_code} ({broker_message(answer)[:100]}).")
-        return 502, {}, self.page(f"Insightly answered {answer.status_code}.")
+        if code == "provider_unauthorized" or (not by_broker and status in (401, 403)):
+            return 502, {}, self.page(f"Insightly refused the credentials ({status}).")
+        if by_broker:
+            return 502, {}, self.page(f"The broker answered {status} ({(code or refusal.message)[:100]}).")
+        return 502, {}, self.page(f"Insightly answered {status}.")
 
     def issue_test_key(self) -> tuple[int, dict, str]:
         """Locally only: a new account at the Insightly stand-in, with a live API key, to paste
@@ -361,7 +330,7 @@ class DemoApp:
             return 404, {}, self.page("There is no Insightly stand-in to issue a test key.")
         try:
             answer = requests.post(f"{self.standin_url}/_control/api-keys", json={"pod": TEST_KEY_POD},
-                                   timeout=TIMEOUT)
+                                   timeout=STANDIN_TIMEOUT)
             answer.raise_for_status()
             issued = answer.json()
         except (requests.RequestException, ValueError):
@@ -370,11 +339,13 @@ class DemoApp:
 
     def disconnect(self) -> tuple[int, dict, str]:
         try:
-            answer = self.broker.delete(self.connection_id)
+            self.broker.delete(self.connection_id)
+        except NotFoundError:
+            pass  # already gone: disconnected all the same
         except requests.RequestException:
-            return 502, {}, self.page("The connection broker is unreachable.")
-        if answer.status_code not in (204, 404):
-            return 502, {}, self.page(f"Disconnecting failed ({broker_error(answer)})")
+            return 502, {}, self.page(UNREACHABLE)
+        except BrokerError as refused:
+            return 502, {}, self.page(f"Disconnecting failed ({code_of(refused)})")
         return 303, {"Location": "/?status=disconnected"}, ""
 
     def receive_webhook(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, str]:
@@ -407,37 +378,37 @@ class DemoApp:
 
     # -- the page --------------------------------------------------------------------------------
 
-    def connection_status(self) -> tuple[str, dict]:
-        """A line for people, and the status JSON (empty when there is none)."""
+    def connection_status(self) -> tuple[str, Connection | None]:
+        """A line for people, and the connection's status (None when there is none)."""
         try:
-            answer = self.broker.connection(self.connection_id)
+            connection = self.broker.status(self.connection_id)
+        except NotFoundError:
+            return "Not connected", None
         except requests.RequestException:
-            return "Unknown: the connection broker is unreachable", {}
-        if answer.status_code == 404:
-            return "Not connected", {}
-        if answer.status_code != 200:
-            return f"Unknown ({broker_error(answer)})", {}
-        connection = answer.json()
-        user = connection.get("provider_user") or {}
+            return "Unknown: the connection broker is unreachable", None
+        except BrokerError as refused:
+            return f"Unknown ({code_of(refused)})", None
+        user = connection.provider_user or {}
         who = " ".join(filter(None, [user.get("name"), f"({user['email']})" if user.get("email") else None]))
-        if connection.get("status") == "active":
+        if connection.status == "active":
             return (f"Connected as {who}" if who else "Connected"), connection
-        if connection.get("status") == "needs_reauth":
+        if connection.status == "needs_reauth":
             return (f"Needs to be connected again ({who})" if who else "Needs to be connected again"), connection
-        return str(connection.get("status")), connection
+        return str(connection.status), connection
 
     @staticmethod
-    def connection_details(connection: dict) -> str:
+    def connection_details(connection: Connection | None) -> str:
         """How it is connected and, for a key, how much of the account's daily quota is left
         (each call, the broker's checks included, spends one)."""
-        if not connection:
+        if connection is None:
             return ""
         e = html.escape
-        mode = AUTH_MODES.get(connection.get("auth_mode"), str(connection.get("auth_mode")))
-        if connection.get("pod"):
-            mode += f" (pod {connection['pod']})"
+        mode = AUTH_MODES.get(connection.auth_mode, str(connection.auth_mode))
+        if connection.pod:
+            mode += f" (pod {connection.pod})"
         details = f'<p>Connected with: <span id="auth-mode">{e(mode)}</span></p>'
-        rate = connection.get("quota") or connection.get("rate_limit") or {}
+        # "quota" (the quota group's, with its reserve) from brokers with quota groups, else the key's own.
+        rate = connection.raw.get("quota") or connection.rate_limit or {}
         if isinstance(rate.get("limit"), int) and isinstance(rate.get("remaining"), int):
             quota = f"{rate['remaining']:,} of {rate['limit']:,} requests left today"
             quota += " (used up)" if rate["remaining"] == 0 else " (reserve reached)" if rate.get(

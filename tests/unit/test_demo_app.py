@@ -79,12 +79,13 @@ def demo(broker):
     app.stop()
 
 
-def assert_validly_signed(request: dict, secret: str = "testing", region: str = "us-east-1") -> None:
+def assert_validly_signed(request: dict, secret: str = "testing", region: str = "us-east-1",
+                          key: str = "testing") -> None:
     """Recompute the SigV4 signature with botocore from what arrived, as API Gateway would."""
     headers = request["headers"]
     found = AUTH.match(headers["Authorization"])
     assert found, headers["Authorization"]
-    assert found["service"] == "execute-api" and found["region"] == region and found["key"] == "testing"
+    assert found["service"] == "execute-api" and found["region"] == region and found["key"] == key
     assert headers["X-Amz-Date"].startswith(found["date"])
     signed = found["signed"].split(";")
     assert {"host", "x-amz-date"} <= set(signed)
@@ -157,10 +158,18 @@ def test_flash_messages_after_returning_from_the_broker(demo, query, message):
     assert message_of(page) == message and "<script>" not in page
 
 
+SESSION_ID = "s" * 42 + "A"
+
+
+def session_created(connect_url: str, auth_mode: str = "oauth2") -> tuple:
+    """The broker's 201 to POST /connect-sessions, as docs/openapi.yaml has it."""
+    return 201, {"connect_url": connect_url, "session_id": SESSION_ID, "auth_mode": auth_mode,
+                 "expires_at": "2030-01-01T00:00:00Z"}
+
+
 def test_connect_creates_a_signed_session_and_sends_the_browser_to_the_broker(broker, demo):
     connect_url = broker.url + "/oauth/authorize?session=abc"
-    broker.answers[("POST", "/connect-sessions")] = (201, {"connect_url": connect_url, "session_id": SESSION_ID,
-                                                           "expires_at": "2030-01-01T00:00:00Z"})
+    broker.answers[("POST", "/connect-sessions")] = session_created(connect_url)
     answer = requests.post(demo.url + "/connect", allow_redirects=False, timeout=5)
     assert answer.status_code == 303 and answer.headers["Location"] == connect_url
     (call,) = broker.requests
@@ -172,8 +181,7 @@ def test_connect_creates_a_signed_session_and_sends_the_browser_to_the_broker(br
 
 def test_connect_with_an_api_key_sends_the_browser_to_the_key_page(broker, demo):
     key_page = broker.url + "/connect/api-key?session=abc"
-    broker.answers[("POST", "/connect-sessions")] = (201, {"connect_url": key_page, "session_id": SESSION_ID,
-                                                           "auth_mode": "api_key", "expires_at": "x"})
+    broker.answers[("POST", "/connect-sessions")] = session_created(key_page, "api_key")
     answer = requests.post(demo.url + "/connect-api-key", allow_redirects=False, timeout=5)
     assert answer.status_code == 303 and answer.headers["Location"] == key_page
     (call,) = broker.requests
@@ -182,14 +190,12 @@ def test_connect_with_an_api_key_sends_the_browser_to_the_key_page(broker, demo)
     assert_validly_signed(call)
 
 
-SESSION_ID = "s" * 42 + "A"
 PENDING = f"/?status=pending&session_id={SESSION_ID}&completion_code={'c' * 43}"
 
 
 def started_connecting(broker, demo, button: str = "/connect") -> requests.Session:
     """A browser that clicked Connect: its server-side session holds the broker's session_id."""
-    broker.answers[("POST", "/connect-sessions")] = (201, {"connect_url": broker.url + "/oauth/authorize?session=a",
-                                                           "session_id": SESSION_ID, "expires_at": "x"})
+    broker.answers[("POST", "/connect-sessions")] = session_created(broker.url + "/oauth/authorize?session=a")
     browser = requests.Session()
     assert browser.post(demo.url + button, allow_redirects=False, timeout=5).status_code == 303
     assert SESSION_ID not in str(browser.cookies.get_dict())  # kept server side
@@ -348,6 +354,16 @@ def test_an_unreachable_broker_is_a_message_not_a_crash():
         assert answer.status_code == 502 and "unreachable" in message_of(answer.text)
 
 
+def test_a_given_key_signs_instead_of_the_environments(broker):
+    """`make local` hands the demo the stack's key: the calls are signed with it, whatever the
+    environment (the default credential chain) holds."""
+    with DemoApp(broker_url=broker.url, access_key="AKIDLOCALSTACK", secret_key="local-secret",
+                 region="eu-west-1") as app:
+        requests.get(app.url + "/", timeout=5)
+    (call,) = broker.requests
+    assert_validly_signed(call, secret="local-secret", region="eu-west-1", key="AKIDLOCALSTACK")
+
+
 def test_a_tampered_request_fails_the_signature_check(broker, demo):
     requests.get(demo.url + "/", timeout=5)
     (call,) = broker.requests
@@ -374,8 +390,7 @@ def test_an_app_built_before_the_broker_is_pointed_at_it(broker):
 def test_a_popup_connect_asks_for_display_popup_and_completes_the_posted_outcome_like_a_redirect(
         broker, demo, button, auth_mode):
     connect_url = broker.url + "/oauth/authorize?session=a"
-    broker.answers[("POST", "/connect-sessions")] = (201, {"connect_url": connect_url, "session_id": SESSION_ID,
-                                                           "expires_at": "x"})
+    broker.answers[("POST", "/connect-sessions")] = session_created(connect_url, auth_mode)
     browser = requests.Session()
     started = browser.post(demo.url + button, allow_redirects=False, timeout=5)
     assert started.status_code == 201 and started.json() == {"connect_url": connect_url}  # no session_id

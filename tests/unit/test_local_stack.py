@@ -11,10 +11,10 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from botocore.credentials import Credentials
 
+from insightly_connect import Broker
 from tests.local import start_local_stack
-from tests.local.demo_app import BrokerClient
+from tests.support.signed import keyed_session
 
 
 def test_the_whole_stack_starts_connects_and_stops_cleanly(tmp_path):
@@ -93,11 +93,10 @@ def test_a_wrong_public_base_url_is_caught_on_the_consent_page():
                               AllowedReturnOrigins="http://127.0.0.1:8080")
     try:
         assert local.env["PUBLIC_BASE_URL"] == "https://broker.example.com"
-        signed = BrokerClient(local.gateway_url, local.region, Credentials(local.access_key, local.secret_key))
-        session = signed.create_connect_session("user-1", "http://127.0.0.1:8080/")
-        assert session.status_code == 201, session.text
+        broker = Broker(local.gateway_url, local.region, keyed_session(local.access_key, local.secret_key))
+        session = broker.create_connect_session("user-1", "http://127.0.0.1:8080/")
         # The connect URL names the wrong host; the same path on the gateway gets to the redirect.
-        connect_path = urlsplit(session.json()["connect_url"])
+        connect_path = urlsplit(session.connect_url)
         redirect = requests.get(f"{local.gateway_url}{connect_path.path}?{connect_path.query}",
                                 allow_redirects=False, timeout=10)
         assert redirect.status_code == 302
