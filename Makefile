@@ -136,7 +136,7 @@ deploy: build
 # exec: no shell stays between make and the stack, so Ctrl-C reaches the stack alone, which
 # stops cleanly and exits 0 (a shell left waiting would die of the SIGINT and make report it).
 local: $(STAMP)
-	exec env LOCAL_SCHEDULE_SECONDS=$${LOCAL_SCHEDULE_SECONDS:-30} PYTHONPATH=$(LOCAL_PYTHONPATH) $(BIN)/python -m tests.local
+	exec env LOCAL_SCHEDULE_SECONDS=$${LOCAL_SCHEDULE_SECONDS:-30} PYTHONPATH=$(LOCAL_PYTHONPATH) $(BIN)/python -m local
 
 # Without API_URL: a local stack on free ports. With API_URL=... AWS_REGION=...: the deployed
 # stack, signed with your AWS credentials; it creates one connect session (see tests/smoke.py).

@@ -27,10 +27,10 @@ from aws_lambda_powertools.utilities import parameters  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from broker import services  # noqa: E402
-from tests.support import moto_atomic  # noqa: E402
-from tests.support.fake_provider import FakeInsightly  # noqa: E402
+from local import moto_atomic  # noqa: E402
+from local.fake_insightly import FakeInsightly  # noqa: E402
+from local.stack import Stack, aws_session  # noqa: E402
 from tests.support.inprocess import InProcessBroker  # noqa: E402
-from tests.support.stack import Stack, aws_session  # noqa: E402
 
 moto_atomic.install()  # conditional writes are atomic in DynamoDB; make them so in moto
 
@@ -48,7 +48,7 @@ def _loopback_only(sock, address):
 def no_deadline_left_over():
     """A handler called in the test's own thread sets the invocation's deadline (a context
     variable) and nothing ends it: tests that ran 29 s later found "no time left"."""
-    from broker import deadline
+    from broker.platform import deadline
 
     token = deadline._deadline.set(float("inf"))
     yield
@@ -132,7 +132,7 @@ def captured_logs():
     import io
     import logging
 
-    from broker.observability import logger
+    from broker.platform.observability import logger
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

@@ -240,7 +240,7 @@ def main(environ=os.environ, out=say) -> int:
 def _check_local_stack(options: dict, out) -> int:
     from botocore.credentials import Credentials
 
-    from tests.local import start_local_stack
+    from local import start_local_stack
 
     local = start_local_stack(demo=False, schedule=False,
                               AllowedReturnOrigins=f"{urlsplit(options['return_to']).scheme}://"

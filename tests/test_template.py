@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.stack import Stack, load_template, parameter_env_name
+from local.stack import Stack, load_template, parameter_env_name
 
 TEMPLATE = load_template()
 RESOURCES = TEMPLATE["Resources"]
@@ -304,8 +304,8 @@ def test_every_setting_parameter_reaches_every_function_by_its_env_name():
 
 
 def test_the_auth_modes_pattern_allows_exactly_what_the_settings_loader_accepts():
-    from broker.config import Settings
-    from broker.errors import ConfigurationError
+    from broker.platform.config import Settings
+    from broker.platform.errors import ConfigurationError
 
     parameter = TEMPLATE["Parameters"]["AuthModes"]
     env = Stack().function_environment("KeyPageFunction")
@@ -319,7 +319,7 @@ def test_the_auth_modes_pattern_allows_exactly_what_the_settings_loader_accepts(
 
 
 def test_the_settings_loader_accepts_the_templates_environment():
-    from broker.config import Settings
+    from broker.platform.config import Settings
 
     stack = Stack()
     settings = Settings.from_env(stack.function_environment("RefreshFunction"))
@@ -493,7 +493,7 @@ def test_the_webhook_url_must_be_https_and_carry_no_secret():
 
 
 def test_webhook_retries_last_about_a_day_then_dead_letter_never_expire():
-    from broker.webhooks import MAX_ATTEMPTS, RETRY_DELAYS
+    from broker.background.webhooks import MAX_ATTEMPTS, RETRY_DELAYS
 
     queue = RESOURCES["WebhookQueue"]["Properties"]
     assert queue["RedrivePolicy"]["maxReceiveCount"] == MAX_ATTEMPTS
@@ -567,7 +567,7 @@ def test_lambdas_json_logs_keep_powertools_at_the_log_level_parameter(level, mon
 
 
 def test_the_scheduler_may_write_its_run_lease_and_no_other_flow_item():
-    from broker.flowstore import SCHEDULED_RUN_KEY
+    from broker.connect.flowstore import SCHEDULED_RUN_KEY
 
     statements = RESOURCES["SchedulerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
     [put] = [s for s in statements if "dynamodb:PutItem" in as_list(s["Action"])]

@@ -4,9 +4,12 @@ import time
 
 from aws_lambda_powertools.logging import correlation_paths
 
-from broker import deadline, labels, requests_in, services
-from broker.http_api import NO_STORE, Response, Routes, base_url, json_response, raw_query, request_body
-from broker.observability import logger, metrics, tracer
+from broker import services
+from broker.http import requests_in
+from broker.http.api import NO_STORE, Response, Routes, base_url, json_response, raw_query, request_body
+from broker.platform import deadline
+from broker.platform.observability import logger, metrics, tracer
+from broker.store import labels
 
 routes = Routes()
 

@@ -4,9 +4,10 @@ from urllib.parse import urlsplit
 
 from aws_lambda_powertools.logging import correlation_paths
 
-from broker import deadline, key_page, services
-from broker.connect_flow import KEY_PAGE_PATH
-from broker.http_api import (
+from broker import services
+from broker.connect import key_page
+from broker.connect.oauth_flow import KEY_PAGE_PATH
+from broker.http.api import (
     NO_STORE,
     Response,
     Routes,
@@ -17,7 +18,8 @@ from broker.http_api import (
     raw_query,
     request_body,
 )
-from broker.observability import logger, metrics, tracer
+from broker.platform import deadline
+from broker.platform.observability import logger, metrics, tracer
 
 routes = Routes()
 

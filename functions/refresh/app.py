@@ -2,9 +2,11 @@
 
 from aws_lambda_powertools.logging import correlation_paths
 
-from broker import deadline, requests_in, services
-from broker.http_api import Routes, json_response
-from broker.observability import logger, metrics, tracer
+from broker import services
+from broker.http import requests_in
+from broker.http.api import Routes, json_response
+from broker.platform import deadline
+from broker.platform.observability import logger, metrics, tracer
 
 routes = Routes()
 

@@ -2,10 +2,11 @@
 
 import time
 
-from broker import aws, deadline, services
-from broker.config import settings
-from broker.observability import logger, metrics, tracer
-from broker.scheduler import enqueue_due, one_run_at_a_time
+from broker import services
+from broker.background.scheduler import enqueue_due, one_run_at_a_time
+from broker.platform import aws, deadline
+from broker.platform.config import settings
+from broker.platform.observability import logger, metrics, tracer
 
 
 @logger.inject_lambda_context(log_event=False)

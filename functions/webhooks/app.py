@@ -1,11 +1,11 @@
 """Webhook delivery: POSTs each lifecycle event the bus put on the webhook queue to
-WebhookUrl, signed per Standard Webhooks (see broker.webhooks for retries and refusals)."""
+WebhookUrl, signed per Standard Webhooks (see broker.background.webhooks for retries and refusals)."""
 
 import requests
 
-from broker import aws, deadline
-from broker.observability import logger, metrics, tracer
-from broker.webhooks import WebhookSender, WebhookSettings
+from broker.background.webhooks import WebhookSender, WebhookSettings
+from broker.platform import aws, deadline
+from broker.platform.observability import logger, metrics, tracer
 
 SECRET_CACHE_SECONDS = 60  # a rotated secret signs within a minute
 _session = requests.Session()  # kept warm: the receiver's connection is reused

@@ -8,8 +8,10 @@ after five tries, dead-letters.
 
 import requests  # noqa: F401 - loaded in Init, not by the first request: every message is a refresh
 
-from broker import deadline, services, worker
-from broker.observability import logger, metrics, tracer
+from broker import services
+from broker.background import worker
+from broker.platform import deadline
+from broker.platform.observability import logger, metrics, tracer
 
 
 @logger.inject_lambda_context(log_event=False)

@@ -8,7 +8,7 @@ a warm container. Log and metric output is counted in characters (CloudWatch Log
 ingestion by the byte).
 
 The scheduled path is measured by difference over three runs of the real scheduler and
-worker handlers, with Lambda's SQS event source (tests/local/schedule.py) receiving and
+worker handlers, with Lambda's SQS event source (local/schedule.py) receiving and
 deleting the messages:
     R0  one connection, not due                     -> the fixed cost of a run
     R1  + X more connections, none due              -> (R1 - R0) / X = cost per connection not due
@@ -29,11 +29,11 @@ import boto3
 from aws_lambda_powertools.utilities import parameters
 
 from broker import services
-from broker.scheduler import one_run_at_a_time
+from broker.background.scheduler import one_run_at_a_time
+from local.lambda_events import LambdaContext, load_handler
+from local.schedule import sqs_event_sources
 from tests.bench.harness import aws_calls, broker_output, make_due, moto_stack, now
-from tests.local.schedule import sqs_event_sources
 from tests.support.inprocess import RETURN_TO, query_of
-from tests.support.lambda_events import LambdaContext, load_handler
 
 PROVIDER_CALLS = ("token", "users_me", "revoke")  # "token" counts every token endpoint call
 
@@ -48,7 +48,7 @@ FLOORS = {
     "callback": {"dynamodb": 2, "kms": 1, "secretsmanager": 0, "provider": 2},
     "complete (session binding)": {"dynamodb": 2, "kms": 0, "secretsmanager": 0, "provider": 0},
     # A container's first read of a credential opens its data key with KMS; a warm container
-    # finds it in its DataKeyCache (broker.data_key_cache).
+    # finds it in its DataKeyCache (broker.credentials.data_key_cache).
     "token, still fresh": {"dynamodb": 1, "kms": 1, "secretsmanager": 0, "provider": 0},
     "warm token read": {"dynamodb": 1, "kms": 0, "secretsmanager": 0, "provider": 0},
     "warm token read, api_key": {"dynamodb": 1, "kms": 0, "secretsmanager": 0, "provider": 0},

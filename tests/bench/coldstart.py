@@ -13,7 +13,7 @@ Every function is measured as in Lambda: the probe blocks pyOpenSSL and awscrt a
 ~80-100 ms of cryptography, OpenSSL and the CRT), against `boto3, as Lambda`. One dev-venv
 pair (boto3, refresh) is kept for reference. One more probe adds to the refresh function's
 import its first sampled invocation (tests.bench.first_traced): the X-Ray share, since the
-broker makes its tracer then (broker.observability); and one imports `cryptography`'s
+broker makes its tracer then (broker.platform.observability); and one imports `cryptography`'s
 AES-GCM alone: the vault's share.
 
 Environment of a sample: the function's environment from template.yaml (Stack().
@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 
-from tests.support.stack import ROOT, Stack
+from local.stack import ROOT, Stack
 
 PROBE = r"""
 import socket, sys, time
@@ -106,7 +106,7 @@ def measure(*, samples: int) -> dict:
     probes = {LAMBDA_BASE: ("boto3", "", first_env, True, LAMBDA_BASE)}
     for logical, name in functions.items():
         probes[name] = ("app", str(ROOT / "functions" / name), environment(stack, logical), True, LAMBDA_BASE)
-    # The X-Ray share: the tracer is made on the first sampled invocation (broker.observability);
+    # The X-Ray share: the tracer is made on the first sampled invocation (broker.platform.observability);
     # this is the on-demand token route's import plus that, i.e. a traced first request.
     probes["refresh + X-Ray"] = ("tests.bench.first_traced", str(ROOT / "functions" / "refresh"),
                                  {**environment(stack, "RefreshFunction"), "_X_AMZN_TRACE_ID": TRACE_HEADER_SAMPLED},

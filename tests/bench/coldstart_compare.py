@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 import tests.bench.__main__  # noqa: F401 - the benchmark's fake AWS environment, before boto3
+from local.stack import ROOT, Stack
 from tests.bench.coldstart import LAMBDA_BASE, STACK_PARAMETERS, environment, sample
 from tests.bench.harness import RESULTS_DIR
-from tests.support.stack import ROOT, Stack
 
 
 def main(argv: list[str]) -> int:

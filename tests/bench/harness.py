@@ -19,17 +19,17 @@ import responses
 from botocore.client import BaseClient
 from moto import mock_aws
 
-from broker.connect_flow import ConnectFlow
-from broker.connections import NewCredentials
-from broker.insightly import provider_user
-from broker.provider import TokenSet
-from broker.tokens import expiry_and_due, sealed_fields
-from tests.local.aws import put_client_credentials
-from tests.local.gateway import EnvironmentOverlay, reset_broker
-from tests.support.fake_provider import USER, FakeInsightly
+from broker.connect.oauth_flow import ConnectFlow
+from broker.credentials.insightly import provider_user
+from broker.credentials.provider import TokenSet
+from broker.credentials.tokens import expiry_and_due, sealed_fields
+from broker.store.connections import NewCredentials
+from local.aws import put_client_credentials
+from local.fake_insightly import USER, FakeInsightly
+from local.gateway import EnvironmentOverlay, reset_broker
+from local.lambda_events import load_handler
+from local.stack import ROOT, Stack
 from tests.support.inprocess import InProcessBroker
-from tests.support.lambda_events import load_handler
-from tests.support.stack import ROOT, Stack
 
 RESULTS_DIR = ROOT / ".bench"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -84,7 +84,7 @@ def broker_output() -> Iterator[ByteCount]:
 
     Powertools' Logger writes to the stream it was built with and Metrics prints to
     sys.stdout, so both are redirected; what the benchmark prints uses sys.__stdout__."""
-    from broker.observability import logger
+    from broker.platform.observability import logger
 
     sink, handler = ByteCount(), logger.registered_handler
     previous = handler.setStream(sink)

@@ -14,11 +14,12 @@ import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from broker import services, worker
+from broker import services
+from broker.background import worker
+from local import start_local_stack
+from local.lambda_events import LambdaContext
 from tests.bench.harness import make_due, now, sqs_event, store_connection, versions, worker_container
 from tests.bench.throughput import BATCH, StandInControl
-from tests.local import start_local_stack
-from tests.support.lambda_events import LambdaContext
 
 
 def measure(*, latency_ms: float = 300, rounds: int = 3) -> dict:

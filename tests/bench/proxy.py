@@ -43,11 +43,12 @@ import requests
 import urllib3
 from botocore.awsrequest import AWSResponse
 
-from broker import aws, services
+from broker import services
+from broker.platform import aws
+from local.gateway import EnvironmentOverlay, reset_broker
+from local.lambda_events import LambdaContext, http_event, iam_identity, load_handler
+from local.stack import ROOT
 from tests.bench.harness import aws_calls, broker_output, moto_stack, now
-from tests.local.gateway import EnvironmentOverlay, reset_broker
-from tests.support.lambda_events import LambdaContext, http_event, iam_identity, load_handler
-from tests.support.stack import ROOT
 
 CONCURRENCY = (1, 4, 16)
 PATH, QUERY = "Contacts", "top=5"

@@ -16,10 +16,10 @@ import sys
 
 import requests
 
+from local import start_local_stack
 from tests.bench.__main__ import PROCESS_ENV  # noqa: F401 - sets this process's fake AWS environment first
 from tests.bench.harness import broker_output, loopback_only
 from tests.bench.throughput import StandInControl
-from tests.local import start_local_stack
 from tests.support.signed import SignedCaller
 
 PATH, QUERY = "Contacts", "top=5"

@@ -21,13 +21,13 @@ import time
 import boto3
 
 from broker import services
-from broker.connections import due_shard
-from broker.insightly import provider_user
-from broker.tokens import sealed_fields
+from broker.credentials.insightly import provider_user
+from broker.credentials.tokens import sealed_fields
+from broker.store.connections import due_shard
+from local.lambda_events import LambdaContext, load_handler
+from local.schedule import sqs_event_sources
 from tests.bench.calls import SCHEDULE_EVENT
 from tests.bench.harness import aws_calls, mint_token_set, moto_stack, now, versions
-from tests.local.schedule import sqs_event_sources
-from tests.support.lambda_events import LambdaContext, load_handler
 
 DUE_SHARE = 100  # one in a hundred is due
 

@@ -1,4 +1,4 @@
-"""The scheduler at a million connections: one run of its enqueue (broker.scheduler.enqueue_due,
+"""The scheduler at a million connections: one run of its enqueue (broker.background.scheduler.enqueue_due,
 what functions/scheduler calls) over a due index of 1,000,000 entries, timed from the first
 Query to the last SendMessageBatch.
 
@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextvars
 import time
 
-from broker import deadline, scheduler
-from tests.support.lambda_events import LambdaContext
+from broker.background import scheduler
+from broker.platform import deadline
+from local.lambda_events import LambdaContext
 from tests.support.memory_aws import QUEUE_URL, MemoryAWS
 
 CONNECTIONS, SHARDS = 1_000_000, 8

@@ -27,14 +27,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import requests
 
-from broker.provider import TokenSet
-from tests.local.aws import put_client_credentials, session_for
-from tests.local.gateway import EnvironmentOverlay, local_environment, reset_broker
-from tests.support.fake_provider import FakeInsightly
-from tests.support.stack import ROOT, Stack
+from broker.credentials.provider import TokenSet
+from local.aws import put_client_credentials, session_for
+from local.fake_insightly import FakeInsightly
+from local.gateway import EnvironmentOverlay, local_environment, reset_broker
+from local.stack import ROOT, Stack
 
 HOST = "127.0.0.1"
-API_PREFIX = "/v3.1"  # the stand-in's, tests/local/standin.py
+API_PREFIX = "/v3.1"  # the stand-in's, local/standin.py
 CALLBACK = "http://127.0.0.1/bench/callback"  # the stand-in accepts any http(s) redirect URI by default
 START_TIMEOUT = 60.0  # seconds; moto's server imports for a few seconds on a loaded machine
 
@@ -123,7 +123,7 @@ def standin_process() -> ServerProcess:
     port = free_port()
     # Tokens live an hour, as FakeInsightly's default (make local's 120 s would make every
     # connection due as soon as it is stored; the benchmark makes them due itself).
-    return ServerProcess("Insightly stand-in", [sys.executable, "-m", "tests.local.standin", "--host", HOST,
+    return ServerProcess("Insightly stand-in", [sys.executable, "-m", "local.standin", "--host", HOST,
                                                 "--port", str(port)],
                          f"http://{HOST}:{port}/_control/state", _child_env(STANDIN_ACCESS_TTL="3600"))
 

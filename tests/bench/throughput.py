@@ -8,7 +8,7 @@ stand-in issued (an authorization_code grant over HTTP), sealed by the broker's 
 by its ConnectionStore. For each N, 10 x N x rounds of them are made due; N threads, each one
 worker container (its own copy of functions/worker/app.py), take batches of 10 ids and call
 the real handler with an SQS event, as Lambda's event source does with BatchSize 10. A
-worker refreshes its batch on broker.worker.REFRESH_THREADS (5) threads, so N workers hold
+worker refreshes its batch on broker.background.worker.REFRESH_THREADS (5) threads, so N workers hold
 at most 5N provider calls open at once: 5N / latency refreshes per second is the bound.
 
 Refreshes are counted by the stand-in (calls.refresh_token) and every connection's version
@@ -33,10 +33,11 @@ from pathlib import Path
 
 import requests
 
-from broker import services, worker
+from broker import services
+from broker.background import worker
+from local.lambda_events import LambdaContext
 from tests.bench.harness import make_due, now, sqs_event, store_tokens, versions, worker_container
 from tests.bench.servers import split_stack
-from tests.support.lambda_events import LambdaContext
 
 WORKERS = (1, 2, 4, 8, 16)
 BATCH = 10  # RefreshWorkerFunction's SQS BatchSize in template.yaml

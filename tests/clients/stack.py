@@ -20,8 +20,8 @@ import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 
-from tests.local import LocalStack, start_local_stack
-from tests.local.server import ThreadedServer
+from local import LocalStack, start_local_stack
+from local.server import ThreadedServer
 
 LIST_TAG_KEY = "customer"
 MAX_DELIVERY_BYTES = 64 * 1024

@@ -7,7 +7,7 @@ import pytest
 import requests
 from playwright.sync_api import sync_playwright
 
-from tests.local import start_local_stack
+from local import start_local_stack
 from tests.support.openapi import Contract
 from tests.support.signed import SignedCaller
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from local.schedule import Scheduler
 from tests.e2e.test_http import wait_for
-from tests.local.schedule import Scheduler
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.stack import ROOT
+from local.stack import ROOT
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import requests
 
-from tests.local.schedule import Scheduler
+from local.schedule import Scheduler
 from tests.support.signed import SignedCaller
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from tests.local.demo_app import DECLINED, FLASH
+from local.demo_app import DECLINED, FLASH
 
 pytestmark = pytest.mark.e2e
 

@@ -12,13 +12,13 @@ import boto3
 import pytest
 
 from broker import services
-from broker.client_credentials import ClientCredentialSource
-from broker.config import settings
-from broker.connections import ConnectionStore
-from broker.lifecycle import LifecycleEvents
-from broker.provider import ProviderClient
-from broker.tokens import IN_PROGRESS, NOT_DUE, REFRESHED, TokenService
-from broker.vault import TokenVault
+from broker.credentials.client_credentials import ClientCredentialSource
+from broker.credentials.provider import ProviderClient
+from broker.credentials.tokens import IN_PROGRESS, NOT_DUE, REFRESHED, TokenService
+from broker.credentials.vault import TokenVault
+from broker.platform.config import settings
+from broker.platform.lifecycle import LifecycleEvents
+from broker.store.connections import ConnectionStore
 from tests.e2e.test_http import connect
 
 pytestmark = pytest.mark.e2e

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.local import start_local_stack
+from local import start_local_stack
 from tests.support.openapi import DOCUMENT
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))

@@ -327,7 +327,7 @@ def test_a_fault_after_the_session_is_spent_sends_the_browser_back_with_an_error
 
 
 def test_a_quota_answer_with_one_header_only_is_stored_and_read_back(broker, provider, account, monkeypatch):
-    from tests.support import fake_provider
+    from local import fake_insightly as fake_provider
 
     real = fake_provider.Account.rate_headers
     monkeypatch.setattr(fake_provider.Account, "rate_headers",

@@ -6,7 +6,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from broker.connect_flow import pkce_challenge, pkce_verifier
+from broker.connect.oauth_flow import pkce_challenge, pkce_verifier
 from tests.conftest import all_items
 from tests.support.inprocess import RETURN_TO, query_of
 

@@ -96,7 +96,7 @@ def test_a_rewritten_pod_sends_the_api_key_nowhere(broker, provider, dynamodb, s
 def test_a_key_sealed_before_pods_were_bound_still_works_and_is_sealed_with_its_pod_at_its_next_check(
         broker, provider, dynamodb, stack):
     from broker import services
-    from broker.vault import API_KEY_PURPOSE
+    from broker.credentials.vault import API_KEY_PURPOSE
 
     account = provider.issue_api_key("na1")
     assert broker.connect_with_key("user-1", account["api_key"], account["api_url"]).linked

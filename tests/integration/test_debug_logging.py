@@ -8,11 +8,11 @@ import logging
 import pytest
 
 import tests.support.inprocess as inprocess
-from broker.connect_flow import pkce_verifier
-from broker.observability import logger
+from broker.connect.oauth_flow import pkce_verifier
+from broker.platform.observability import logger
+from local.lambda_events import load_handler
 from tests.integration.test_tokens import make_due
 from tests.support.inprocess import query_of
-from tests.support.lambda_events import load_handler
 
 FRESH_COPY = 700  # handler modules imported anew here, as a new container would
 

@@ -12,14 +12,14 @@ from urllib.parse import parse_qsl
 import pytest
 
 from broker import services
-from broker.connect_flow import pkce_challenge, pkce_verifier
-from broker.connections import NewCredentials
+from broker.connect.oauth_flow import pkce_challenge, pkce_verifier
+from broker.store.connections import NewCredentials
+from local.fake_insightly import OAUTH_ACCOUNT
+from local.lambda_events import LambdaContext, load_handler
+from local.stack import ROOT, Stack
 from tests.integration.test_connect_flow import REDIRECT_URI
 from tests.integration.test_tokens import make_due
-from tests.support.fake_provider import OAUTH_ACCOUNT
 from tests.support.inprocess import RETURN_TO
-from tests.support.lambda_events import LambdaContext, load_handler
-from tests.support.stack import ROOT, Stack
 
 EVENT_FILES = sorted((ROOT / "events").glob("*.json"))
 # The session id and completion code events/connections.complete-session.json carries.

@@ -18,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.local.__main__ import enable_webhooks
-from tests.local.aws import MotoServer, session_for
-from tests.support.stack import ROOT, Stack
+from local.__main__ import enable_webhooks
+from local.aws import MotoServer, session_for
+from local.stack import ROOT, Stack
 
 REGION = "us-east-1"
 EVENT_OF = {"AuthorizeFunction": "authorize.json", "CallbackFunction": "callback.access-denied.json",

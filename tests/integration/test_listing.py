@@ -154,7 +154,7 @@ def test_ten_thousand_connections_each_page_reads_only_its_own_items(tagged_stac
 def listing_index_attributes() -> dict[str, set[str]]:
     """Per listing index, the attributes whose change writes it (DynamoDB writes an index entry
     only when one of its key or projected attributes changes)."""
-    from tests.support.stack import load_template
+    from local.stack import load_template
 
     table = load_template()["Resources"]["ConnectionsTable"]["Properties"]
     found = {}
@@ -173,7 +173,7 @@ def test_refreshes_and_quota_observations_write_no_listing_index(tagged_stack, b
     one mode-index partition: if a refresh wrote them, the refresh rate of all connections would
     land on one partition key value (1,000 WCU/s). Only connects, status changes, tags and
     deletes may write them."""
-    from broker import aws
+    from broker.platform import aws
 
     connect_with_tags(broker, "user-1", {"plan": "pro"})
     account = provider.issue_api_key("eu1")
@@ -208,7 +208,7 @@ def test_items_dynamodb_keeps_leaving_unprocessed_are_a_503_to_retry_not_a_500(t
         return {"Responses": {table: []}, "UnprocessedKeys": RequestItems}
 
     monkeypatch.setattr(store._db, "batch_get_item", throttled)
-    monkeypatch.setattr("broker.connections.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("broker.store.connections.time.sleep", lambda seconds: None)
 
     answer = two_connections.call("GET", "/connections")
 
@@ -218,7 +218,7 @@ def test_items_dynamodb_keeps_leaving_unprocessed_are_a_503_to_retry_not_a_500(t
 
 def test_every_dynamodb_call_of_a_listing_is_granted_by_the_connections_role(two_connections, stack):
     # moto does not enforce IAM: a call the role lacks would pass here and fail in AWS.
-    from broker import aws
+    from broker.platform import aws
     from tests.support.iam import not_granted, recorded_calls
 
     with recorded_calls(aws.client("dynamodb")) as calls:

@@ -2,7 +2,7 @@
 
 import json
 
-from broker.connect_flow import pkce_verifier
+from broker.connect.oauth_flow import pkce_verifier
 from tests.conftest import all_items
 from tests.integration.test_tokens import make_due
 from tests.support.inprocess import query_of

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from broker.popup import render
+from broker.http.popup import render
 from tests.conftest import all_items
 from tests.support.inprocess import RETURN_TO, query_of
 

@@ -10,9 +10,9 @@ import pytest
 import requests
 
 from broker import services
+from local.lambda_events import LambdaContext, http_event, iam_identity, load_handler
 from tests.integration.test_connect_flow import connection_item
 from tests.integration.test_tokens import make_due
-from tests.support.lambda_events import LambdaContext, http_event, iam_identity, load_handler
 
 KINDS = ["oauth2", "api_key"]
 

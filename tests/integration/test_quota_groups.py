@@ -10,8 +10,9 @@ import time
 
 import pytest
 
-from broker import aws, services
-from broker.quota import next_utc_midnight
+from broker import services
+from broker.platform import aws
+from broker.store.quota import next_utc_midnight
 from tests.integration.test_connect_flow import assert_json_error
 from tests.integration.test_proxy import proxied
 from tests.support.iam import not_granted, recorded_calls

@@ -8,7 +8,9 @@ import time
 import boto3
 import pytest
 
-from broker import aws, services, tokens
+from broker import services
+from broker.credentials import tokens
+from broker.platform import aws
 from tests.integration.test_connect_flow import assert_json_error, connection_item
 from tests.integration.test_scheduler import refresh_in_background, run_scheduler, run_worker
 from tests.integration.test_tokens import make_due, stored_token_set
@@ -143,7 +145,7 @@ def test_a_slow_provider_refreshes_a_whole_batch_within_the_workers_budget(
 
 def test_a_refresh_that_cannot_finish_in_time_goes_back_to_the_queue_untouched(
         broker, dynamodb, stack, slow_provider, lifecycle_events, monkeypatch):
-    from broker import worker
+    from broker.background import worker
 
     monkeypatch.setattr(worker, "REFRESH_THREADS", 1)  # one after the other, as before the pool
     ids = six_due(broker, dynamodb, stack)
@@ -166,7 +168,7 @@ def test_a_refresh_that_cannot_finish_in_time_goes_back_to_the_queue_untouched(
 
 
 def test_backoff_never_sleeps_past_the_deadline(connected, stack, no_waiting, monkeypatch):
-    from broker import deadline
+    from broker.platform import deadline
 
     monkeypatch.setattr(deadline, "seconds_left", lambda: 12.0)
     monkeypatch.setattr(services.token_service(), "jitter", lambda low, high: high)  # backoff 1 s

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
+from local.lambda_events import http_event, iam_identity, match_route
 from tests.conftest import all_items
-from tests.support.lambda_events import http_event, iam_identity, match_route
 
 
 def connect_session_event(broker, raw: bytes, *, content_type: str):

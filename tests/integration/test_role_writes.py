@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from broker import aws, services
+from broker import services
+from broker.platform import aws
 from tests.integration.test_proxy import proxied
 from tests.integration.test_tokens import make_due
 from tests.support.iam import not_granted, recorded_calls

@@ -7,10 +7,11 @@ from collections import Counter
 
 import boto3
 
-from broker import aws, services
+from broker import services
+from broker.platform import aws
+from local.lambda_events import LambdaContext, load_handler
 from tests.integration.test_connect_flow import connection_item
 from tests.integration.test_tokens import make_due
-from tests.support.lambda_events import LambdaContext, load_handler
 
 SCHEDULE_EVENT = {"version": "0", "id": "1", "detail-type": "Scheduled Event", "source": "aws.events",
                   "account": "123456789012", "time": "2026-11-27T12:00:00Z", "region": "us-east-1",

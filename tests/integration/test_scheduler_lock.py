@@ -4,10 +4,10 @@
 import threading
 import time
 
-from broker.connections import ConnectionStore
+from broker.store.connections import ConnectionStore
+from local.lambda_events import LambdaContext, load_handler
 from tests.integration.test_scheduler import SCHEDULE_EVENT, queued_messages
 from tests.integration.test_tokens import make_due
-from tests.support.lambda_events import LambdaContext, load_handler
 
 
 def run_scheduler(request_id: str, *, container: int = 0):
@@ -79,7 +79,7 @@ def test_lambdas_retry_of_a_failed_run_takes_over_its_own_lease(broker, dynamodb
 def test_a_lease_that_cannot_be_released_does_not_fail_a_run_that_worked(broker, dynamodb, stack, monkeypatch):
     from botocore.exceptions import ClientError
 
-    from broker.flowstore import FlowStore
+    from broker.connect.flowstore import FlowStore
 
     broker.connect("due-1")
     make_due(dynamodb, stack, "due-1")

@@ -6,8 +6,8 @@ from collections import Counter
 
 import boto3
 
-from broker import aws
-from broker.connections import due_shard
+from broker.platform import aws
+from broker.store.connections import due_shard
 from tests.integration.test_scheduler import queued_messages, run_scheduler
 
 TOTAL, DUE = 10_000, 100

@@ -10,10 +10,10 @@ import time
 import pytest
 
 from broker import services
+from local.lambda_events import LambdaContext, load_handler
 from tests.conftest import all_items
 from tests.integration.test_connect_flow import assert_json_error, connection_item, flow_items
 from tests.support.inprocess import query_of
-from tests.support.lambda_events import LambdaContext, load_handler
 
 SCHEDULE_EVENT = {"version": "0", "id": "t", "detail-type": "Scheduled Event", "source": "aws.events",
                   "account": "123456789012", "time": "2026-01-01T00:00:00Z", "region": "us-east-1",
@@ -156,7 +156,7 @@ def test_an_expired_pending_completion_is_revoked_and_deleted_by_the_scheduled_r
 
 
 def test_a_failed_revocation_keeps_the_expired_completion_for_the_next_run(broker, dynamodb, stack, monkeypatch):
-    from broker.errors import ProviderUnavailable
+    from broker.platform.errors import ProviderUnavailable
 
     pending_flow(broker)
     expire_completions(dynamodb, stack)
@@ -198,7 +198,7 @@ def test_a_pending_completion_is_sealed_for_its_connection(broker, dynamodb, sta
 
 def test_every_dynamodb_call_of_a_scheduled_sweep_is_granted_by_the_schedulers_role(broker, dynamodb, stack):
     # moto does not enforce IAM: a call the role lacks would pass here and fail every run in AWS.
-    from broker import aws
+    from broker.platform import aws
     from tests.support.iam import not_granted, recorded_calls
 
     pending_flow(broker, "user-1")

@@ -6,8 +6,8 @@ import boto3
 import pytest
 
 from broker import services
-from broker.connections import ConnectionStore, StaleWrite
-from broker.errors import ProviderRejected
+from broker.platform.errors import ProviderRejected
+from broker.store.connections import ConnectionStore, StaleWrite
 from tests.integration.test_connect_flow import assert_json_error, connection_item
 
 
@@ -248,7 +248,7 @@ def test_concurrent_refreshers_get_one_lease_between_them(connected, monkeypatch
     import moto.dynamodb.models
 
     # Widen the gap between moto's condition check and its write, so a store without
-    # DynamoDB's atomicity (moto without tests/support/moto_atomic.py) lets two win.
+    # DynamoDB's atomicity (moto without local/moto_atomic.py) lets two win.
     parser = moto.dynamodb.models.create_condition_expression_parser
 
     def slow_parser(*args, **kwargs):
@@ -285,7 +285,7 @@ def test_concurrent_refreshers_get_one_lease_between_them(connected, monkeypatch
 
 def test_delete_still_deletes_when_revocation_fails(connected, dynamodb, stack, monkeypatch):
     def refuse(*args, **kwargs):
-        from broker.errors import ProviderUnavailable
+        from broker.platform.errors import ProviderUnavailable
         raise ProviderUnavailable("down")
 
     monkeypatch.setattr(services.token_service().provider, "revoke", refuse)
@@ -295,7 +295,7 @@ def test_delete_still_deletes_when_revocation_fails(connected, dynamodb, stack, 
 
 
 def test_a_passing_kms_fault_after_a_rotation_does_not_lose_the_new_refresh_token(connected, stack, monkeypatch):
-    from broker.errors import VaultUnavailable
+    from broker.platform.errors import VaultUnavailable
 
     vault = services.token_service().vault
     real_seal, failures = vault.seal, []

@@ -6,9 +6,9 @@ import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from broker.data_key_cache import DataKeyCache
-from broker.errors import CredentialsUnreadable, VaultUnavailable
-from broker.vault import PURPOSE, TokenVault
+from broker.credentials.data_key_cache import DataKeyCache
+from broker.credentials.vault import PURPOSE, TokenVault
+from broker.platform.errors import CredentialsUnreadable, VaultUnavailable
 from tests.integration.test_tokens import make_due, stored_token_set
 
 # A token set past KMS Encrypt's 4,096-byte plaintext limit: JWT access tokens with many

@@ -1,11 +1,11 @@
-"""A warm container opens a credential without KMS (broker.data_key_cache), yet the item is
+"""A warm container opens a credential without KMS (broker.credentials.data_key_cache), yet the item is
 read on every call: a deleted, revoked or re-keyed connection stops working at its next call."""
 
 import base64
 
 import pytest
 
-from broker import aws
+from broker.platform import aws
 from tests.integration.test_proxy import proxied
 
 

@@ -11,11 +11,11 @@ import responses
 from moto import mock_aws
 from standardwebhooks import Webhook
 
-from broker.lifecycle import LifecycleEvents
+from broker.platform.lifecycle import LifecycleEvents
+from local.lambda_events import lambda_context, load_handler
+from local.stack import Stack, aws_session
 from tests.conftest import TEST_PARAMETERS, function_environment
 from tests.integration.test_api_keys import key_session
-from tests.support.lambda_events import lambda_context, load_handler
-from tests.support.stack import Stack, aws_session
 
 RECEIVER = "https://hooks.saas.example/insightly"
 PUBLIC, PRIVATE = ["93.184.215.14"], ["10.0.0.7"]
@@ -63,7 +63,7 @@ def hook_stack(monkeypatch):
 @pytest.fixture
 def resolves_to(monkeypatch):
     """Where the receiver's host resolves (no DNS in tests)."""
-    from broker import webhooks
+    from broker.background import webhooks
 
     def set_to(addresses):
         monkeypatch.setattr(webhooks, "resolve", lambda host, port: list(addresses))

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from broker.key_page import CSRF_COOKIE
-
-from .fake_provider import FakeInsightly
-from .lambda_events import LambdaContext, http_event, iam_identity, lambda_context, load_handler, match_route
-from .stack import Stack
+from broker.connect.key_page import CSRF_COOKIE
+from local.fake_insightly import FakeInsightly
+from local.lambda_events import LambdaContext, http_event, iam_identity, lambda_context, load_handler, match_route
+from local.stack import Stack
 
 RETURN_TO = "https://app.example.com/settings/integrations"
 

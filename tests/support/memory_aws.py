@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 
 from botocore.awsrequest import AWSResponse
 
-from broker import aws
-from broker.connections import ConnectionStore, due_shard
+from broker.platform import aws
+from broker.store.connections import ConnectionStore, due_shard
 
 TABLE, QUEUE_URL = "connections", "https://sqs.us-east-1.amazonaws.com/123456789012/refresh"
 

@@ -17,7 +17,7 @@ import sys
 
 import pytest
 
-from tests.support.stack import ROOT, Stack, load_template
+from local.stack import ROOT, Stack, load_template
 
 TEMPLATE = load_template()
 RESOURCES = TEMPLATE["Resources"]
@@ -91,7 +91,7 @@ EMITTED, DYNAMIC = emitted_metric_names()
 def emf_line() -> dict:
     """One EMF blob the broker package prints with a function's template environment."""
     env = Stack().function_environment("RefreshWorkerFunction")
-    script = ("from broker.observability import count, metrics\n"
+    script = ("from broker.platform.observability import count, metrics\n"
               "count('RefreshNotStored')\nmetrics.flush_metrics()\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True,
                           env={"PATH": "", "PYTHONPATH": str(ROOT / "layers" / "common"),
@@ -109,8 +109,8 @@ def test_the_static_reading_finds_what_the_code_really_prints(emf_line):
     # Names passed on (count() itself, the proxy's loop over its tuples) and the worker's
     # per-outcome counters, built at run time, are the only ones not read: no alarm uses those.
     assert {location.split(":")[0] for location in DYNAMIC} <= {
-        "layers/common/broker/observability.py", "layers/common/broker/insightly_proxy.py",
-        "layers/common/broker/worker.py"}, DYNAMIC
+        "layers/common/broker/platform/observability.py", "layers/common/broker/proxy/call.py",
+        "layers/common/broker/background/worker.py"}, DYNAMIC
 
 
 # -- what the template watches ---------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_the_alarm_topic_is_the_stacks_own_or_the_given_one():
 
 def test_a_renamed_metric_is_caught(tmp_path, monkeypatch):
     """The checker itself: a copy of the code with RefreshNotStored renamed no longer emits it."""
-    source = (ROOT / "layers" / "common" / "broker" / "tokens.py").read_text()
+    source = (ROOT / "layers" / "common" / "broker" / "credentials" / "tokens.py").read_text()
     assert 'count("RefreshNotStored")' in source
     (tmp_path / "tokens.py").write_text(source.replace('count("RefreshNotStored")', 'count("RefreshNotSaved")'))
     monkeypatch.setattr(sys.modules[__name__], "CODE", [tmp_path])

@@ -11,10 +11,10 @@ import pytest
 from aws_lambda_powertools.utilities import parameters
 from botocore.exceptions import BotoCoreError
 
-from broker import aws, deadline
-from broker.client_credentials import ClientCredentialSource
-from tests.support.lambda_events import LambdaContext, function_setting
-from tests.support.stack import Stack
+from broker.credentials.client_credentials import ClientCredentialSource
+from broker.platform import aws, deadline
+from local.lambda_events import LambdaContext, function_setting
+from local.stack import Stack
 
 
 @pytest.fixture

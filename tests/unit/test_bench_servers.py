@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from broker import worker
+from broker.background import worker
 from tests.bench.servers import ServerProcess, free_port, split_stack
 from tests.bench.throughput import ThreadCpu, timed_refresh_pool
 

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
+from local.stack import ROOT, Stack
 from tests.bench.coldstart import environment
-from tests.support.stack import ROOT, Stack
 
 AS_IN_LAMBDA = "import sys; sys.modules['OpenSSL'] = sys.modules['awscrt'] = None\n"
 LOADED = AS_IN_LAMBDA + "import json, app; print(json.dumps(sorted(m for m in sys.modules if m in sys.argv[1:])))"
@@ -43,7 +43,8 @@ def test_a_handler_import_loads_no_vault_cipher_secrets_utility_or_xray_sdk(logi
 
 @pytest.mark.parametrize("logical", ["RefreshFunction", "RefreshWorkerFunction"])
 def test_token_routes_and_the_worker_do_not_import_the_connect_flows(logical):
-    flows = ("broker.connect_flow", "broker.api_keys", "broker.flowstore", "broker.key_page")
+    flows = ("broker.connect.oauth_flow", "broker.connect.api_keys", "broker.connect.flowstore",
+             "broker.connect.key_page")
     assert loaded_by_import(logical, *flows) == []
 
 
@@ -54,7 +55,7 @@ def test_a_handler_import_loads_requests_only_where_every_invocation_calls_out(l
 
 @pytest.mark.parametrize("logical", sorted(CODE_URIS))
 def test_only_the_proxy_function_loads_the_proxy(logical):
-    proxy = ["broker.insightly_proxy", "broker.proxy"]
+    proxy = ["broker.proxy.call", "broker.proxy.rules"]
     assert loaded_by_import(logical, *proxy) == (proxy if logical == "ProxyFunction" else [])
 
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from broker.data_key_cache import DataKeyCache
+from broker.credentials.data_key_cache import DataKeyCache
 
 CONTEXT = {"connection_id": "user-1", "purpose": "oauth2-token-set"}
 KEY = bytes(range(32))

@@ -15,7 +15,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from tests.local.demo_app import DECLINED, NOT_YOURS, TOO_MANY_ATTEMPTS, DemoApp
+from local.demo_app import DECLINED, NOT_YOURS, TOO_MANY_ATTEMPTS, DemoApp
 
 AUTH = re.compile(r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/(?P<service>[^/]+)"
                   r"/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=(?P<signature>[0-9a-f]{64})$")

@@ -9,7 +9,7 @@ from urllib.parse import unquote
 
 import yaml
 
-from tests.support.stack import ROOT, load_template
+from local.stack import ROOT, load_template
 
 DOCS = ROOT / "docs"
 CONFIGURATION = DOCS / "configuration.md"

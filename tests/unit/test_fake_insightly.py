@@ -1,6 +1,6 @@
 """FakeInsightly's API, in-process through `responses`: the per-pod API-key side, the same
 Contacts surface for Bearer tokens, the daily quota and the faults. The broker's own client
-(broker.insightly) is the caller where it can be, so the fake is checked against what the
+(broker.credentials.insightly) is the caller where it can be, so the fake is checked against what the
 broker will really send."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import pytest
 import requests
 import responses
 
-from broker.errors import ProviderUnavailable
-from broker.insightly import ApiKeyAuth, ApiKeyRejected, BearerAuth, InsightlyApi, QuotaExhausted
-from broker.provider import MAX_RETRY_AFTER
-from tests.support.fake_provider import DAY, FakeInsightly
+from broker.credentials.insightly import ApiKeyAuth, ApiKeyRejected, BearerAuth, InsightlyApi, QuotaExhausted
+from broker.credentials.provider import MAX_RETRY_AFTER
+from broker.platform.errors import ProviderUnavailable
+from local.fake_insightly import DAY, FakeInsightly
 
 
 class Clock:

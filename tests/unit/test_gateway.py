@@ -22,8 +22,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from tests.local.aws import MotoServer, put_client_credentials, session_for
-from tests.local.gateway import (
+from local.aws import MotoServer, put_client_credentials, session_for
+from local.gateway import (
     BAD_SIGNATURE,
     UNKNOWN_KEY,
     AccessDenied,
@@ -34,8 +34,8 @@ from tests.local.gateway import (
     canonical_query,
     http_response,
 )
-from tests.support.lambda_events import RecordingHandler, http_event, match_route
-from tests.support.stack import ACCOUNT_ID, Stack, load_template
+from local.lambda_events import RecordingHandler, http_event, match_route
+from local.stack import ACCOUNT_ID, Stack, load_template
 
 # `sam local generate-event apigateway http-api-proxy` (SAM CLI 1.170.0), the reference shape.
 SAM_HTTP_API_EVENT = {
@@ -470,7 +470,7 @@ def test_http_event_applies_http_apis_content_type_rule_to_any_body():
 
 
 def test_a_configuration_error_binds_no_socket(monkeypatch):
-    import tests.local.gateway as gateway_module
+    import local.gateway as gateway_module
 
     template = copy.deepcopy(load_template())
     function = next(v for v in template["Resources"].values() if v["Type"] == "AWS::Serverless::Function")

@@ -1,14 +1,14 @@
-"""The HTTP functions dispatch on the payload 2.0 routeKey API Gateway matched (broker.http_api):
+"""The HTTP functions dispatch on the payload 2.0 routeKey API Gateway matched (broker.http.api):
 each serves exactly its routes in template.yaml, and answers the rest as the contract says."""
 
 from collections import defaultdict
 
 import pytest
 
-from broker.errors import ConfigurationError, NotFound, ProviderUnavailable
-from broker.http_api import NO_STORE, Routes, json_response
-from tests.support.lambda_events import load_handler
-from tests.support.stack import Stack
+from broker.http.api import NO_STORE, Routes, json_response
+from broker.platform.errors import ConfigurationError, NotFound, ProviderUnavailable
+from local.lambda_events import load_handler
+from local.stack import Stack
 
 ROUTED = defaultdict(set)
 for _route in Stack().http_routes():

@@ -1,4 +1,4 @@
-"""broker.insightly: pod parsing, the two auth schemes, rate-limit headers and Users/Me."""
+"""broker.credentials.insightly: pod parsing, the two auth schemes, rate-limit headers and Users/Me."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import pytest
 import requests
 import responses
 
-from broker import deadline
-from broker.errors import BrokerError, ConfigurationError, InvalidRequest, ProviderUnavailable
-from broker.insightly import (
+from broker.credentials.insightly import (
     INVALID_API_URL_MESSAGE,
     ApiAccessDenied,
     ApiKeyAuth,
@@ -24,6 +22,8 @@ from broker.insightly import (
     authorization_header,
     check_api_key,
 )
+from broker.platform import deadline
+from broker.platform.errors import BrokerError, ConfigurationError, InvalidRequest, ProviderUnavailable
 
 KEY = "0a1b2c3d-4e5f-6789-abcd-ef0123456789"
 NA1 = "https://api.na1.insightly.com/v3.1"

@@ -1,4 +1,4 @@
-"""broker.key_page: the hosted key-entry page, its form and its CSRF binding."""
+"""broker.connect.key_page: the hosted key-entry page, its form and its CSRF binding."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from broker import key_page
-from broker.errors import BrokerError, InvalidRequest, ProviderUnavailable
-from broker.insightly import ApiKeyRejected, QuotaExhausted
+from broker.connect import key_page
+from broker.credentials.insightly import ApiKeyRejected, QuotaExhausted
+from broker.platform.errors import BrokerError, InvalidRequest, ProviderUnavailable
 
 SESSION = secrets.token_urlsafe(32)
 KEY = "0a1b2c3d-4e5f-6789-abcd-ef0123456789"

@@ -1,6 +1,6 @@
 """ConnectionStore.list_page: keys from the keys-only index, items from the table."""
 
-from broker.connections import LISTED_ATTRIBUTES, ConnectionStore
+from broker.store.connections import LISTED_ATTRIBUTES, ConnectionStore
 
 
 class FakeDynamoDB:

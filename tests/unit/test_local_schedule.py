@@ -1,4 +1,4 @@
-"""The local scheduler and the SQS event-source driver (tests/local/schedule.py)."""
+"""The local scheduler and the SQS event-source driver (local/schedule.py)."""
 
 import json
 import threading
@@ -7,9 +7,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from tests.local.schedule import Scheduler, parse_rate, sqs_event_sources
-from tests.support.lambda_events import RecordingHandler
-from tests.support.stack import ROOT, Stack
+from local.lambda_events import RecordingHandler
+from local.schedule import Scheduler, parse_rate, sqs_event_sources
+from local.stack import ROOT, Stack
 
 WORKER_TEMPLATE = {
     "Globals": {"Function": {"Timeout": 10}},

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from insightly_connect import Broker
-from tests.local import start_local_stack
+from local import start_local_stack
 from tests.support.signed import keyed_session
 
 
@@ -136,7 +136,7 @@ def test_unknown_options_are_refused():
 def test_a_taken_moto_port_fails_fast_instead_of_hanging():
     import socket
 
-    from tests.local.aws import MotoServer
+    from local.aws import MotoServer
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -153,7 +153,7 @@ def test_webhook_url_and_secret_from_the_environment_get_every_lifecycle_event_s
 
     from standardwebhooks import Webhook
 
-    from broker.lifecycle import LifecycleEvents
+    from broker.platform.lifecycle import LifecycleEvents
 
     got = []
 

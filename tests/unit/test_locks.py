@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from tests.support.stack import ROOT
+from local.stack import ROOT
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 DEV_LOCK = ROOT / "requirements-dev.txt"

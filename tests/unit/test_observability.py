@@ -11,16 +11,16 @@ import sys
 import pytest
 from aws_lambda_powertools.metrics.exceptions import SchemaValidationError
 
-from broker import observability
-from tests.support.stack import ROOT
+from broker.platform import observability
+from local.stack import ROOT
 
 # What `make local` did: import the broker (to check its webhook secret) before the functions'
 # environment is set, then run a function in that environment.
 IMPORT_FIRST_THEN_CONFIGURE = """
 import json, os
-import broker.webhooks  # noqa: F401 - loads broker.observability before the environment is set
+import broker.background.webhooks  # noqa: F401 - loads broker.platform.observability before the environment is set
 os.environ.update(POWERTOOLS_SERVICE_NAME="insightly-connect", POWERTOOLS_METRICS_NAMESPACE="InsightlyConnect")
-from broker.observability import count, logger, metrics
+from broker.platform.observability import count, logger, metrics
 count("Something")
 metrics.flush_metrics()
 logger.info("hello")

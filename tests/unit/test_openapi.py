@@ -11,9 +11,9 @@ import requests
 import schemathesis
 from openapi_spec_validator import validate
 
-from tests.local.gateway import Gateway
+from local.gateway import Gateway
+from local.stack import Stack
 from tests.support.openapi import DOCUMENT, Contract, load_document
-from tests.support.stack import Stack
 
 BROKER = Path(__file__).resolve().parents[2] / "layers" / "common" / "broker"
 # The codes made at run time from a name (requests_in.single/random_token, key_page.parse_form,

@@ -5,10 +5,10 @@ import pytest
 import requests
 import responses
 
-from broker.client_credentials import ClientCredentials
-from broker.config import ProviderSettings
-from broker.errors import ProviderRejected, ProviderUnavailable
-from broker.provider import ProviderClient, TokenSet, parse_retry_after
+from broker.credentials.client_credentials import ClientCredentials
+from broker.credentials.provider import ProviderClient, TokenSet, parse_retry_after
+from broker.platform.config import ProviderSettings
+from broker.platform.errors import ProviderRejected, ProviderUnavailable
 
 TOKEN_URL = "https://id.example.test/token"
 CREDS = ClientCredentials("cid", "csecret")

@@ -15,8 +15,8 @@ import requests
 import responses
 from requests.auth import HTTPBasicAuth
 
-from broker import proxy
-from broker.errors import BrokerError, InvalidRequest, ProviderUnavailable
+from broker.platform.errors import BrokerError, InvalidRequest, ProviderUnavailable
+from broker.proxy import rules as proxy
 
 BASE = "https://api.na1.insightly.com/v3.1"
 BASE_HOST = urlsplit(BASE).netloc

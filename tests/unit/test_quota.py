@@ -4,9 +4,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from broker.errors import InvalidRequest
-from broker.insightly import RateLimit
-from broker.quota import next_utc_midnight, priority, reserve_reached
+from broker.credentials.insightly import RateLimit
+from broker.platform.errors import InvalidRequest
+from broker.store.quota import next_utc_midnight, priority, reserve_reached
 
 NOON = datetime(2026, 3, 4, 12, 0, tzinfo=timezone.utc).timestamp()
 

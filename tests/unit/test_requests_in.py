@@ -2,8 +2,8 @@ import base64
 
 import pytest
 
-from broker import requests_in
-from broker.errors import InvalidRequest
+from broker.http import requests_in
+from broker.platform.errors import InvalidRequest
 
 ALLOWED = frozenset({"https://app.example.com", "http://localhost:8080"})
 

@@ -1,14 +1,14 @@
-"""tests/local/sam-local-env.json (for `sam local start-api/invoke --env-vars`) matches the template:
+"""local/sam-local-env.json (for `sam local start-api/invoke --env-vars`) matches the template:
 one entry per function, each with every variable the template gives that function."""
 
 import json
 
 import pytest
 
-from tests.local.__main__ import sam_env
-from tests.support.stack import ROOT, Stack, load_template
+from local.__main__ import sam_env
+from local.stack import ROOT, Stack, load_template
 
-ENV_FILE = ROOT / "tests" / "local" / "sam-local-env.json"
+ENV_FILE = ROOT / "local" / "sam-local-env.json"
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +67,8 @@ def test_sam_local_can_set_the_aws_endpoint(template, monkeypatch):
 
 
 def test_the_functions_in_a_container_accept_the_local_stand_in_and_deployed_ones_would_not(template, env_file):
-    from broker.config import Settings
-    from broker.errors import ConfigurationError
+    from broker.platform.config import Settings
+    from broker.platform.errors import ConfigurationError
 
     assert template["Globals"]["Function"]["Environment"]["Variables"]["ALLOW_LOOPBACK_HTTP_PROVIDER"] == "false"
     for variables in env_file.values():

@@ -9,9 +9,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from broker import aws, deadline, scheduler
-from broker.scheduler import enqueue_due
-from tests.support.lambda_events import LambdaContext
+from broker.background import scheduler
+from broker.background.scheduler import enqueue_due
+from broker.platform import aws, deadline
+from local.lambda_events import LambdaContext
 from tests.support.memory_aws import QUEUE_URL, MemoryAWS
 
 NOW, SHARDS = 1_800_000_000, 8

@@ -2,8 +2,8 @@
 
 import pytest
 
-from broker.config import Settings
-from broker.errors import ConfigurationError
+from broker.platform.config import Settings
+from broker.platform.errors import ConfigurationError
 
 BASE_ENV = {
     "CONNECTIONS_TABLE": "connections", "FLOW_TABLE": "flows", "CLIENT_SECRET_ARN": "arn:secret",

@@ -11,12 +11,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import pytest
 import requests
 
-from broker.client_credentials import ClientCredentials
-from broker.config import ProviderSettings
-from broker.errors import ProviderRejected, ProviderUnavailable
-from broker.provider import ProviderClient
-from tests.local.standin import StandIn
-from tests.support.fake_provider import FakeInsightly
+from broker.credentials.client_credentials import ClientCredentials
+from broker.credentials.provider import ProviderClient
+from broker.platform.config import ProviderSettings
+from broker.platform.errors import ProviderRejected, ProviderUnavailable
+from local.fake_insightly import FakeInsightly
+from local.standin import StandIn
 
 REDIRECT_URI = "http://127.0.0.1:3000/oauth/callback"
 VERIFIER = "v" * 43
@@ -351,7 +351,7 @@ def issue_key(standin: StandIn, **body) -> dict:
 
 
 def test_a_key_from_control_connects_through_the_broker_client_at_its_pod_url(standin):
-    from broker.insightly import ApiKeyAuth, ApiUrlTemplate, InsightlyApi
+    from broker.credentials.insightly import ApiKeyAuth, ApiUrlTemplate, InsightlyApi
 
     issued = issue_key(standin, pod="eu1")
     assert issued["api_url"] == f"{standin.url}/eu1/v3.1" == standin.api_url_template.replace("{pod}", "eu1")

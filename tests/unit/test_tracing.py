@@ -15,9 +15,9 @@ import sys
 
 import pytest
 
+from local.lambda_events import load_handler
+from local.stack import ROOT, Stack
 from tests.bench.coldstart import environment
-from tests.support.lambda_events import load_handler
-from tests.support.stack import ROOT, Stack
 
 FUNCTIONS = {logical: res["Properties"]["CodeUri"]
              for logical, res in sorted(Stack().of_type("AWS::Serverless::Function").items())}
@@ -27,7 +27,7 @@ NOT_SAMPLED = SAMPLED.replace("Sampled=1", "Sampled=0")
 # One decorated handler as every functions/*/app.py has it; argv: the trace header of each call.
 INVOKE = r"""
 import json, os, sys
-from broker.observability import tracer
+from broker.platform.observability import tracer
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event, context):
     return "done"
@@ -115,5 +115,5 @@ def test_every_handler_keeps_the_tracer_decorator(logical):
     chain = [handler]
     while hasattr(chain[-1], "__wrapped__"):
         chain.append(chain[-1].__wrapped__)
-    assert any(getattr(f, "traced_by", None) == "broker.observability" for f in chain)
+    assert any(getattr(f, "traced_by", None) == "broker.platform.observability" for f in chain)
 

@@ -1,4 +1,4 @@
-"""Webhook signing, delivery decisions and target checks (broker.webhooks)."""
+"""Webhook signing, delivery decisions and target checks (broker.background.webhooks)."""
 
 import base64
 import json
@@ -8,8 +8,8 @@ import requests
 import responses
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from broker import webhooks
-from broker.webhooks import (
+from broker.background import webhooks
+from broker.background.webhooks import (
     TargetRefused,
     WebhookSender,
     WebhookSettings,

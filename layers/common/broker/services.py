@@ -10,21 +10,21 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from . import aws, observability
-from .client_credentials import ClientCredentialSource
-from .config import settings
-from .connections import ConnectionStore
-from .data_key_cache import DataKeyCache
-from .insightly import InsightlyApi
-from .lifecycle import LifecycleEvents
-from .provider import ProviderClient
-from .tokens import TokenService
-from .vault import TokenVault
+from broker.credentials.client_credentials import ClientCredentialSource
+from broker.credentials.data_key_cache import DataKeyCache
+from broker.credentials.insightly import InsightlyApi
+from broker.credentials.provider import ProviderClient
+from broker.credentials.tokens import TokenService
+from broker.credentials.vault import TokenVault
+from broker.platform import aws, observability
+from broker.platform.config import settings
+from broker.platform.lifecycle import LifecycleEvents
+from broker.store.connections import ConnectionStore
 
 if TYPE_CHECKING:
-    from .api_keys import ApiKeyConnect
-    from .connect_flow import ConnectFlow
-    from .insightly_proxy import InsightlyProxy
+    from broker.connect.api_keys import ApiKeyConnect
+    from broker.connect.oauth_flow import ConnectFlow
+    from broker.proxy.call import InsightlyProxy
 
 
 @lru_cache(maxsize=1)
@@ -48,8 +48,8 @@ def _shared():
 
 @lru_cache(maxsize=1)
 def connect_flow() -> ConnectFlow:
-    from .connect_flow import ConnectFlow
-    from .flowstore import FlowStore
+    from broker.connect.flowstore import FlowStore
+    from broker.connect.oauth_flow import ConnectFlow
 
     return ConnectFlow(settings(), flows=FlowStore(aws.client("dynamodb"), settings().flow_table), **_shared())
 
@@ -67,21 +67,21 @@ def token_service() -> TokenService:
 
 @lru_cache(maxsize=1)
 def api_key_connect() -> ApiKeyConnect:
-    from .api_keys import ApiKeyConnect
+    from broker.connect.api_keys import ApiKeyConnect
 
     return ApiKeyConnect(settings(), flow=connect_flow(), api=insightly_api())
 
 
 @lru_cache(maxsize=1)
 def insightly_proxy() -> InsightlyProxy:
-    from .insightly_proxy import InsightlyProxy
+    from broker.proxy.call import InsightlyProxy
 
     return InsightlyProxy(token_service(), quota_backoff_seconds=settings().quota_backoff_seconds)
 
 
 @lru_cache(maxsize=1)
 def connection_listing():
-    from .listing import ConnectionListing, cursor_key_from_secret
+    from broker.store.listing import ConnectionListing, cursor_key_from_secret
 
     cfg = settings()
     return ConnectionListing(_shared()["connections"], list_tag_key=cfg.list_tag_key,

@@ -1,0 +1,2 @@
+"""Connecting an account: connect sessions and OAuth states, the OAuth flow, the key page and API-
+key connect."""

@@ -1,0 +1,1 @@
+"""Calling Insightly for the SaaS: path, header and body rules, and one proxied call."""
