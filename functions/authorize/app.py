@@ -3,8 +3,7 @@
 from aws_lambda_powertools.logging import correlation_paths
 
 from broker import services
-from broker.connect.oauth_flow import BROWSER_COOKIE
-from broker.http.api import Routes, base_url, browser_cookie, callback_path, raw_query, redirect
+from broker.http.api import BROWSER_COOKIE, Routes, base_url, browser_cookie, callback_path, raw_query, redirect
 from broker.platform import deadline
 from broker.platform.observability import logger, metrics, tracer
 

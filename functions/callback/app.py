@@ -4,8 +4,16 @@ import requests  # noqa: F401 - loaded in Init, not by the first request: every 
 from aws_lambda_powertools.logging import correlation_paths
 
 from broker import services
-from broker.connect.oauth_flow import BROWSER_COOKIE
-from broker.http.api import Routes, base_url, browser_cookie, callback_path, cookie_value, flow_end, raw_query
+from broker.http.api import (
+    BROWSER_COOKIE,
+    Routes,
+    base_url,
+    browser_cookie,
+    callback_path,
+    cookie_value,
+    flow_end,
+    raw_query,
+)
 from broker.platform import deadline
 from broker.platform.observability import logger, metrics, tracer
 

@@ -1,7 +1,5 @@
 """Backend routes for connect sessions and connections (IAM-signed calls from the SaaS)."""
 
-import time
-
 from aws_lambda_powertools.logging import correlation_paths
 
 from broker import services
@@ -9,7 +7,6 @@ from broker.http import requests_in
 from broker.http.api import NO_STORE, Response, Routes, base_url, json_response, raw_query, request_body
 from broker.platform import deadline
 from broker.platform.observability import logger, metrics, tracer
-from broker.store import labels
 
 routes = Routes()
 
@@ -44,8 +41,7 @@ def put_api_key(event, connection_id: str):
 
 @routes.route("PATCH /connections/{connection_id}")
 def patch_connection(event, connection_id: str):
-    connection = labels.update_labels(services.token_service().connections, connection_id,
-                                      request_body(event), now=int(time.time()))
+    connection = services.update_connection(connection_id, request_body(event))
     return json_response(200, services.token_service().status_of(connection))
 
 

@@ -5,9 +5,9 @@ from urllib.parse import urlsplit
 from aws_lambda_powertools.logging import correlation_paths
 
 from broker import services
-from broker.connect import key_page
-from broker.connect.oauth_flow import KEY_PAGE_PATH
 from broker.http.api import (
+    KEY_PAGE_COOKIE,
+    KEY_PAGE_PATH,
     NO_STORE,
     Response,
     Routes,
@@ -28,12 +28,11 @@ def _answer(event, result) -> Response:
     connect = services.api_key_connect()
     path = urlsplit(base_url(event)).path.rstrip("/") + KEY_PAGE_PATH
     if result.location is not None:  # the flow ended: the form's secret is of no further use
-        expired = browser_cookie(key_page.CSRF_COOKIE, "", path=path, max_age=0)
+        expired = browser_cookie(KEY_PAGE_COOKIE, "", path=path, max_age=0)
         return flow_end(result.location, popup=result.popup, cookies=[expired])
-    cookie = browser_cookie(key_page.CSRF_COOKIE, result.cookie_secret, path=path,
+    cookie = browser_cookie(KEY_PAGE_COOKIE, result.cookie_secret, path=path,
                             max_age=connect.settings.flow_ttl_seconds)
-    headers = {**NO_STORE, **key_page.response_headers(
-        return_origins=tuple(sorted(connect.settings.allowed_return_origins)))}
+    headers = {**NO_STORE, **connect.page_headers()}
     return Response(result.status, headers, result.html, [cookie])
 
 
@@ -45,7 +44,7 @@ def show_form(event):
 @routes.route(f"POST {KEY_PAGE_PATH}")
 def submit_form(event):
     return _answer(event, services.api_key_connect().submit(
-        request_body(event), cookie_secret=cookie_value(event, key_page.CSRF_COOKIE)))
+        request_body(event), cookie_secret=cookie_value(event, KEY_PAGE_COOKIE)))
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)

@@ -4,10 +4,11 @@ broker. No resolver: every method and any path go to the one proxy, which shapes
 import requests  # noqa: F401 - loaded in Init, not by the first request: every call goes on to Insightly
 from aws_lambda_powertools.logging import correlation_paths
 
-import broker.proxy.call  # noqa: F401 - the same: every invocation is proxied
 from broker import services
 from broker.platform import deadline
 from broker.platform.observability import logger, metrics, tracer
+
+services.load_proxy()  # the same: every invocation is proxied
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP, log_event=False)

@@ -9,7 +9,6 @@ after five tries, dead-letters.
 import requests  # noqa: F401 - loaded in Init, not by the first request: every message is a refresh
 
 from broker import services
-from broker.background import worker
 from broker.platform import deadline
 from broker.platform.observability import logger, metrics, tracer
 
@@ -19,4 +18,4 @@ from broker.platform.observability import logger, metrics, tracer
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event, context):
     deadline.start(context)
-    return worker.refresh_batch(event, services.token_service())
+    return services.refresh_batch(event)

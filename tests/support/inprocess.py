@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from broker.connect.key_page import CSRF_COOKIE
+from broker.http.api import KEY_PAGE_COOKIE
 from local.fake_insightly import FakeInsightly
 from local.lambda_events import LambdaContext, http_event, iam_identity, lambda_context, load_handler, match_route
 from local.stack import Stack
@@ -103,11 +103,11 @@ class InProcessBroker:
     def submit_key(self, page: Answer, api_key: str, api_url: str, *, cookie: str | None = "from-page") -> Answer:
         """POST the form the page rendered, as the browser would (its CSRF cookie unless told)."""
         fields = dict(re.findall(r'name="(session|csrf)" value="([^"]+)"', page.body))
-        secret = page.cookie(CSRF_COOKIE).value if cookie == "from-page" else cookie
+        secret = page.cookie(KEY_PAGE_COOKIE).value if cookie == "from-page" else cookie
         return self.call("POST", "/connect/api-key", signed=False,
                          body=urlencode({**fields, "api_key": api_key, "api_url": api_url}),
                          headers={"Content-Type": "application/x-www-form-urlencoded"},
-                         cookies=[f"{CSRF_COOKIE}={secret}"] if secret else None)
+                         cookies=[f"{KEY_PAGE_COOKIE}={secret}"] if secret else None)
 
     def connect_with_key(self, connection_id: str, api_key: str, api_url: str) -> Answer:
         """An api_key session -> the key page -> a submit -> the SaaS backend completes it."""

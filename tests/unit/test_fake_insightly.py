@@ -10,8 +10,8 @@ import requests
 import responses
 
 from broker.credentials.insightly import ApiKeyAuth, ApiKeyRejected, BearerAuth, InsightlyApi, QuotaExhausted
-from broker.credentials.provider import MAX_RETRY_AFTER
 from broker.platform.errors import ProviderUnavailable
+from broker.platform.outbound import MAX_RETRY_AFTER
 from local.fake_insightly import DAY, FakeInsightly
 
 

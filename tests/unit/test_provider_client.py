@@ -6,9 +6,10 @@ import requests
 import responses
 
 from broker.credentials.client_credentials import ClientCredentials
-from broker.credentials.provider import ProviderClient, TokenSet, parse_retry_after
+from broker.credentials.provider import ProviderClient, TokenSet
 from broker.platform.config import ProviderSettings
 from broker.platform.errors import ProviderRejected, ProviderUnavailable
+from broker.platform.outbound import parse_retry_after
 
 TOKEN_URL = "https://id.example.test/token"
 CREDS = ClientCredentials("cid", "csecret")

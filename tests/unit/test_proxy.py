@@ -17,6 +17,7 @@ from requests.auth import HTTPBasicAuth
 
 from broker.platform.errors import BrokerError, InvalidRequest, ProviderUnavailable
 from broker.proxy import rules as proxy
+from broker.store import quota
 
 BASE = "https://api.na1.insightly.com/v3.1"
 BASE_HOST = urlsplit(BASE).netloc
@@ -413,76 +414,76 @@ NOW = 1_800_000_000.0
     ("Wed, 99 Foo 2015 07:28:00 GMT", None), ("Wed, 21 Oct 2015 07:28:00", None),
 ])
 def test_retry_after_is_seconds_or_an_http_date_capped_at_a_day(value, seconds):
-    assert proxy.retry_after_seconds(value, NOW) == seconds
+    assert quota.retry_after_seconds(value, NOW) == seconds
 
 
 def test_after_a_429_the_broker_answers_itself_until_retry_after():
-    state = proxy.after_response(proxy.QuotaState(), status=429, retry_after="60", observed=None,
+    state = quota.after_response(quota.QuotaState(), status=429, retry_after="60", observed=None,
                                  now=NOW, backoff_seconds=900)
     assert state.throttled_until == NOW + 60
-    assert proxy.locally_throttled(state, NOW + 1) == 59
-    assert proxy.locally_throttled(state, NOW + 59.5) == 1
-    assert proxy.locally_throttled(state, NOW + 60) is None
+    assert quota.locally_throttled(state, NOW + 1) == 59
+    assert quota.locally_throttled(state, NOW + 59.5) == 1
+    assert quota.locally_throttled(state, NOW + 60) is None
 
 
 @pytest.mark.parametrize("retry_after", [None, "garbage", "1.5"])
 def test_a_429_without_a_readable_retry_after_backs_off_quota_backoff_seconds(retry_after):
-    state = proxy.after_response(proxy.QuotaState(), status=429, retry_after=retry_after, observed=None,
+    state = quota.after_response(quota.QuotaState(), status=429, retry_after=retry_after, observed=None,
                                  now=NOW, backoff_seconds=900)
     assert state.throttled_until == NOW + 900
 
 
 def test_remaining_zero_throttles_like_a_429():
-    observed = proxy.RateLimit(limit=1000, remaining=0, observed_at=NOW)
-    state = proxy.after_response(proxy.QuotaState(), status=200, retry_after=None, observed=observed,
+    observed = quota.RateLimit(limit=1000, remaining=0, observed_at=NOW)
+    state = quota.after_response(quota.QuotaState(), status=200, retry_after=None, observed=observed,
                                  now=NOW, backoff_seconds=900)
     assert state.throttled_until == NOW + 900 and state.rate_limit == observed
-    assert proxy.locally_throttled(state, NOW + 10) == 890
+    assert quota.locally_throttled(state, NOW + 10) == 890
 
 
 def test_once_the_throttle_passes_one_probe_is_claimed_and_its_success_ends_it():
-    throttled = proxy.QuotaState(throttled_until=NOW)
-    assert proxy.probe_claim(throttled, NOW - 1) is None  # still throttled: nothing to claim
-    claimed = proxy.probe_claim(throttled, NOW + 1)
-    assert proxy.locally_throttled(claimed, NOW + 2) is not None  # others wait for the probe
-    healthy = proxy.after_response(claimed, status=200, retry_after=None,
-                                   observed=proxy.RateLimit(1000, 500, NOW + 2), now=NOW + 2, backoff_seconds=900)
-    assert healthy.throttled_until is None and proxy.locally_throttled(healthy, NOW + 2) is None
-    assert proxy.probe_claim(proxy.QuotaState(), NOW) is None
+    throttled = quota.QuotaState(throttled_until=NOW)
+    assert quota.probe_claim(throttled, NOW - 1) is None  # still throttled: nothing to claim
+    claimed = quota.probe_claim(throttled, NOW + 1)
+    assert quota.locally_throttled(claimed, NOW + 2) is not None  # others wait for the probe
+    healthy = quota.after_response(claimed, status=200, retry_after=None,
+                                   observed=quota.RateLimit(1000, 500, NOW + 2), now=NOW + 2, backoff_seconds=900)
+    assert healthy.throttled_until is None and quota.locally_throttled(healthy, NOW + 2) is None
+    assert quota.probe_claim(quota.QuotaState(), NOW) is None
 
 
 def rl(remaining, limit=1000, at=NOW):
-    return proxy.RateLimit(limit=limit, remaining=remaining, observed_at=at)
+    return quota.RateLimit(limit=limit, remaining=remaining, observed_at=at)
 
 
 @pytest.mark.parametrize("previous, observed, now, write", [
     # crossing a 10 % step writes, staying inside one does not
-    (proxy.QuotaState(rate_limit=rl(905), last_written_at=NOW), proxy.QuotaState(rate_limit=rl(899)), NOW + 1, True),
-    (proxy.QuotaState(rate_limit=rl(905), last_written_at=NOW), proxy.QuotaState(rate_limit=rl(901)), NOW + 1, False),
+    (quota.QuotaState(rate_limit=rl(905), last_written_at=NOW), quota.QuotaState(rate_limit=rl(899)), NOW + 1, True),
+    (quota.QuotaState(rate_limit=rl(905), last_written_at=NOW), quota.QuotaState(rate_limit=rl(901)), NOW + 1, False),
     # a throttle starting or ending writes
-    (proxy.QuotaState(rate_limit=rl(500), last_written_at=NOW),
-     proxy.QuotaState(throttled_until=NOW + 60, rate_limit=rl(500)), NOW + 1, True),
-    (proxy.QuotaState(throttled_until=NOW, rate_limit=rl(500), last_written_at=NOW),
-     proxy.QuotaState(rate_limit=rl(500)), NOW + 1, True),
+    (quota.QuotaState(rate_limit=rl(500), last_written_at=NOW),
+     quota.QuotaState(throttled_until=NOW + 60, rate_limit=rl(500)), NOW + 1, True),
+    (quota.QuotaState(throttled_until=NOW, rate_limit=rl(500), last_written_at=NOW),
+     quota.QuotaState(rate_limit=rl(500)), NOW + 1, True),
     # a minute-old figure that changed is refreshed; an unchanged one is not
-    (proxy.QuotaState(rate_limit=rl(905), last_written_at=NOW), proxy.QuotaState(rate_limit=rl(901)), NOW + 60, True),
-    (proxy.QuotaState(rate_limit=rl(905), last_written_at=NOW), proxy.QuotaState(rate_limit=rl(905)), NOW + 600, False),
+    (quota.QuotaState(rate_limit=rl(905), last_written_at=NOW), quota.QuotaState(rate_limit=rl(901)), NOW + 60, True),
+    (quota.QuotaState(rate_limit=rl(905), last_written_at=NOW), quota.QuotaState(rate_limit=rl(905)), NOW + 600, False),
     # nothing observed: nothing to write
-    (proxy.QuotaState(rate_limit=rl(905), last_written_at=NOW), proxy.QuotaState(rate_limit=None), NOW + 600, False),
+    (quota.QuotaState(rate_limit=rl(905), last_written_at=NOW), quota.QuotaState(rate_limit=None), NOW + 600, False),
     # first observation ever
-    (proxy.QuotaState(), proxy.QuotaState(rate_limit=rl(905)), NOW, True),
+    (quota.QuotaState(), quota.QuotaState(rate_limit=rl(905)), NOW, True),
 ])
 def test_should_write_only_on_steps_throttles_or_once_a_minute(previous, observed, now, write):
-    assert proxy.should_write(previous, observed, now) is write
+    assert quota.should_write(previous, observed, now) is write
 
 
 def test_a_burst_of_calls_costs_few_writes():
-    stored, writes = proxy.QuotaState(rate_limit=rl(1000), last_written_at=NOW), 0
+    stored, writes = quota.QuotaState(rate_limit=rl(1000), last_written_at=NOW), 0
     for i in range(1, 301):  # 300 calls in 30 s, each using one request of the quota
         now = NOW + i * 0.1
-        observed = proxy.after_response(stored, status=200, retry_after=None, observed=rl(1000 - i, at=now),
+        observed = quota.after_response(stored, status=200, retry_after=None, observed=rl(1000 - i, at=now),
                                         now=now, backoff_seconds=900)
-        if proxy.should_write(stored, observed, now):
+        if quota.should_write(stored, observed, now):
             stored, writes = replace(observed, last_written_at=now), writes + 1
     assert writes == 3  # 90 %, 80 %, 70 %
 

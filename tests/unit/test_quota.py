@@ -4,9 +4,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from broker.credentials.insightly import RateLimit
 from broker.platform.errors import InvalidRequest
-from broker.store.quota import next_utc_midnight, priority, reserve_reached
+from broker.store.quota import RateLimit, next_utc_midnight, priority, reserve_reached
 
 NOON = datetime(2026, 3, 4, 12, 0, tzinfo=timezone.utc).timestamp()
 

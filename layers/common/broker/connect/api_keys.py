@@ -63,6 +63,10 @@ class ApiKeyConnect:
     def _now(self) -> int:
         return int(self.clock())
 
+    def page_headers(self) -> dict[str, str]:
+        """The key page's headers: its CSP lets the form end on the allowed return origins."""
+        return key_page.response_headers(return_origins=tuple(sorted(self.settings.allowed_return_origins)))
+
     # -- checking a key ---------------------------------------------------------------------
 
     def check(self, connection_id: str, api_key: object, api_url: object) -> NewCredentials:

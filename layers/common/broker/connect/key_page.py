@@ -21,7 +21,6 @@ from urllib.parse import parse_qsl
 from broker.http.requests_in import RANDOM_TOKEN
 from broker.platform.errors import BrokerError, InvalidRequest
 
-CSRF_COOKIE = "ic_key_page"
 FORM_ACTION = "api-key"  # relative: resolves to the page's own route whatever the stage prefix
 MAX_FORM_BODY = 4096
 FIELDS = ("session", "csrf", "api_key", "api_url")

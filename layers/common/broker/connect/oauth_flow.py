@@ -33,9 +33,10 @@ from broker.credentials.insightly import provider_user
 from broker.credentials.kinds import OAUTH2, check_auth_mode
 from broker.credentials.kinds.oauth2 import revoke_token_set
 from broker.credentials.provider import ProviderClient
-from broker.credentials.tokens import expiry_and_due, iso, sealed_fields
+from broker.credentials.tokens import expiry_and_due, sealed_fields
 from broker.credentials.vault import TokenVault
 from broker.http import requests_in
+from broker.http.api import CALLBACK_PATH, KEY_PAGE_PATH
 from broker.http.popup import DISPLAYS
 from broker.platform.config import Settings
 from broker.platform.errors import (
@@ -49,11 +50,9 @@ from broker.platform.lifecycle import CONNECT_FAILED, CONNECTED, LifecycleEvents
 from broker.platform.observability import count, logger
 from broker.store.connections import Connection, ConnectionStore, NewCredentials
 from broker.store.labels import optional_tags
+from broker.store.listing import iso
 from broker.store.quota import optional_quota_group
 
-CALLBACK_PATH = "/oauth/callback"
-KEY_PAGE_PATH = "/connect/api-key"
-BROWSER_COOKIE = "ic_oauth_browser"
 # Provider error codes passed on to return_to as they are; anything else is "provider_error".
 KNOWN_PROVIDER_ERRORS = frozenset({
     "access_denied", "invalid_request", "unauthorized_client", "unsupported_response_type",

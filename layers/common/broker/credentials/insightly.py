@@ -11,13 +11,12 @@ from __future__ import annotations
 import base64
 import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from broker.credentials.provider import parse_retry_after
 from broker.platform.errors import BrokerError, ConfigurationError, InvalidRequest, ProviderUnavailable
-from broker.platform.outbound import HttpClient
+from broker.platform.outbound import HttpClient, parse_retry_after
+from broker.store.quota import RateLimit
 
 if TYPE_CHECKING:
     import requests
@@ -30,7 +29,6 @@ MAX_API_URL_INPUT = 512
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
 _VERSION_SUFFIX = re.compile(r"/v\d+(?:\.\d+)*$")
 _API_KEY = re.compile(r"[\x21-\x39\x3b-\x7e]{8,256}")  # printable ASCII, no ":" (Basic user name)
-_RATE_HEADER = re.compile(r"[0-9]{1,12}")
 
 INVALID_API_URL_MESSAGE = ("api_url must be the API URL Insightly shows under User Settings → API "
                            "(such as https://api.na1.insightly.com/v3.1/) or just its pod (such as na1)")
@@ -173,39 +171,6 @@ def authorization_header(auth: Auth) -> str:
 
 
 # -- quota -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RateLimit:
-    """X-RateLimit-Limit / X-RateLimit-Remaining as seen at observed_at (epoch seconds)."""
-
-    limit: int | None
-    remaining: int | None
-    observed_at: int
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str], *, now: float) -> RateLimit | None:
-        """None when neither header is present and a plain non-negative integer."""
-        def number(name: str) -> int | None:
-            value = (headers.get(name) or "").strip()
-            return int(value) if _RATE_HEADER.fullmatch(value) else None
-
-        limit, remaining = number("X-RateLimit-Limit"), number("X-RateLimit-Remaining")
-        if limit is None and remaining is None:
-            return None
-        return cls(limit=limit, remaining=remaining, observed_at=int(now))
-
-    def is_low(self) -> bool:
-        """Remaining below 10 % of the limit."""
-        return self.limit is not None and self.remaining is not None and self.remaining * 10 < self.limit
-
-    def is_exhausted(self) -> bool:
-        return self.remaining == 0
-
-    def as_dict(self) -> dict[str, int]:
-        """As stored on the connection: the headers Insightly sent, and when."""
-        return {k: v for k, v in (("limit", self.limit), ("remaining", self.remaining),
-                                  ("observed_at", self.observed_at)) if v is not None}
 
 
 def provider_user(raw: dict) -> dict[str, str]:

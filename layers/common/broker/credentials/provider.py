@@ -6,10 +6,7 @@ ProviderRejected (an OAuth error answer) or ProviderUnavailable (429, 5xx, no an
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -17,14 +14,12 @@ from broker.credentials.client_credentials import ClientCredentials
 from broker.platform.config import ProviderSettings
 from broker.platform.errors import ProviderRejected, ProviderUnavailable
 from broker.platform.observability import logger
-from broker.platform.outbound import HttpClient
+from broker.platform.outbound import HttpClient, parse_retry_after
 
 if TYPE_CHECKING:
     import requests
 
-MAX_RETRY_AFTER = 3600  # a provider asking for a longer pause is not believed past an hour
 MAX_EXPIRES_IN = 31_536_000  # one year: a longer lifetime is an anomaly, treated as unknown
-_SECONDS = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() also takes "²"
 
 
 @dataclass(frozen=True, repr=False)  # its own __repr__ below hides the tokens
@@ -71,24 +66,6 @@ def _expires_in(value: Any) -> int | None:
                        extra={"expires_in": seconds if seconds is not None else "not an integer"})
         return None
     return seconds
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None, cap: int = MAX_RETRY_AFTER) -> int | None:
-    """Retry-After (RFC 9110 10.2.3): delay-seconds or an HTTP date, as seconds from now,
-    capped (an hour unless told); None for anything else."""
-    if not value or len(value) > 64:
-        return None
-    value = value.strip()
-    if _SECONDS.fullmatch(value):
-        return min(int(value), cap)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if when is None or when.tzinfo is None:
-        return None
-    delay = (when - (now or datetime.now(timezone.utc))).total_seconds()
-    return min(max(int(delay), 0), cap)
 
 
 def _retry_after(response: requests.Response) -> int | None:

@@ -14,18 +14,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.credentials.client_credentials import ClientCredentialSource
-from broker.credentials.insightly import InsightlyApi, QuotaExhausted, RateLimit, authorization_header
+from broker.credentials.insightly import InsightlyApi, QuotaExhausted, authorization_header
 from broker.credentials.kinds import API_KEY, OAUTH2, CredentialKind, Renewal
 from broker.credentials.kinds.api_key import ApiKeyKind
 from broker.credentials.kinds.oauth2 import OAuth2Kind, backoff, expiry_and_due, sealed_fields  # noqa: F401 - part of this module's API
-from broker.credentials.provider import MAX_RETRY_AFTER, ProviderClient
+from broker.credentials.provider import ProviderClient
 from broker.credentials.vault import TokenVault
 from broker.platform import aws, deadline
 from broker.platform.config import Settings
@@ -47,8 +46,11 @@ from broker.platform.lifecycle import (
 )
 from broker.platform.lifecycle import NEEDS_REAUTH as NEEDS_REAUTH_EVENT
 from broker.platform.observability import count, logger, metrics
+from broker.platform.outbound import MAX_RETRY_AFTER
 from broker.store.connections import ACTIVE, CLIENT_REJECTED_MARKER, Connection, ConnectionStore, StaleWrite
-from broker.store.quota import QuotaGroups, QuotaRecord, quota_change
+from broker.store.listing import connection_status, iso
+from broker.store.quota import QuotaRecord, RateLimit, quota_change
+from broker.store.quota_guard import QuotaGroups
 
 REFRESHED, NOT_DUE, IN_PROGRESS, NEEDS_REAUTH, FAILED = "refreshed", "not_due", "in_progress", "needs_reauth", "failed"
 DEFERRED = "deferred"  # not tried: too little of the invocation left to finish a refresh
@@ -63,10 +65,6 @@ CLIENT_REJECTED_COOLDOWN = 600
 SIGNAL_INTERVAL = 300  # at most one ClientRejected event per this many seconds, deployment-wide
 
 
-def iso(epoch: int | None) -> str | None:
-    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def cooldown(failures: int, *, base: int = 60, cap: int = 3600,
              jitter: Callable[[float, float], float] = random.uniform) -> int:
     """How long a connection whose refresh keeps failing rests before the next try."""
@@ -76,41 +74,6 @@ def cooldown(failures: int, *, base: int = 60, cap: int = 3600,
 def error_record(exc: BrokerError, now: int) -> dict[str, Any]:
     # Codes and our own messages only: never a provider body, never a token.
     return {"code": exc.code, "message": exc.message[:200], "at": now}
-
-
-def connection_status(conn: Connection, record: QuotaRecord | None = None, *, reserve_percent: int = 0,
-                      now: float | None = None) -> dict[str, Any]:
-    """What GET /connections/{id} answers: never a credential. `record`: the quota the
-    connection shares with its group (its own when it has none, or when not given)."""
-    record = record or QuotaRecord.of_connection(conn)
-    rate = record.rate_limit
-    return {
-        "connection_id": conn.connection_id,
-        "status": conn.status,
-        "auth_mode": conn.auth_mode,
-        "provider_user": conn.provider_user or None,
-        "scopes": conn.scopes.split() if conn.scopes else [],
-        "expires_at": iso(conn.expires_at),
-        "last_refreshed_at": iso(conn.last_refreshed_at),
-        "next_refresh_at": iso(conn.refresh_due_at) if conn.status == ACTIVE else None,
-        "connected_at": iso(conn.connected_at),
-        "created_at": iso(conn.created_at),
-        "failing_since": iso(conn.first_failed_at),
-        "last_error": {**conn.last_error, "at": iso(int(conn.last_error["at"]))} if conn.last_error else None,
-        "pod": conn.pod,
-        "api_base_url": conn.api_base_url,
-        "last_checked_at": iso(conn.last_checked_at),
-        "tags": conn.tags,
-        "metadata": conn.metadata_object,
-        "rate_limit": ({"limit": rate.get("limit"), "remaining": rate.get("remaining"),
-                        "observed_at": iso(rate.get("observed_at"))} if rate else None),
-        "quota_group": conn.quota_group,
-        "quota": _with_iso_time(record.view(reserve_percent, time.time() if now is None else now)),
-    }
-
-
-def _with_iso_time(view: dict[str, Any] | None) -> dict[str, Any] | None:
-    return {**view, "observed_at": iso(view["observed_at"])} if view else None
 
 
 class TokenService:

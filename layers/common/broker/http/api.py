@@ -22,6 +22,13 @@ from broker.platform.config import settings
 from broker.platform.errors import BrokerError, ConfigurationError, ProviderUnavailable
 from broker.platform.observability import logger
 
+# The browser-facing paths and the cookies the connect flows set: the handlers scope each
+# cookie to its path, and the flows build their redirect URLs from the same names.
+CALLBACK_PATH = "/oauth/callback"
+KEY_PAGE_PATH = "/connect/api-key"
+BROWSER_COOKIE = "ic_oauth_browser"
+KEY_PAGE_COOKIE = "ic_key_page"
+
 # Tokens pass through these responses: nothing may cache them, nothing may leak a Referer.
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "Referrer-Policy": "no-referrer"}
 
@@ -151,6 +158,4 @@ def cookie_value(event: dict[str, Any], name: str) -> str | None:
 
 def callback_path(event: dict[str, Any]) -> str:
     """The callback's path under the public URL: the browser cookie is scoped to it."""
-    from broker.connect.oauth_flow import CALLBACK_PATH  # lazily: the token routes never load the connect flow
-
     return urlsplit(base_url(event)).path.rstrip("/") + CALLBACK_PATH

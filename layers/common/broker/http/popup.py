@@ -16,7 +16,7 @@ import json
 import secrets
 from urllib.parse import parse_qsl, urlsplit
 
-from broker.http.requests_in import origin_of
+from broker.platform.config import origin_of
 
 DISPLAYS = ("redirect", "popup")
 MESSAGE_TYPE = "insightly-connect"

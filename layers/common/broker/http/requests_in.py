@@ -13,6 +13,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from broker.platform.config import origin_of
 from broker.platform.errors import InvalidRequest
 
 CONNECTION_ID = re.compile(r"[A-Za-z0-9._:@-]{1,128}")
@@ -31,12 +32,6 @@ def query_params(raw_query: str | None) -> dict[str, list[str]]:
         return parse_qs(raw_query, keep_blank_values=True, max_num_fields=32)
     except ValueError:
         raise InvalidRequest("the query string has too many fields", code="invalid_request") from None
-
-
-def origin_of(scheme: str, host: str, port: int | None) -> str:
-    """scheme://host[:port], lower-case, default port left out: the form origins compare in."""
-    default_port = {"http": 80, "https": 443}.get(scheme)
-    return f"{scheme}://{host.lower()}" + (f":{port}" if port and port != default_port else "")
 
 
 def single(params: dict[str, list[str]], name: str, *, required: bool = True, max_length: int = 2048,

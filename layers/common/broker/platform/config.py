@@ -10,8 +10,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-from broker.http.requests_in import origin_of
 from broker.platform.errors import ConfigurationError
+
+
+def origin_of(scheme: str, host: str, port: int | None) -> str:
+    """scheme://host[:port], lower-case, default port left out: the form origins compare in."""
+    default_port = {"http": 80, "https": 443}.get(scheme)
+    return f"{scheme}://{host.lower()}" + (f":{port}" if port and port != default_port else "")
 
 
 def _origin(url: str) -> str:

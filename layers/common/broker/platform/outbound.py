@@ -7,6 +7,9 @@ timeouts cut to what is left of the invocation, so no call outlives the function
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING
 
 from broker.platform import deadline
@@ -19,6 +22,26 @@ USER_AGENT = "insightly-connect/0.1"
 # Kept back from the invocation's end to record the outcome of a call; and the least time
 # worth starting a call with.
 RESERVE_SECONDS, MIN_CALL_SECONDS = 1.0, 0.5
+MAX_RETRY_AFTER = 3600  # a server asking for a longer pause is not believed past an hour
+_SECONDS = re.compile(r"[0-9]{1,10}")  # ASCII digits only: str.isdigit() also takes "²"
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None, cap: int = MAX_RETRY_AFTER) -> int | None:
+    """Retry-After (RFC 9110 10.2.3): delay-seconds or an HTTP date, as seconds from now,
+    capped (an hour unless told); None for anything else."""
+    if not value or len(value) > 64:
+        return None
+    value = value.strip()
+    if _SECONDS.fullmatch(value):
+        return min(int(value), cap)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    delay = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    return min(max(int(delay), 0), cap)
 
 
 class HttpClient:

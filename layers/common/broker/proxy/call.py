@@ -5,7 +5,7 @@ connection's quota group (quota.py), with a reserve that background calls cannot
 One DynamoDB call per call (a GetItem, or for a grouped connection a BatchGetItem of the
 connection and its group's record), one KMS decrypt, one Insightly call; a locally answered
 429 costs the read only. Quota observations are written only when they matter
-(proxy.should_write, and the reserve line): a 10 % step, a 429, the end of a throttle, or at
+(store.quota.should_write, and the reserve line): a 10 % step, a 429, the end of a throttle, or at
 most once a minute.
 """
 
@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from broker.credentials.insightly import RateLimit
 from broker.credentials.tokens import TokenService
 from broker.http import requests_in
 from broker.platform import deadline
@@ -26,7 +25,7 @@ from broker.platform.outbound import HttpClient
 from broker.proxy import rules as proxy
 from broker.store import quota
 from broker.store.connections import ACTIVE
-from broker.store.quota import QuotaExhaustedHere, QuotaGroups, QuotaRecord  # noqa: F401 - QuotaExhaustedHere: this module's API
+from broker.store.quota import QuotaExhaustedHere, QuotaRecord, RateLimit  # noqa: F401 - QuotaExhaustedHere: this module's API
 
 if TYPE_CHECKING:  # loaded by the proxy function's handler module (it always calls out)
     import requests

@@ -22,14 +22,12 @@ import re
 import time
 import unicodedata
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from broker.credentials.insightly import RateLimit
-from broker.credentials.provider import parse_retry_after
 from broker.platform.errors import BrokerError, InvalidRequest, ProviderUnavailable
+from broker.store.quota import retry_after_seconds
 
 if TYPE_CHECKING:
     import requests
@@ -342,88 +340,7 @@ def _wait(attempt: int, retry_after: float | None, seconds_left: Callable[[], fl
     return True
 
 
-# -- 5. the daily-quota guard --------------------------------------------------------------
-
-MAX_RETRY_AFTER = 24 * 3600
-WRITE_EVERY_SECONDS = 60
-PROBE_SECONDS = 30
-
-
-@dataclass(frozen=True)
-class QuotaState:
-    """What the connection item records about Insightly's quota (epoch seconds)."""
-
-    throttled_until: float | None = None
-    rate_limit: RateLimit | None = None
-    last_written_at: float | None = None
-
-
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """Retry-After as seconds from now (the provider's parser, capped at 24 h for the daily
-    quota); anything unreadable is None (ignored)."""
-    seconds = parse_retry_after(value, now=datetime.fromtimestamp(now, timezone.utc), cap=MAX_RETRY_AFTER)
-    return None if seconds is None else float(seconds)
-
-
-def locally_throttled(state: QuotaState, now: float) -> int | None:
-    """Seconds to put in Retry-After when the broker must answer 429 itself, else None."""
-    if state.throttled_until is not None and now < state.throttled_until:
-        return max(1, math.ceil(state.throttled_until - now))
-    return None
-
-
-def probe_claim(state: QuotaState, now: float) -> QuotaState | None:
-    """After a throttle has passed, the state that lets exactly one caller probe: store it
-    with a condition on the old `throttled_until`; the caller whose write wins calls
-    Insightly, the others are answered locally until the probe's answer is recorded.
-    None when no throttle is pending (nothing to claim)."""
-    if state.throttled_until is None or now < state.throttled_until:
-        return None
-    return replace(state, throttled_until=now + PROBE_SECONDS)
-
-
-def after_response(state: QuotaState, *, status: int, retry_after: str | None,
-                   observed: RateLimit | None, now: float, backoff_seconds: int) -> QuotaState:
-    """The quota state after Insightly answered. `observed` is the rate limit parsed from
-    the answer's headers (by the Insightly client), None when it sent none.
-
-    A 429, or a remaining count of 0, throttles until Retry-After (when readable) or
-    now + backoff_seconds (QuotaBackoffSeconds). Any other answer ends a throttle (it was
-    the probe's)."""
-    rate_limit = observed if observed is not None else state.rate_limit
-    exhausted = status == 429 or (observed is not None and observed.is_exhausted())
-    if exhausted:
-        wait = retry_after_seconds(retry_after, now)
-        until = now + (wait if wait is not None else backoff_seconds)
-        return replace(state, throttled_until=until, rate_limit=rate_limit)
-    return replace(state, throttled_until=None, rate_limit=rate_limit)
-
-
-def _step(rate_limit: RateLimit | None) -> int | None:
-    if rate_limit is None or not rate_limit.limit or rate_limit.remaining is None:
-        return None
-    return math.floor(10 * max(rate_limit.remaining, 0) / rate_limit.limit)
-
-
-def should_write(previous: QuotaState, observed: QuotaState, now: float) -> bool:
-    """Whether to write `observed` over `previous` (what the item holds): when a throttle
-    starts or ends (a 429, remaining 0, a probe's success), when the remaining count
-    crosses a 10 % step, or when the stored figure is a minute old and has changed.
-    Everything else costs no DynamoDB write."""
-    if observed.throttled_until != previous.throttled_until:
-        return True
-    if observed.rate_limit is None:
-        return False
-    if _step(observed.rate_limit) != _step(previous.rate_limit):
-        return True
-    same = (previous.rate_limit is not None
-            and (previous.rate_limit.limit, previous.rate_limit.remaining)
-            == (observed.rate_limit.limit, observed.rate_limit.remaining))
-    stale = previous.last_written_at is None or now - previous.last_written_at >= WRITE_EVERY_SECONDS
-    return stale and not same
-
-
-# -- 6. observability ----------------------------------------------------------------------
+# -- 5. observability ----------------------------------------------------------------------
 
 METRIC_STATUS = {2: "ProxyStatus2xx", 3: "ProxyStatus3xx", 4: "ProxyStatus4xx", 5: "ProxyStatus5xx"}
 METRIC_BROKER_LATENCY = "ProxyBrokerLatency"        # ms spent in the broker, Insightly excluded

@@ -19,12 +19,11 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from broker.credentials.insightly import RateLimit
 from broker.platform import deadline
 from broker.platform.errors import BrokerError
 from broker.platform.observability import logger
 from broker.store import schema
-from broker.store.quota import ALERT_RANK, QuotaRecord, group_key
+from broker.store.quota import ALERT_RANK, QuotaRecord, RateLimit, group_key
 
 DUE_INDEX = "due-index"
 ACTIVE, NEEDS_REAUTH = "active", "needs_reauth"

@@ -1,4 +1,5 @@
-"""GET /connections: pages of status JSON from the table's indexes, never a Scan.
+"""A connection as the backend sees it: its status JSON (GET /connections/{id}) and
+GET /connections: pages of that JSON from the table's indexes, never a Scan.
 
 Each filter is served by one index (status-index, mode-index, or the sparse tag-index on
 tags[ListTagKey]); no filter walks status-index's two partitions in turn. A page is one
@@ -17,17 +18,57 @@ import hashlib
 import hmac
 import json
 import time
+from datetime import datetime, timezone
 from typing import Any
 
-from broker.credentials.tokens import connection_status
 from broker.http import requests_in
 from broker.platform.errors import InvalidRequest
-from broker.store.connections import ACTIVE, NEEDS_REAUTH, ConnectionStore
+from broker.store.connections import ACTIVE, NEEDS_REAUTH, Connection, ConnectionStore
+from broker.store.quota import QuotaRecord
 
 STATUSES = (ACTIVE, NEEDS_REAUTH)
 AUTH_MODES = ("oauth2", "api_key")
 DEFAULT_LIMIT, MAX_LIMIT = 50, 100
 CURSOR_KEY_CACHE_SECONDS = 3600
+
+
+def iso(epoch: int | None) -> str | None:
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def connection_status(conn: Connection, record: QuotaRecord | None = None, *, reserve_percent: int = 0,
+                      now: float | None = None) -> dict[str, Any]:
+    """What GET /connections/{id} answers: never a credential. `record`: the quota the
+    connection shares with its group (its own when it has none, or when not given)."""
+    record = record or QuotaRecord.of_connection(conn)
+    rate = record.rate_limit
+    return {
+        "connection_id": conn.connection_id,
+        "status": conn.status,
+        "auth_mode": conn.auth_mode,
+        "provider_user": conn.provider_user or None,
+        "scopes": conn.scopes.split() if conn.scopes else [],
+        "expires_at": iso(conn.expires_at),
+        "last_refreshed_at": iso(conn.last_refreshed_at),
+        "next_refresh_at": iso(conn.refresh_due_at) if conn.status == ACTIVE else None,
+        "connected_at": iso(conn.connected_at),
+        "created_at": iso(conn.created_at),
+        "failing_since": iso(conn.first_failed_at),
+        "last_error": {**conn.last_error, "at": iso(int(conn.last_error["at"]))} if conn.last_error else None,
+        "pod": conn.pod,
+        "api_base_url": conn.api_base_url,
+        "last_checked_at": iso(conn.last_checked_at),
+        "tags": conn.tags,
+        "metadata": conn.metadata_object,
+        "rate_limit": ({"limit": rate.get("limit"), "remaining": rate.get("remaining"),
+                        "observed_at": iso(rate.get("observed_at"))} if rate else None),
+        "quota_group": conn.quota_group,
+        "quota": _with_iso_time(record.view(reserve_percent, time.time() if now is None else now)),
+    }
+
+
+def _with_iso_time(view: dict[str, Any] | None) -> dict[str, Any] | None:
+    return {**view, "observed_at": iso(view["observed_at"])} if view else None
 
 
 def _b64(data: bytes) -> str:

@@ -14,21 +14,22 @@ or below BackgroundQuotaReservePercent of its limit, background calls are refuse
 (429 `quota_reserved`) until the next UTC midnight; interactive calls go on until the quota
 is used up.
 
-Writes: only when the proxy's thresholds say so (proxy.should_write, plus the reserve line),
+Writes: only when the quota rules below say so (should_write, plus the reserve line),
 conditional on not replacing a fresher or lower figure, so concurrent writers of one group
 never lift a throttle or a reserve another one just recorded.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from broker.credentials.insightly import RateLimit
 from broker.platform.errors import BrokerError, InvalidRequest
+from broker.platform.outbound import parse_retry_after
 from broker.store.labels import MAX_TAG_VALUE
 
 if TYPE_CHECKING:
@@ -180,92 +181,120 @@ class QuotaReserved(BrokerError):
         self.headers = record.rate_headers()
 
 
-# (detail type, the connection whose call saw it, the record): a lifecycle event naming the group.
-Emit = Callable[[str, "Connection", QuotaRecord], None]
-# A grouped connection's last_used_at (a key seen working postpones its scheduled check) is
-# its own write, so it is refreshed at most this often.
-LAST_USED_EVERY_SECONDS = 3600
+# -- what Insightly's X-RateLimit-* headers said ----------------------------------------------
+
+_RATE_HEADER = re.compile(r"[0-9]{1,12}")
 
 
-class QuotaGroups:
-    """The quota guard over records shared by a group: read, admit, observe."""
+@dataclass(frozen=True)
+class RateLimit:
+    """X-RateLimit-Limit / X-RateLimit-Remaining as seen at observed_at (epoch seconds)."""
 
-    def __init__(self, connections, *, reserve_percent: int, backoff_seconds: int = 900,
-                 emit: Emit | None = None):
-        self.connections = connections
-        self.reserve_percent = reserve_percent
-        self.backoff_seconds = backoff_seconds
-        self.emit = emit
+    limit: int | None
+    remaining: int | None
+    observed_at: int
 
-    def record_of(self, conn: Connection) -> QuotaRecord:
-        """The record of a connection already read: its own fields, or its group's item (a read)."""
-        if conn.quota_group is None:
-            return QuotaRecord.of_connection(conn)
-        return self.connections.quota_record(conn.quota_group)
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], *, now: float) -> RateLimit | None:
+        """None when neither header is present and a plain non-negative integer."""
+        def number(name: str) -> int | None:
+            value = (headers.get(name) or "").strip()
+            return int(value) if _RATE_HEADER.fullmatch(value) else None
 
-    def admit(self, record: QuotaRecord, priority: str, now: int) -> QuotaRecord:
-        """Let a call through, or raise the local 429: QuotaExhaustedHere while the group is
-        throttled (for every priority), QuotaReserved for background work in the reserve.
-        After a throttle has passed, one caller claims the probe (a conditional write) and
-        gets the record as claimed; the others keep being answered here."""
-        from broker.proxy import rules as proxy
+        limit, remaining = number("X-RateLimit-Limit"), number("X-RateLimit-Remaining")
+        if limit is None and remaining is None:
+            return None
+        return cls(limit=limit, remaining=remaining, observed_at=int(now))
 
-        state = proxy.QuotaState(throttled_until=record.throttled_until, rate_limit=record.rate)
-        wait = proxy.locally_throttled(state, now)
-        if wait is None and priority == BACKGROUND and reserve_reached(record.rate, self.reserve_percent, now):
-            raise QuotaReserved(record, now)
-        if wait is None:
-            probe = proxy.probe_claim(state, now)
-            if probe is not None:
-                until = int(probe.throttled_until)
-                if not self.connections.claim_probe(record, until=until):
-                    wait = proxy.PROBE_SECONDS
-                else:
-                    record = dataclasses.replace(record, throttled_until=until)
-        if wait is not None:
-            raise QuotaExhaustedHere(wait, record)
-        return record
+    def is_low(self) -> bool:
+        """Remaining below 10 % of the limit."""
+        return self.limit is not None and self.remaining is not None and self.remaining * 10 < self.limit
 
-    def observe(self, conn: Connection, record: QuotaRecord, *, status: int, rate: RateLimit | None,
-                retry_after: str | None, now: int) -> None:
-        """Record what an Insightly answer showed of the quota, when it matters: a throttle
-        starts or ends, a 10 % step or the reserve line is crossed, or the figure is a minute
-        old and changed (proxy.should_write). Everything else costs no write."""
-        from broker.proxy import rules as proxy
+    def is_exhausted(self) -> bool:
+        return self.remaining == 0
 
-        if status == 429 and (rate is None or not rate.is_exhausted()):
-            # Insightly's 429 is the daily quota: remaining is 0 whatever the headers said.
-            rate = RateLimit(limit=rate.limit if rate else (record.rate_limit or {}).get("limit"), remaining=0,
-                             observed_at=now)
-        state = proxy.QuotaState(throttled_until=record.throttled_until, rate_limit=record.rate,
-                                 last_written_at=(record.rate_limit or {}).get("observed_at"))
-        observed = proxy.after_response(state, status=status, retry_after=retry_after, observed=rate, now=now,
-                                        backoff_seconds=self.backoff_seconds)
-        worked = 200 <= status < 300
-        own = record.group is None
-        crossed = (reserve_reached(observed.rate_limit, self.reserve_percent, now)
-                   != reserve_reached(state.rate_limit, self.reserve_percent, now))
-        if not (proxy.should_write(state, observed, now) or crossed):
-            if worked and not own:
-                self._mark_used(conn, now)
-            return
-        sets, event = quota_change(record.quota_alert, rate)
-        remove = []
-        if observed.throttled_until is None:
-            remove.append("throttled_until")
-        else:
-            sets["throttled_until"] = int(observed.throttled_until)
-        if worked and own:
-            sets["last_used_at"] = now  # the key works: its next scheduled check can wait
-        if not sets and not remove:
-            return
-        written = self.connections.record_quota(record, sets=sets, remove=remove, observed=rate,
-                                                alert_event=event is not None)
-        if worked and not own:
-            self._mark_used(conn, now)
-        if written and event and self.emit is not None:
-            self.emit(event, conn, record)
+    def as_dict(self) -> dict[str, int]:
+        """As stored on the connection: the headers Insightly sent, and when."""
+        return {k: v for k, v in (("limit", self.limit), ("remaining", self.remaining),
+                                  ("observed_at", self.observed_at)) if v is not None}
 
-    def _mark_used(self, conn: Connection, now: int) -> None:
-        if conn.last_used_at is None or now - conn.last_used_at >= LAST_USED_EVERY_SECONDS:
-            self.connections.mark_used(conn.connection_id, now=now)
+
+# -- the rules of the quota state: when to throttle, when a write is worth it ------------------
+
+MAX_RETRY_AFTER = 24 * 3600
+WRITE_EVERY_SECONDS = 60
+PROBE_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class QuotaState:
+    """What the connection item records about Insightly's quota (epoch seconds)."""
+
+    throttled_until: float | None = None
+    rate_limit: RateLimit | None = None
+    last_written_at: float | None = None
+
+
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Retry-After as seconds from now (the outbound parser, capped at 24 h for the daily
+    quota); anything unreadable is None (ignored)."""
+    seconds = parse_retry_after(value, now=datetime.fromtimestamp(now, timezone.utc), cap=MAX_RETRY_AFTER)
+    return None if seconds is None else float(seconds)
+
+
+def locally_throttled(state: QuotaState, now: float) -> int | None:
+    """Seconds to put in Retry-After when the broker must answer 429 itself, else None."""
+    if state.throttled_until is not None and now < state.throttled_until:
+        return max(1, math.ceil(state.throttled_until - now))
+    return None
+
+
+def probe_claim(state: QuotaState, now: float) -> QuotaState | None:
+    """After a throttle has passed, the state that lets exactly one caller probe: store it
+    with a condition on the old `throttled_until`; the caller whose write wins calls
+    Insightly, the others are answered locally until the probe's answer is recorded.
+    None when no throttle is pending (nothing to claim)."""
+    if state.throttled_until is None or now < state.throttled_until:
+        return None
+    return replace(state, throttled_until=now + PROBE_SECONDS)
+
+
+def after_response(state: QuotaState, *, status: int, retry_after: str | None,
+                   observed: RateLimit | None, now: float, backoff_seconds: int) -> QuotaState:
+    """The quota state after Insightly answered. `observed` is the rate limit parsed from
+    the answer's headers (by the Insightly client), None when it sent none.
+
+    A 429, or a remaining count of 0, throttles until Retry-After (when readable) or
+    now + backoff_seconds (QuotaBackoffSeconds). Any other answer ends a throttle (it was
+    the probe's)."""
+    rate_limit = observed if observed is not None else state.rate_limit
+    exhausted = status == 429 or (observed is not None and observed.is_exhausted())
+    if exhausted:
+        wait = retry_after_seconds(retry_after, now)
+        until = now + (wait if wait is not None else backoff_seconds)
+        return replace(state, throttled_until=until, rate_limit=rate_limit)
+    return replace(state, throttled_until=None, rate_limit=rate_limit)
+
+
+def _step(rate_limit: RateLimit | None) -> int | None:
+    if rate_limit is None or not rate_limit.limit or rate_limit.remaining is None:
+        return None
+    return math.floor(10 * max(rate_limit.remaining, 0) / rate_limit.limit)
+
+
+def should_write(previous: QuotaState, observed: QuotaState, now: float) -> bool:
+    """Whether to write `observed` over `previous` (what the item holds): when a throttle
+    starts or ends (a 429, remaining 0, a probe's success), when the remaining count
+    crosses a 10 % step, or when the stored figure is a minute old and has changed.
+    Everything else costs no DynamoDB write."""
+    if observed.throttled_until != previous.throttled_until:
+        return True
+    if observed.rate_limit is None:
+        return False
+    if _step(observed.rate_limit) != _step(previous.rate_limit):
+        return True
+    same = (previous.rate_limit is not None
+            and (previous.rate_limit.limit, previous.rate_limit.remaining)
+            == (observed.rate_limit.limit, observed.rate_limit.remaining))
+    stale = previous.last_written_at is None or now - previous.last_written_at >= WRITE_EVERY_SECONDS
+    return stale and not same

@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from broker.credentials.insightly import Auth, RateLimit
+from broker.credentials.insightly import Auth
 from broker.platform.errors import BrokerError, InvalidRequest
 from broker.store.connections import Connection
-from broker.store.quota import QuotaRecord
+from broker.store.quota import QuotaRecord, RateLimit
 
 OAUTH2, API_KEY = "oauth2", "api_key"
 AUTH_MODES = (OAUTH2, API_KEY)
