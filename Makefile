@@ -16,9 +16,10 @@ FAKE_AWS := AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_
             AWS_CONFIG_FILE=/dev/null AWS_SHARED_CREDENTIALS_FILE=/dev/null
 export SAM_CLI_TELEMETRY := 0
 # What `make local`, `smoke` and `bench` import from the source tree, as pytest does (its
-# `pythonpath` in pyproject.toml): the layer, the tests and the Python client the demo app
-# uses. A path, not an install into the venv: the client is read from the checkout as it is
-# now, nothing installed can go stale, and the venv stays exactly the locked set.
+# `pythonpath` in pyproject.toml): the layer, the checkout's top (local/, tests/) and the
+# Python client the demo app uses. A path, not an install into the venv: the client is read
+# from the checkout as it is now, nothing installed can go stale, and the venv stays exactly
+# the locked set.
 LOCAL_PYTHONPATH := layers/common:.:clients/python/src
 
 .PHONY: help install lock test test-node fuzz chromium lint validate security build deploy local smoke bench docs clean
