@@ -26,7 +26,7 @@ MAX_FORM_BODY = 4096
 FIELDS = ("session", "csrf", "api_key", "api_url")
 _FIELD_LIMITS = {"session": 64, "csrf": 64, "api_key": 512, "api_url": 512}
 
-# What the person sees when a submit does not connect (issue 8, point 3).
+# What the person sees when a submit does not connect.
 KEY_REJECTED = "Insightly did not accept this API key."
 ACCESS_DENIED = "Insightly refused API access for this user. Ask your Insightly administrator."
 QUOTA_USED_UP = "Insightly's daily API limit for this account is used up; try again later."

@@ -1,4 +1,4 @@
-"""The popup ending of a connect flow (display=popup, issue 10): instead of a 302 to return_to,
+"""The popup ending of a connect flow (display=popup): instead of a 302 to return_to,
 a tiny page that posts the outcome to window.opener and closes.
 
 The message carries exactly what the redirect would have put on return_to (status, error,

@@ -1,5 +1,5 @@
 """The Insightly proxy's building blocks: path safety, header and body shaping, the outbound
-call with its retries, the daily-quota guard and the log/metric fields (issue 9).
+call with its retries, and the log/metric fields (the daily-quota rules are store.quota's).
 
 Pure logic plus one outbound call over requests; no AWS. Credentials (a requests AuthBase),
 the session, the clock, sleep and jitter come in as arguments, so the route can wire them

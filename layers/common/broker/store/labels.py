@@ -1,4 +1,4 @@
-"""Tags and metadata: the SaaS's own labels on a connection (issue 10).
+"""Tags and metadata: the SaaS's own labels on a connection.
 
 Tags are a few short string pairs the broker can filter on and puts in every lifecycle
 event; metadata is one small JSON object the broker only keeps and hands back. Neither may

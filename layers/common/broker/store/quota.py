@@ -1,4 +1,4 @@
-"""Quota groups and priorities (issue 19): Insightly's daily limit belongs to the Insightly
+"""Quota groups and priorities: Insightly's daily limit belongs to the Insightly
 instance, so the connections of one customer (several users' keys or grants) share it.
 
 A connection may carry a `quota_group` (a SaaS sets it to its customer's id). The group's
