@@ -21,7 +21,7 @@ from broker.store.quota import (
 )
 
 if TYPE_CHECKING:
-    from broker.store.connections import Connection
+    from broker.store.items import Connection
 
 # (detail type, the connection whose call saw it, the record): a lifecycle event naming the group.
 Emit = Callable[[str, "Connection", QuotaRecord], None]
