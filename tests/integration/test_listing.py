@@ -208,7 +208,7 @@ def test_items_dynamodb_keeps_leaving_unprocessed_are_a_503_to_retry_not_a_500(t
         return {"Responses": {table: []}, "UnprocessedKeys": RequestItems}
 
     monkeypatch.setattr(store._db, "batch_get_item", throttled)
-    monkeypatch.setattr("broker.store.connections.time.sleep", lambda seconds: None)
+    monkeypatch.setattr("broker.store.table.time.sleep", lambda seconds: None)
 
     answer = two_connections.call("GET", "/connections")
 

@@ -44,7 +44,8 @@ def test_a_handler_import_loads_no_vault_cipher_secrets_utility_or_xray_sdk(logi
 @pytest.mark.parametrize("logical", ["RefreshFunction", "RefreshWorkerFunction"])
 def test_token_routes_and_the_worker_do_not_import_the_connect_flows(logical):
     flows = ("broker.connect.oauth_flow", "broker.connect.api_keys", "broker.connect.flowstore",
-             "broker.connect.key_page")
+             "broker.connect.flow_table", "broker.connect.sessions", "broker.connect.completions",
+             "broker.connect.run_lease", "broker.connect.key_page")
     assert loaded_by_import(logical, *flows) == []
 
 

@@ -17,7 +17,7 @@ from tests.support.openapi import DOCUMENT, Contract, load_document
 
 BROKER = Path(__file__).resolve().parents[2] / "layers" / "common" / "broker"
 # The codes made at run time from a name (requests_in.single/random_token, key_page.parse_form,
-# flowstore's "invalid_{kind}" / "{kind}_expired"), for the names the code passes.
+# flow_table's "invalid_{kind}" / "{kind}_expired"), for the names the code passes.
 COMPOSED_CODES = {"missing_session", "missing_state", "missing_code", "missing_csrf", "missing_api_key",
                   "missing_api_url", "invalid_session", "invalid_state", "invalid_session_id", "invalid_csrf",
                   "invalid_api_key", "invalid_api_url", "session_expired", "state_expired"}

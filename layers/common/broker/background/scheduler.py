@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from broker.platform import aws
 from broker.platform.observability import count, logger
-from broker.store.connections import ConnectionStore
+from broker.store.indexes import ConnectionIndexes
 
 # Stop taking new work with this much time left, so the run ends cleanly before its timeout.
 RESERVE_SECONDS = 10
@@ -55,7 +55,7 @@ def one_run_at_a_time(lease: RunLease, run_id: str, run: Callable[[], Any], *, n
                            extra={"exception_type": type(fault).__name__})
 
 
-def enqueue_due(store: ConnectionStore, sqs, queue_url: str, *, shards: int, now: int,
+def enqueue_due(store: ConnectionIndexes, sqs, queue_url: str, *, shards: int, now: int,
                 seconds_left: Callable[[], float], senders: int = SENDERS) -> dict[str, int]:
     """Every due id onto the queue once. Each shard is read by its own thread, page after page,
     and its batches of 10 go to `senders` threads calling SendMessageBatch: at a million

@@ -33,7 +33,7 @@ from broker.platform.outbound import parse_retry_after
 from broker.store.labels import MAX_TAG_VALUE
 
 if TYPE_CHECKING:
-    from broker.store.connections import Connection
+    from broker.store.items import Connection
 
 GROUP_KEY_PREFIX = "#quota:"
 PRIORITY_HEADER = "x-broker-priority"

@@ -21,7 +21,8 @@ from broker.store.quota import (
 )
 
 if TYPE_CHECKING:
-    from broker.store.connections import Connection
+    from broker.store.items import Connection
+    from broker.store.quota_records import QuotaRecords
 
 # (detail type, the connection whose call saw it, the record): a lifecycle event naming the group.
 Emit = Callable[[str, "Connection", QuotaRecord], None]
@@ -33,7 +34,7 @@ LAST_USED_EVERY_SECONDS = 3600
 class QuotaGroups:
     """The quota guard over records shared by a group: read, admit, observe."""
 
-    def __init__(self, connections, *, reserve_percent: int, backoff_seconds: int = 900,
+    def __init__(self, connections: QuotaRecords, *, reserve_percent: int, backoff_seconds: int = 900,
                  emit: Emit | None = None):
         self.connections = connections
         self.reserve_percent = reserve_percent
