@@ -1,2 +1,2 @@
-"""Connecting an account: connect sessions and OAuth states, the OAuth flow, the key page and API-
-key connect."""
+"""Connecting an account: connect sessions and OAuth states in the flow table, the OAuth flow,
+the key page and API-key connect."""
