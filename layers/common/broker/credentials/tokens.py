@@ -25,6 +25,7 @@ from broker.credentials.kinds import API_KEY, OAUTH2, CredentialKind, Renewal
 from broker.credentials.kinds.api_key import ApiKeyKind
 from broker.credentials.kinds.oauth2 import OAuth2Kind, backoff, expiry_and_due, sealed_fields  # noqa: F401 - part of this module's API
 from broker.credentials.provider import ProviderClient
+from broker.credentials.renewal_quota import RenewalQuota
 from broker.credentials.vault import TokenVault
 from broker.platform import aws, deadline
 from broker.platform.config import Settings
@@ -49,7 +50,7 @@ from broker.platform.observability import count, logger, metrics
 from broker.platform.outbound import MAX_RETRY_AFTER
 from broker.store.connections import ACTIVE, CLIENT_REJECTED_MARKER, Connection, ConnectionStore, StaleWrite
 from broker.store.listing import connection_status, iso
-from broker.store.quota import QuotaRecord, RateLimit, quota_change
+from broker.store.quota import QuotaRecord, RateLimit
 from broker.store.quota_guard import QuotaGroups
 
 REFRESHED, NOT_DUE, IN_PROGRESS, NEEDS_REAUTH, FAILED = "refreshed", "not_due", "in_progress", "needs_reauth", "failed"
@@ -93,6 +94,7 @@ class TokenService:
         self.jitter = jitter
         self._flights: dict[str, threading.Lock] = {}
         self._flights_guard = threading.Lock()
+        self.quota = RenewalQuota(settings, connections=connections, emit=self.emit)
         # One instance per credential kind, chosen by each connection's auth_mode. The kinds
         # sleep through self.sleep, so a test's fake sleep reaches them too.
         self.kinds: dict[str, CredentialKind] = {
@@ -122,9 +124,7 @@ class TokenService:
 
     def quota_groups(self, *, backoff_seconds: int | None = None) -> QuotaGroups:
         """The quota guard over shared records; its QuotaLow/QuotaExhausted events name the group."""
-        return QuotaGroups(self.connections, reserve_percent=self.settings.background_quota_reserve_percent,
-                           backoff_seconds=backoff_seconds or self.settings.quota_backoff_seconds,
-                           emit=lambda event, conn, record: self.emit(event, conn, status=ACTIVE, reason="quota"))
+        return self.quota.groups(backoff_seconds=backoff_seconds)
 
     def access_token(self, connection_id: str) -> dict[str, Any]:
         """A credential that works now: an access token valid for at least the skew (refreshed
@@ -274,8 +274,7 @@ class TokenService:
         the old refresh token, so a passing KMS or DynamoDB fault is retried. The quota it
         showed goes with it on the connection's own item, or to its group's record."""
         now = self._now()
-        grouped = conn.quota_group is not None
-        extra, event = ({}, None) if grouped else quota_change(conn.quota_alert, renewal.rate_limit)
+        extra, event = self.quota.on_item(conn, renewal.rate_limit)
         if renewal.checked_at is not None:
             extra["last_checked_at"] = renewal.checked_at
         for attempt in range(3):
@@ -306,15 +305,7 @@ class TokenService:
                     count("RefreshNotStored")
                     raise
             self.sleep(0.1 * 2 ** attempt)
-        if event:
-            self.emit(event, conn, status=ACTIVE, reason="quota")
-        if grouped and renewal.rate_limit is not None:
-            self._observe_group(conn, record, status=200, rate=renewal.rate_limit, retry_after=None, now=now)
-
-    def _observe_group(self, conn: Connection, record: QuotaRecord | None, **answer) -> None:
-        groups = self.quota_groups()
-        with contextlib.suppress(ClientError, BotoCoreError):  # best effort: the renewal is stored
-            groups.observe(conn, record or groups.record_of(conn), **answer)
+        self.quota.after_write(conn, record, event, rate=renewal.rate_limit, status=200, retry_after=None, now=now)
 
     def _terminal(self, conn: Connection, exc: BrokerError, reason: str) -> dict[str, Any]:
         """The provider no longer accepts this connection's credential (invalid_grant, no
@@ -346,18 +337,15 @@ class TokenService:
         if isinstance(exc, QuotaExhausted) and (rate is None or not rate.is_exhausted()):
             # Insightly's 429 is the daily quota: remaining is 0 whatever the headers said.
             rate = RateLimit(limit=(rate or conn_rate(conn)).limit, remaining=0, observed_at=now)
-        grouped = conn.quota_group is not None
-        extra, event = ({}, None) if grouped else quota_change(conn.quota_alert, rate)
+        extra, event = self.quota.on_item(conn, rate)
         self.connections.record_failure(conn, owner=owner, error=error_record(exc, now), retry_at=retry_at, now=now,
                                         extra=extra)
         if conn.failure_count == 0:
             self.emit(REFRESH_FAILED, conn, status=ACTIVE, reason=exc.code)
-        if event:
-            self.emit(event, conn, status=ACTIVE, reason="quota")
-        if grouped and rate is not None:
-            self._observe_group(conn, record, status=429 if isinstance(exc, QuotaExhausted) else exc.status,
-                                rate=rate, now=now,
-                                retry_after=str(exc.retry_after) if getattr(exc, "retry_after", None) else None)
+        self.quota.after_write(conn, record, event, rate=rate, now=now,
+                               status=429 if isinstance(exc, QuotaExhausted) else exc.status,
+                               retry_after=str(exc.retry_after) if getattr(exc, "retry_after", None) else None)
+
     def _client_rejected(self, conn: Connection, owner: str) -> None:
         """The provider refuses the broker's client credentials, even freshly fetched: a fault
         of the deployment (a rotated or wrong secret), never of this connection. Cool it down
