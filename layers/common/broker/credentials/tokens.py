@@ -20,11 +20,12 @@ from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.credentials.client_credentials import ClientCredentialSource
-from broker.credentials.insightly import InsightlyApi, QuotaExhausted, authorization_header
+from broker.credentials.insightly import InsightlyApi, authorization_header
 from broker.credentials.kinds import API_KEY, OAUTH2, CredentialKind, Renewal
 from broker.credentials.kinds.api_key import ApiKeyKind
 from broker.credentials.kinds.oauth2 import OAuth2Kind, backoff, expiry_and_due, sealed_fields  # noqa: F401 - part of this module's API
 from broker.credentials.provider import ProviderClient
+from broker.credentials.refresh_failures import RefreshFailures, error_record
 from broker.credentials.renewal_quota import RenewalQuota
 from broker.credentials.vault import TokenVault
 from broker.platform import aws, deadline
@@ -38,19 +39,11 @@ from broker.platform.errors import (
     ProviderRejected,
     VaultUnavailable,
 )
-from broker.platform.lifecycle import (
-    CLIENT_REJECTED,
-    DELETED,
-    RECOVERED,
-    REFRESH_FAILED,
-    LifecycleEvents,
-)
-from broker.platform.lifecycle import NEEDS_REAUTH as NEEDS_REAUTH_EVENT
+from broker.platform.lifecycle import DELETED, RECOVERED, LifecycleEvents
 from broker.platform.observability import count, logger, metrics
-from broker.platform.outbound import MAX_RETRY_AFTER
-from broker.store.connections import ACTIVE, CLIENT_REJECTED_MARKER, Connection, ConnectionStore, StaleWrite
+from broker.store.connections import ACTIVE, Connection, ConnectionStore, StaleWrite
 from broker.store.listing import connection_status, iso
-from broker.store.quota import QuotaRecord, RateLimit
+from broker.store.quota import QuotaRecord
 from broker.store.quota_guard import QuotaGroups
 
 REFRESHED, NOT_DUE, IN_PROGRESS, NEEDS_REAUTH, FAILED = "refreshed", "not_due", "in_progress", "needs_reauth", "failed"
@@ -60,22 +53,6 @@ NEWER_SCHEMA = "newer_schema"  # stored by a newer broker (rolled back): left fo
 # Time kept for storing the new token set: the KMS call, then the DynamoDB write, which
 # aws.py refuses to start with less than one whole attempt left.
 PERSIST_SECONDS = aws.ATTEMPT_SECONDS + 0.5
-# A connection refused because of our client credentials rests this long (jittered): the
-# scheduler does not hammer the provider with a secret it refuses, /token still tries.
-CLIENT_REJECTED_COOLDOWN = 600
-SIGNAL_INTERVAL = 300  # at most one ClientRejected event per this many seconds, deployment-wide
-
-
-def cooldown(failures: int, *, base: int = 60, cap: int = 3600,
-             jitter: Callable[[float, float], float] = random.uniform) -> int:
-    """How long a connection whose refresh keeps failing rests before the next try."""
-    return int(min(cap, base * 2 ** (failures - 1)) * jitter(0.8, 1.2))
-
-
-def error_record(exc: BrokerError, now: int) -> dict[str, Any]:
-    # Codes and our own messages only: never a provider body, never a token.
-    return {"code": exc.code, "message": exc.message[:200], "at": now}
-
 
 class TokenService:
     def __init__(self, settings: Settings, *, connections: ConnectionStore, vault: TokenVault,
@@ -95,6 +72,9 @@ class TokenService:
         self._flights: dict[str, threading.Lock] = {}
         self._flights_guard = threading.Lock()
         self.quota = RenewalQuota(settings, connections=connections, emit=self.emit)
+        # Reads self.jitter at each call, as the kinds read self.sleep: a test's fake reaches it.
+        self.failures = RefreshFailures(settings, connections=connections, quota=self.quota, emit=self.emit,
+                                        events=events, jitter=lambda low, high: self.jitter(low, high))
         # One instance per credential kind, chosen by each connection's auth_mode. The kinds
         # sleep through self.sleep, so a test's fake sleep reaches them too.
         self.kinds: dict[str, CredentialKind] = {
@@ -254,8 +234,9 @@ class TokenService:
             if reason is not None:
                 return self._terminal(conn, exc, reason)
             if isinstance(exc, ProviderRejected) and exc.oauth_error == "invalid_client":
-                self._client_rejected(conn, owner)  # still refused with a freshly fetched secret
-            self._failed(conn, owner, exc, record)
+                # still refused with a freshly fetched secret
+                self.failures.client_rejected(conn, owner, now=self._now())
+            self.failures.transient(conn, owner, exc, kind=kind, record=record, now=self._now())
             raise
         sealed = renewal.sealed or current
         self._persist(conn, owner, kind, renewal, record)
@@ -318,70 +299,7 @@ class TokenService:
             if latest.status == ACTIVE and latest.credentials:
                 return self._token_answer(latest, self._open(latest))
             raise Conflict("this connection needs to be re-authorized", code="needs_reauth")
-        self._needs_reauth(conn, reason, exc)
-
-    def _failed(self, conn: Connection, owner: str, exc: BrokerError, record: QuotaRecord | None = None) -> None:
-        """A transient failure: cool the connection down, tell the SaaS on the first one, and
-        give up on it after failing for days."""
-        now = self._now()
-        count("RefreshTransientFailure")
-        failing_for = now - (conn.first_failed_at or now)
-        if (self._kind(conn).gives_up_after_failing_days
-                and failing_for >= self.settings.reauth_after_failing_days * 86400):
-            with contextlib.suppress(Conflict):
-                self._needs_reauth(conn, "refresh_failing", exc)
-            return
-        retry_after = min(getattr(exc, "retry_after", None) or 0, MAX_RETRY_AFTER)
-        retry_at = now + max(cooldown(conn.failure_count + 1, jitter=self.jitter), retry_after)
-        rate = getattr(exc, "rate_limit", None)
-        if isinstance(exc, QuotaExhausted) and (rate is None or not rate.is_exhausted()):
-            # Insightly's 429 is the daily quota: remaining is 0 whatever the headers said.
-            rate = RateLimit(limit=(rate or conn_rate(conn)).limit, remaining=0, observed_at=now)
-        extra, event = self.quota.on_item(conn, rate)
-        self.connections.record_failure(conn, owner=owner, error=error_record(exc, now), retry_at=retry_at, now=now,
-                                        extra=extra)
-        if conn.failure_count == 0:
-            self.emit(REFRESH_FAILED, conn, status=ACTIVE, reason=exc.code)
-        self.quota.after_write(conn, record, event, rate=rate, now=now,
-                               status=429 if isinstance(exc, QuotaExhausted) else exc.status,
-                               retry_after=str(exc.retry_after) if getattr(exc, "retry_after", None) else None)
-
-    def _client_rejected(self, conn: Connection, owner: str) -> None:
-        """The provider refuses the broker's client credentials, even freshly fetched: a fault
-        of the deployment (a rotated or wrong secret), never of this connection. Cool it down
-        without counting toward re-auth, answer 503, and page the operator once."""
-        now = self._now()
-        exc = BrokerError("the provider refused the broker's client credentials; the operator must fix "
-                          "the client secret", code="client_rejected", status=503)
-        retry_at = now + int(CLIENT_REJECTED_COOLDOWN * self.jitter(0.8, 1.2))
-        self.connections.record_deployment_fault(conn, owner=owner, error=error_record(exc, now),
-                                                 retry_at=retry_at, now=now)
-        self._signal_client_rejected(now)
-        raise exc
-
-    def _signal_client_rejected(self, now: int) -> None:
-        count("ClientRejected")
-        logger.error("the provider refused the client credentials (invalid_client) after a refetch")
-        try:
-            first = self.connections.claim_signal(CLIENT_REJECTED_MARKER, now=now, interval=SIGNAL_INTERVAL)
-        except (ClientError, BotoCoreError):
-            first = False  # the metric above still pages; the event is best effort
-        if first and self.events is not None:
-            self.events.emit(CLIENT_REJECTED, connection_id=None, status="deployment", reason="invalid_client",
-                             at=now)
-
-    def _needs_reauth(self, conn: Connection, reason: str, exc: BrokerError) -> None:
-        try:
-            self.connections.mark_needs_reauth(conn, error=error_record(exc, self._now()), now=self._now())
-        except StaleWrite:
-            pass  # someone re-connected meanwhile: their credentials stand
-        else:
-            count("NeedsReauth")
-            self.emit(NEEDS_REAUTH_EVENT, conn, status=NEEDS_REAUTH, reason=reason)
-            logger.warning("connection needs re-authorization",
-                           extra={"connection_id": conn.connection_id, "reason": reason})
-        raise Conflict("the provider no longer accepts this connection's credential; reconnect it",
-                       code="needs_reauth")
+        self.failures.needs_reauth(conn, reason, exc, now=self._now())
 
     def emit(self, detail_type: str, conn: Connection, *, status: str, reason: str | None) -> None:
         if self.events is not None:
@@ -446,8 +364,3 @@ class TokenService:
                            extra={"connection_id": conn.connection_id, "error": exc.code})
             return
         self._kind(conn).revoke(conn, sealed)
-
-
-def conn_rate(conn: Connection) -> RateLimit:
-    rate = conn.rate_limit or {}
-    return RateLimit(limit=rate.get("limit"), remaining=rate.get("remaining"), observed_at=rate.get("observed_at", 0))
