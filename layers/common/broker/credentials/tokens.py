@@ -3,6 +3,11 @@
 A refresh takes a lease on the connection item first, so only one refresher at a time
 reaches the provider; the new token set is written conditionally on the version it read
 and on still holding the lease, so a stale writer never overwrites newer credentials.
+
+The service decides when a credential is renewed and who waits for whom; it leaves to its
+parts how a credential is sealed, stored and handed out (stored.StoredCredentials), what a
+failed renewal leaves on the connection (refresh_failures.RefreshFailures) and what a renewal
+saw of the Insightly quota (renewal_quota.RenewalQuota).
 """
 
 from __future__ import annotations
@@ -17,16 +22,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.credentials.client_credentials import ClientCredentialSource
-from broker.credentials.insightly import InsightlyApi, authorization_header
-from broker.credentials.kinds import API_KEY, OAUTH2, CredentialKind, Renewal
+from broker.credentials.insightly import InsightlyApi
+from broker.credentials.kinds import API_KEY, OAUTH2, CredentialKind
 from broker.credentials.kinds.api_key import ApiKeyKind
 from broker.credentials.kinds.oauth2 import OAuth2Kind, backoff, expiry_and_due, sealed_fields  # noqa: F401 - part of this module's API
 from broker.credentials.provider import ProviderClient
 from broker.credentials.refresh_failures import RefreshFailures, error_record
 from broker.credentials.renewal_quota import RenewalQuota
+from broker.credentials.stored import StoredCredentials
 from broker.credentials.vault import TokenVault
 from broker.platform import aws, deadline
 from broker.platform.config import Settings
@@ -37,12 +42,11 @@ from broker.platform.errors import (
     NewerSchemaVersion,
     NotFound,
     ProviderRejected,
-    VaultUnavailable,
 )
 from broker.platform.lifecycle import DELETED, RECOVERED, LifecycleEvents
 from broker.platform.observability import count, logger, metrics
 from broker.store.connections import ACTIVE, Connection, ConnectionStore, StaleWrite
-from broker.store.listing import connection_status, iso
+from broker.store.listing import connection_status
 from broker.store.quota import QuotaRecord
 from broker.store.quota_guard import QuotaGroups
 
@@ -53,6 +57,7 @@ NEWER_SCHEMA = "newer_schema"  # stored by a newer broker (rolled back): left fo
 # Time kept for storing the new token set: the KMS call, then the DynamoDB write, which
 # aws.py refuses to start with less than one whole attempt left.
 PERSIST_SECONDS = aws.ATTEMPT_SECONDS + 0.5
+
 
 class TokenService:
     def __init__(self, settings: Settings, *, connections: ConnectionStore, vault: TokenVault,
@@ -76,13 +81,15 @@ class TokenService:
         self.failures = RefreshFailures(settings, connections=connections, quota=self.quota, emit=self.emit,
                                         events=events, jitter=lambda low, high: self.jitter(low, high))
         # One instance per credential kind, chosen by each connection's auth_mode. The kinds
-        # sleep through self.sleep, so a test's fake sleep reaches them too.
+        # and the stored credentials sleep through self.sleep, so a test's fake sleep reaches them.
         self.kinds: dict[str, CredentialKind] = {
             OAUTH2: OAuth2Kind(settings, provider=provider, credentials=credentials, clock=clock,
                                sleep=lambda seconds: self.sleep(seconds), jitter=jitter),
             API_KEY: ApiKeyKind(settings, api=insightly or InsightlyApi(
                 timeout=(settings.http_connect_timeout, settings.http_read_timeout), clock=clock), clock=clock),
         }
+        self.stored = StoredCredentials(settings, connections=connections, vault=vault, kinds=self.kinds,
+                                        quota=self.quota, sleep=lambda seconds: self.sleep(seconds))
 
     def _now(self) -> int:
         return int(self.clock())
@@ -115,13 +122,13 @@ class TokenService:
         """/token's answer for a connection already read (and active): the proxy reads the
         item once for its quota guard and the credential alike."""
         connection_id = conn.connection_id
-        if self._kind(conn).fresh(conn, self._now()):
-            return self._token_answer(conn, self._open(conn))
+        if self.stored.kind(conn).fresh(conn, self._now()):
+            return self.stored.current_answer(conn)
         with self._single_flight(connection_id) as waited:
             if waited:  # another request in this container just refreshed it, most likely
                 conn = self._active(connection_id)
-                if self._kind(conn).fresh(conn, self._now()):
-                    return self._token_answer(conn, self._open(conn))
+                if self.stored.kind(conn).fresh(conn, self._now()):
+                    return self.stored.current_answer(conn)
             return self._refresh(conn, wait_for_winner=True)
 
     def force_refresh(self, connection_id: str) -> dict[str, Any]:
@@ -150,7 +157,7 @@ class TokenService:
         if (conn is None or conn.status != ACTIVE or conn.refresh_due_at is None
                 or conn.refresh_due_at > now):
             return NOT_DUE
-        kind = self._kind(conn)
+        kind = self.stored.kind(conn)
         # A key check spends a request of the group's quota, as background work: it waits while
         # the quota is used up or in the reserve.
         record = self.quota_groups().record_of(conn) if kind.spends_quota else QuotaRecord.of_connection(conn)
@@ -174,8 +181,7 @@ class TokenService:
         refresh that stores after the delete finds the item gone and revokes its own."""
         conn = self._get(connection_id)
         for _ in range(3):
-            if conn.credentials and self._revokes(conn):
-                self._revoke(conn)
+            self.stored.revoke(conn)
             try:
                 deleted = self.connections.delete(connection_id, version=conn.version)
             except StaleWrite:
@@ -213,7 +219,7 @@ class TokenService:
                  record: QuotaRecord | None = None) -> dict[str, Any] | None:
         started = time.monotonic()
         owner = uuid.uuid4().hex
-        kind = self._kind(conn)
+        kind = self.stored.kind(conn)
         if not self.connections.acquire_lease(conn, owner=owner, now=self._now(),
                                               seconds=self.settings.lease_seconds):
             count("RefreshLostRace")
@@ -223,7 +229,7 @@ class TokenService:
         # invocation's end would cut the write of a token the provider has already rotated.
         end = min(started + self.settings.lease_seconds, time.monotonic() + deadline.seconds_left()) - PERSIST_SECONDS
         try:
-            current = self._open(conn)
+            current = self.stored.open(conn)
             renewal = kind.renew(conn, current, end=end)
         except CredentialsUnreadable as exc:
             # Not the provider's fault and not transient: leave the item as it is.
@@ -239,7 +245,7 @@ class TokenService:
             self.failures.transient(conn, owner, exc, kind=kind, record=record, now=self._now())
             raise
         sealed = renewal.sealed or current
-        self._persist(conn, owner, kind, renewal, record)
+        self.stored.save_renewal(conn, owner, renewal, record, now=self._now())
         count("RefreshSucceeded")
         metrics.add_metric(name="RefreshLatency", unit=MetricUnit.Milliseconds,
                            value=(time.monotonic() - started) * 1000)
@@ -247,46 +253,7 @@ class TokenService:
             count("RefreshRecovered")
             self.emit(RECOVERED, conn, status=ACTIVE, reason=(conn.last_error or {}).get("code"))
         logger.info("credential renewed", extra={"connection_id": conn.connection_id, "auth_mode": kind.auth_mode})
-        return self._token_answer(dataclasses.replace(conn, expires_at=renewal.expires_at), sealed)
-
-    def _persist(self, conn: Connection, owner: str, kind: CredentialKind, renewal: Renewal,
-                 record: QuotaRecord | None = None) -> None:
-        """Store the renewal before anyone hears of it. The provider may already have retired
-        the old refresh token, so a passing KMS or DynamoDB fault is retried. The quota it
-        showed goes with it on the connection's own item, or to its group's record."""
-        now = self._now()
-        extra, event = self.quota.on_item(conn, renewal.rate_limit)
-        if renewal.checked_at is not None:
-            extra["last_checked_at"] = renewal.checked_at
-        for attempt in range(3):
-            try:
-                credentials = (self.vault.seal(conn.connection_id, renewal.sealed, purpose=kind.purpose,
-                                               bound=kind.bound(conn))
-                               if renewal.sealed is not None else None)
-                self.connections.save_refreshed(
-                    conn, owner=owner, credentials=credentials, expires_at=renewal.expires_at,
-                    refresh_due_at=renewal.next_due_at, now=now, extra=extra)
-                break
-            except StaleWrite:
-                if self.connections.get(conn.connection_id) is None:
-                    # Deleted while the provider answered: the credential just received must
-                    # not stay live at the provider with nobody holding it.
-                    logger.warning("connection deleted during its refresh; revoking the new token set",
-                                   extra={"connection_id": conn.connection_id})
-                    if renewal.sealed is not None:
-                        kind.revoke(conn, renewal.sealed)
-                    raise NotFound("the connection was deleted during the refresh",
-                                   code="connection_not_found") from None
-                raise Conflict("the connection changed during the refresh; try again",
-                               code="refresh_conflict") from None
-            except (VaultUnavailable, ClientError, BotoCoreError):
-                # KMS or DynamoDB (botocore has already retried throttles): try the write again.
-                if attempt == 2:
-                    logger.error("refreshed token set not stored", extra={"connection_id": conn.connection_id})
-                    count("RefreshNotStored")
-                    raise
-            self.sleep(0.1 * 2 ** attempt)
-        self.quota.after_write(conn, record, event, rate=renewal.rate_limit, status=200, retry_after=None, now=now)
+        return self.stored.answer(dataclasses.replace(conn, expires_at=renewal.expires_at), sealed)
 
     def _terminal(self, conn: Connection, exc: BrokerError, reason: str) -> dict[str, Any]:
         """The provider no longer accepts this connection's credential (invalid_grant, no
@@ -297,7 +264,7 @@ class TokenService:
         if latest is not None and latest.version != conn.version:
             count("RefreshLostRace")
             if latest.status == ACTIVE and latest.credentials:
-                return self._token_answer(latest, self._open(latest))
+                return self.stored.current_answer(latest)
             raise Conflict("this connection needs to be re-authorized", code="needs_reauth")
         self.failures.needs_reauth(conn, reason, exc, now=self._now())
 
@@ -317,7 +284,7 @@ class TokenService:
             if latest.version > conn.version:
                 if latest.status != ACTIVE:
                     raise Conflict("this connection needs to be re-authorized", code="needs_reauth")
-                return self._token_answer(latest, self._open(latest))
+                return self.stored.current_answer(latest)
             if latest.lease_until is None or latest.lease_until < self._now():
                 break  # the winner gave up or crashed
         raise BrokerError("a refresh of this connection is in progress; retry shortly",
@@ -336,31 +303,3 @@ class TokenService:
         if conn.status != ACTIVE or not conn.credentials:
             raise Conflict("this connection needs to be re-authorized", code="needs_reauth")
         return conn
-
-    def _kind(self, conn: Connection) -> CredentialKind:
-        return self.kinds[conn.auth_mode]
-
-    def _open(self, conn: Connection) -> dict[str, Any]:
-        kind = self._kind(conn)
-        return self.vault.open(conn.connection_id, conn.credentials, purpose=kind.purpose, bound=kind.bound(conn))
-
-    def _revokes(self, conn: Connection) -> bool:
-        """Whether deleting this connection gives something up at the provider."""
-        return conn.auth_mode == OAUTH2 and bool(self.settings.provider.revocation_url)
-
-    def _token_answer(self, conn: Connection, sealed: dict[str, Any]) -> dict[str, Any]:
-        """One shape for both kinds, so a backend calls Insightly with one code path."""
-        kind = self._kind(conn)
-        return {"connection_id": conn.connection_id, "auth_mode": conn.auth_mode,
-                "api_base_url": kind.api_base_url(conn),  # derived now, never the stored copy
-                "authorization": authorization_header(kind.authorization(sealed)),
-                "expires_at": iso(conn.expires_at), **kind.token_answer(conn, sealed)}
-
-    def _revoke(self, conn: Connection) -> None:
-        try:
-            sealed = self._open(conn)
-        except BrokerError as exc:
-            logger.warning("revocation failed; deleting anyway",
-                           extra={"connection_id": conn.connection_id, "error": exc.code})
-            return
-        self._kind(conn).revoke(conn, sealed)
