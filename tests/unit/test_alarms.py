@@ -235,9 +235,9 @@ def test_the_alarm_topic_is_the_stacks_own_or_the_given_one():
 
 def test_a_renamed_metric_is_caught(tmp_path, monkeypatch):
     """The checker itself: a copy of the code with RefreshNotStored renamed no longer emits it."""
-    source = (ROOT / "layers" / "common" / "broker" / "credentials" / "tokens.py").read_text()
+    source = (ROOT / "layers" / "common" / "broker" / "credentials" / "stored.py").read_text()
     assert 'count("RefreshNotStored")' in source
-    (tmp_path / "tokens.py").write_text(source.replace('count("RefreshNotStored")', 'count("RefreshNotSaved")'))
+    (tmp_path / "stored.py").write_text(source.replace('count("RefreshNotStored")', 'count("RefreshNotSaved")'))
     monkeypatch.setattr(sys.modules[__name__], "CODE", [tmp_path])
     names, _ = emitted_metric_names()
     assert "RefreshNotSaved" in names and "RefreshNotStored" not in names

@@ -1,6 +1,7 @@
 from broker.connect.oauth_flow import pkce_challenge, pkce_verifier
 from broker.credentials.provider import TokenSet
-from broker.credentials.tokens import backoff, cooldown, expiry_and_due, sealed_fields
+from broker.credentials.refresh_failures import cooldown
+from broker.credentials.tokens import backoff, expiry_and_due, sealed_fields
 from broker.http.requests_in import RANDOM_TOKEN
 
 NO_JITTER = {"jitter": lambda low, high: 0}

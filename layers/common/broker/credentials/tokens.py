@@ -3,6 +3,11 @@
 A refresh takes a lease on the connection item first, so only one refresher at a time
 reaches the provider; the new token set is written conditionally on the version it read
 and on still holding the lease, so a stale writer never overwrites newer credentials.
+
+The service decides when a credential is renewed and who waits for whom; it leaves to its
+parts how a credential is sealed, stored and handed out (stored.StoredCredentials), what a
+failed renewal leaves on the connection (refresh_failures.RefreshFailures) and what a renewal
+saw of the Insightly quota (renewal_quota.RenewalQuota).
 """
 
 from __future__ import annotations
@@ -17,14 +22,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from botocore.exceptions import BotoCoreError, ClientError
 
 from broker.credentials.client_credentials import ClientCredentialSource
-from broker.credentials.insightly import InsightlyApi, QuotaExhausted, authorization_header
-from broker.credentials.kinds import API_KEY, OAUTH2, CredentialKind, Renewal
+from broker.credentials.insightly import InsightlyApi
+from broker.credentials.kinds import API_KEY, OAUTH2, CredentialKind
 from broker.credentials.kinds.api_key import ApiKeyKind
 from broker.credentials.kinds.oauth2 import OAuth2Kind, backoff, expiry_and_due, sealed_fields  # noqa: F401 - part of this module's API
 from broker.credentials.provider import ProviderClient
+from broker.credentials.refresh_failures import RefreshFailures, error_record
+from broker.credentials.renewal_quota import RenewalQuota
+from broker.credentials.stored import StoredCredentials
 from broker.credentials.vault import TokenVault
 from broker.platform import aws, deadline
 from broker.platform.config import Settings
@@ -35,21 +42,12 @@ from broker.platform.errors import (
     NewerSchemaVersion,
     NotFound,
     ProviderRejected,
-    VaultUnavailable,
 )
-from broker.platform.lifecycle import (
-    CLIENT_REJECTED,
-    DELETED,
-    RECOVERED,
-    REFRESH_FAILED,
-    LifecycleEvents,
-)
-from broker.platform.lifecycle import NEEDS_REAUTH as NEEDS_REAUTH_EVENT
+from broker.platform.lifecycle import DELETED, RECOVERED, LifecycleEvents
 from broker.platform.observability import count, logger, metrics
-from broker.platform.outbound import MAX_RETRY_AFTER
-from broker.store.connections import ACTIVE, CLIENT_REJECTED_MARKER, Connection, ConnectionStore, StaleWrite
-from broker.store.listing import connection_status, iso
-from broker.store.quota import QuotaRecord, RateLimit, quota_change
+from broker.store.connections import ACTIVE, Connection, ConnectionStore, StaleWrite
+from broker.store.listing import connection_status
+from broker.store.quota import QuotaRecord
 from broker.store.quota_guard import QuotaGroups
 
 REFRESHED, NOT_DUE, IN_PROGRESS, NEEDS_REAUTH, FAILED = "refreshed", "not_due", "in_progress", "needs_reauth", "failed"
@@ -59,21 +57,6 @@ NEWER_SCHEMA = "newer_schema"  # stored by a newer broker (rolled back): left fo
 # Time kept for storing the new token set: the KMS call, then the DynamoDB write, which
 # aws.py refuses to start with less than one whole attempt left.
 PERSIST_SECONDS = aws.ATTEMPT_SECONDS + 0.5
-# A connection refused because of our client credentials rests this long (jittered): the
-# scheduler does not hammer the provider with a secret it refuses, /token still tries.
-CLIENT_REJECTED_COOLDOWN = 600
-SIGNAL_INTERVAL = 300  # at most one ClientRejected event per this many seconds, deployment-wide
-
-
-def cooldown(failures: int, *, base: int = 60, cap: int = 3600,
-             jitter: Callable[[float, float], float] = random.uniform) -> int:
-    """How long a connection whose refresh keeps failing rests before the next try."""
-    return int(min(cap, base * 2 ** (failures - 1)) * jitter(0.8, 1.2))
-
-
-def error_record(exc: BrokerError, now: int) -> dict[str, Any]:
-    # Codes and our own messages only: never a provider body, never a token.
-    return {"code": exc.code, "message": exc.message[:200], "at": now}
 
 
 class TokenService:
@@ -93,14 +76,20 @@ class TokenService:
         self.jitter = jitter
         self._flights: dict[str, threading.Lock] = {}
         self._flights_guard = threading.Lock()
+        self.quota = RenewalQuota(settings, connections=connections, emit=self.emit)
+        # Reads self.jitter at each call, as the kinds read self.sleep: a test's fake reaches it.
+        self.failures = RefreshFailures(settings, connections=connections, quota=self.quota, emit=self.emit,
+                                        events=events, jitter=lambda low, high: self.jitter(low, high))
         # One instance per credential kind, chosen by each connection's auth_mode. The kinds
-        # sleep through self.sleep, so a test's fake sleep reaches them too.
+        # and the stored credentials sleep through self.sleep, so a test's fake sleep reaches them.
         self.kinds: dict[str, CredentialKind] = {
             OAUTH2: OAuth2Kind(settings, provider=provider, credentials=credentials, clock=clock,
                                sleep=lambda seconds: self.sleep(seconds), jitter=jitter),
             API_KEY: ApiKeyKind(settings, api=insightly or InsightlyApi(
                 timeout=(settings.http_connect_timeout, settings.http_read_timeout), clock=clock), clock=clock),
         }
+        self.stored = StoredCredentials(settings, connections=connections, vault=vault, kinds=self.kinds,
+                                        quota=self.quota, sleep=lambda seconds: self.sleep(seconds))
 
     def _now(self) -> int:
         return int(self.clock())
@@ -122,9 +111,7 @@ class TokenService:
 
     def quota_groups(self, *, backoff_seconds: int | None = None) -> QuotaGroups:
         """The quota guard over shared records; its QuotaLow/QuotaExhausted events name the group."""
-        return QuotaGroups(self.connections, reserve_percent=self.settings.background_quota_reserve_percent,
-                           backoff_seconds=backoff_seconds or self.settings.quota_backoff_seconds,
-                           emit=lambda event, conn, record: self.emit(event, conn, status=ACTIVE, reason="quota"))
+        return self.quota.groups(backoff_seconds=backoff_seconds)
 
     def access_token(self, connection_id: str) -> dict[str, Any]:
         """A credential that works now: an access token valid for at least the skew (refreshed
@@ -135,13 +122,13 @@ class TokenService:
         """/token's answer for a connection already read (and active): the proxy reads the
         item once for its quota guard and the credential alike."""
         connection_id = conn.connection_id
-        if self._kind(conn).fresh(conn, self._now()):
-            return self._token_answer(conn, self._open(conn))
+        if self.stored.kind(conn).fresh(conn, self._now()):
+            return self.stored.current_answer(conn)
         with self._single_flight(connection_id) as waited:
             if waited:  # another request in this container just refreshed it, most likely
                 conn = self._active(connection_id)
-                if self._kind(conn).fresh(conn, self._now()):
-                    return self._token_answer(conn, self._open(conn))
+                if self.stored.kind(conn).fresh(conn, self._now()):
+                    return self.stored.current_answer(conn)
             return self._refresh(conn, wait_for_winner=True)
 
     def force_refresh(self, connection_id: str) -> dict[str, Any]:
@@ -170,7 +157,7 @@ class TokenService:
         if (conn is None or conn.status != ACTIVE or conn.refresh_due_at is None
                 or conn.refresh_due_at > now):
             return NOT_DUE
-        kind = self._kind(conn)
+        kind = self.stored.kind(conn)
         # A key check spends a request of the group's quota, as background work: it waits while
         # the quota is used up or in the reserve.
         record = self.quota_groups().record_of(conn) if kind.spends_quota else QuotaRecord.of_connection(conn)
@@ -194,8 +181,7 @@ class TokenService:
         refresh that stores after the delete finds the item gone and revokes its own."""
         conn = self._get(connection_id)
         for _ in range(3):
-            if conn.credentials and self._revokes(conn):
-                self._revoke(conn)
+            self.stored.revoke(conn)
             try:
                 deleted = self.connections.delete(connection_id, version=conn.version)
             except StaleWrite:
@@ -233,7 +219,7 @@ class TokenService:
                  record: QuotaRecord | None = None) -> dict[str, Any] | None:
         started = time.monotonic()
         owner = uuid.uuid4().hex
-        kind = self._kind(conn)
+        kind = self.stored.kind(conn)
         if not self.connections.acquire_lease(conn, owner=owner, now=self._now(),
                                               seconds=self.settings.lease_seconds):
             count("RefreshLostRace")
@@ -243,7 +229,7 @@ class TokenService:
         # invocation's end would cut the write of a token the provider has already rotated.
         end = min(started + self.settings.lease_seconds, time.monotonic() + deadline.seconds_left()) - PERSIST_SECONDS
         try:
-            current = self._open(conn)
+            current = self.stored.open(conn)
             renewal = kind.renew(conn, current, end=end)
         except CredentialsUnreadable as exc:
             # Not the provider's fault and not transient: leave the item as it is.
@@ -254,11 +240,12 @@ class TokenService:
             if reason is not None:
                 return self._terminal(conn, exc, reason)
             if isinstance(exc, ProviderRejected) and exc.oauth_error == "invalid_client":
-                self._client_rejected(conn, owner)  # still refused with a freshly fetched secret
-            self._failed(conn, owner, exc, record)
+                # still refused with a freshly fetched secret
+                self.failures.client_rejected(conn, owner, now=self._now())
+            self.failures.transient(conn, owner, exc, kind=kind, record=record, now=self._now())
             raise
         sealed = renewal.sealed or current
-        self._persist(conn, owner, kind, renewal, record)
+        self.stored.save_renewal(conn, owner, renewal, record, now=self._now())
         count("RefreshSucceeded")
         metrics.add_metric(name="RefreshLatency", unit=MetricUnit.Milliseconds,
                            value=(time.monotonic() - started) * 1000)
@@ -266,55 +253,7 @@ class TokenService:
             count("RefreshRecovered")
             self.emit(RECOVERED, conn, status=ACTIVE, reason=(conn.last_error or {}).get("code"))
         logger.info("credential renewed", extra={"connection_id": conn.connection_id, "auth_mode": kind.auth_mode})
-        return self._token_answer(dataclasses.replace(conn, expires_at=renewal.expires_at), sealed)
-
-    def _persist(self, conn: Connection, owner: str, kind: CredentialKind, renewal: Renewal,
-                 record: QuotaRecord | None = None) -> None:
-        """Store the renewal before anyone hears of it. The provider may already have retired
-        the old refresh token, so a passing KMS or DynamoDB fault is retried. The quota it
-        showed goes with it on the connection's own item, or to its group's record."""
-        now = self._now()
-        grouped = conn.quota_group is not None
-        extra, event = ({}, None) if grouped else quota_change(conn.quota_alert, renewal.rate_limit)
-        if renewal.checked_at is not None:
-            extra["last_checked_at"] = renewal.checked_at
-        for attempt in range(3):
-            try:
-                credentials = (self.vault.seal(conn.connection_id, renewal.sealed, purpose=kind.purpose,
-                                               bound=kind.bound(conn))
-                               if renewal.sealed is not None else None)
-                self.connections.save_refreshed(
-                    conn, owner=owner, credentials=credentials, expires_at=renewal.expires_at,
-                    refresh_due_at=renewal.next_due_at, now=now, extra=extra)
-                break
-            except StaleWrite:
-                if self.connections.get(conn.connection_id) is None:
-                    # Deleted while the provider answered: the credential just received must
-                    # not stay live at the provider with nobody holding it.
-                    logger.warning("connection deleted during its refresh; revoking the new token set",
-                                   extra={"connection_id": conn.connection_id})
-                    if renewal.sealed is not None:
-                        kind.revoke(conn, renewal.sealed)
-                    raise NotFound("the connection was deleted during the refresh",
-                                   code="connection_not_found") from None
-                raise Conflict("the connection changed during the refresh; try again",
-                               code="refresh_conflict") from None
-            except (VaultUnavailable, ClientError, BotoCoreError):
-                # KMS or DynamoDB (botocore has already retried throttles): try the write again.
-                if attempt == 2:
-                    logger.error("refreshed token set not stored", extra={"connection_id": conn.connection_id})
-                    count("RefreshNotStored")
-                    raise
-            self.sleep(0.1 * 2 ** attempt)
-        if event:
-            self.emit(event, conn, status=ACTIVE, reason="quota")
-        if grouped and renewal.rate_limit is not None:
-            self._observe_group(conn, record, status=200, rate=renewal.rate_limit, retry_after=None, now=now)
-
-    def _observe_group(self, conn: Connection, record: QuotaRecord | None, **answer) -> None:
-        groups = self.quota_groups()
-        with contextlib.suppress(ClientError, BotoCoreError):  # best effort: the renewal is stored
-            groups.observe(conn, record or groups.record_of(conn), **answer)
+        return self.stored.answer(dataclasses.replace(conn, expires_at=renewal.expires_at), sealed)
 
     def _terminal(self, conn: Connection, exc: BrokerError, reason: str) -> dict[str, Any]:
         """The provider no longer accepts this connection's credential (invalid_grant, no
@@ -325,75 +264,9 @@ class TokenService:
         if latest is not None and latest.version != conn.version:
             count("RefreshLostRace")
             if latest.status == ACTIVE and latest.credentials:
-                return self._token_answer(latest, self._open(latest))
+                return self.stored.current_answer(latest)
             raise Conflict("this connection needs to be re-authorized", code="needs_reauth")
-        self._needs_reauth(conn, reason, exc)
-
-    def _failed(self, conn: Connection, owner: str, exc: BrokerError, record: QuotaRecord | None = None) -> None:
-        """A transient failure: cool the connection down, tell the SaaS on the first one, and
-        give up on it after failing for days."""
-        now = self._now()
-        count("RefreshTransientFailure")
-        failing_for = now - (conn.first_failed_at or now)
-        if (self._kind(conn).gives_up_after_failing_days
-                and failing_for >= self.settings.reauth_after_failing_days * 86400):
-            with contextlib.suppress(Conflict):
-                self._needs_reauth(conn, "refresh_failing", exc)
-            return
-        retry_after = min(getattr(exc, "retry_after", None) or 0, MAX_RETRY_AFTER)
-        retry_at = now + max(cooldown(conn.failure_count + 1, jitter=self.jitter), retry_after)
-        rate = getattr(exc, "rate_limit", None)
-        if isinstance(exc, QuotaExhausted) and (rate is None or not rate.is_exhausted()):
-            # Insightly's 429 is the daily quota: remaining is 0 whatever the headers said.
-            rate = RateLimit(limit=(rate or conn_rate(conn)).limit, remaining=0, observed_at=now)
-        grouped = conn.quota_group is not None
-        extra, event = ({}, None) if grouped else quota_change(conn.quota_alert, rate)
-        self.connections.record_failure(conn, owner=owner, error=error_record(exc, now), retry_at=retry_at, now=now,
-                                        extra=extra)
-        if conn.failure_count == 0:
-            self.emit(REFRESH_FAILED, conn, status=ACTIVE, reason=exc.code)
-        if event:
-            self.emit(event, conn, status=ACTIVE, reason="quota")
-        if grouped and rate is not None:
-            self._observe_group(conn, record, status=429 if isinstance(exc, QuotaExhausted) else exc.status,
-                                rate=rate, now=now,
-                                retry_after=str(exc.retry_after) if getattr(exc, "retry_after", None) else None)
-    def _client_rejected(self, conn: Connection, owner: str) -> None:
-        """The provider refuses the broker's client credentials, even freshly fetched: a fault
-        of the deployment (a rotated or wrong secret), never of this connection. Cool it down
-        without counting toward re-auth, answer 503, and page the operator once."""
-        now = self._now()
-        exc = BrokerError("the provider refused the broker's client credentials; the operator must fix "
-                          "the client secret", code="client_rejected", status=503)
-        retry_at = now + int(CLIENT_REJECTED_COOLDOWN * self.jitter(0.8, 1.2))
-        self.connections.record_deployment_fault(conn, owner=owner, error=error_record(exc, now),
-                                                 retry_at=retry_at, now=now)
-        self._signal_client_rejected(now)
-        raise exc
-
-    def _signal_client_rejected(self, now: int) -> None:
-        count("ClientRejected")
-        logger.error("the provider refused the client credentials (invalid_client) after a refetch")
-        try:
-            first = self.connections.claim_signal(CLIENT_REJECTED_MARKER, now=now, interval=SIGNAL_INTERVAL)
-        except (ClientError, BotoCoreError):
-            first = False  # the metric above still pages; the event is best effort
-        if first and self.events is not None:
-            self.events.emit(CLIENT_REJECTED, connection_id=None, status="deployment", reason="invalid_client",
-                             at=now)
-
-    def _needs_reauth(self, conn: Connection, reason: str, exc: BrokerError) -> None:
-        try:
-            self.connections.mark_needs_reauth(conn, error=error_record(exc, self._now()), now=self._now())
-        except StaleWrite:
-            pass  # someone re-connected meanwhile: their credentials stand
-        else:
-            count("NeedsReauth")
-            self.emit(NEEDS_REAUTH_EVENT, conn, status=NEEDS_REAUTH, reason=reason)
-            logger.warning("connection needs re-authorization",
-                           extra={"connection_id": conn.connection_id, "reason": reason})
-        raise Conflict("the provider no longer accepts this connection's credential; reconnect it",
-                       code="needs_reauth")
+        self.failures.needs_reauth(conn, reason, exc, now=self._now())
 
     def emit(self, detail_type: str, conn: Connection, *, status: str, reason: str | None) -> None:
         if self.events is not None:
@@ -411,7 +284,7 @@ class TokenService:
             if latest.version > conn.version:
                 if latest.status != ACTIVE:
                     raise Conflict("this connection needs to be re-authorized", code="needs_reauth")
-                return self._token_answer(latest, self._open(latest))
+                return self.stored.current_answer(latest)
             if latest.lease_until is None or latest.lease_until < self._now():
                 break  # the winner gave up or crashed
         raise BrokerError("a refresh of this connection is in progress; retry shortly",
@@ -430,36 +303,3 @@ class TokenService:
         if conn.status != ACTIVE or not conn.credentials:
             raise Conflict("this connection needs to be re-authorized", code="needs_reauth")
         return conn
-
-    def _kind(self, conn: Connection) -> CredentialKind:
-        return self.kinds[conn.auth_mode]
-
-    def _open(self, conn: Connection) -> dict[str, Any]:
-        kind = self._kind(conn)
-        return self.vault.open(conn.connection_id, conn.credentials, purpose=kind.purpose, bound=kind.bound(conn))
-
-    def _revokes(self, conn: Connection) -> bool:
-        """Whether deleting this connection gives something up at the provider."""
-        return conn.auth_mode == OAUTH2 and bool(self.settings.provider.revocation_url)
-
-    def _token_answer(self, conn: Connection, sealed: dict[str, Any]) -> dict[str, Any]:
-        """One shape for both kinds, so a backend calls Insightly with one code path."""
-        kind = self._kind(conn)
-        return {"connection_id": conn.connection_id, "auth_mode": conn.auth_mode,
-                "api_base_url": kind.api_base_url(conn),  # derived now, never the stored copy
-                "authorization": authorization_header(kind.authorization(sealed)),
-                "expires_at": iso(conn.expires_at), **kind.token_answer(conn, sealed)}
-
-    def _revoke(self, conn: Connection) -> None:
-        try:
-            sealed = self._open(conn)
-        except BrokerError as exc:
-            logger.warning("revocation failed; deleting anyway",
-                           extra={"connection_id": conn.connection_id, "error": exc.code})
-            return
-        self._kind(conn).revoke(conn, sealed)
-
-
-def conn_rate(conn: Connection) -> RateLimit:
-    rate = conn.rate_limit or {}
-    return RateLimit(limit=rate.get("limit"), remaining=rate.get("remaining"), observed_at=rate.get("observed_at", 0))
