@@ -1,4 +1,4 @@
-"""The local Insightly stand-in: FakeInsightly (local/fake_insightly.py) over real HTTP.
+"""The local Insightly stand-in: FakeInsightly (local/fake_insightly/) over real HTTP.
 
     standin = StandIn().start()        # port 0: a free port is picked
     standin.base_url                   # http://127.0.0.1:PORT/v3.1 (the provider's URLs hang off it)
