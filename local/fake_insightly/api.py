@@ -33,7 +33,7 @@ class InsightlyApi(AuthorizationServer, KeyAccounts):
                                       "headers": {k.lower(): v for k, v in headers.items()}})
             if route is not None:
                 self.calls[route[0]] += 1
-            fault = self._api_fault()
+            fault = self._next_fault("api")
             if fault is not None:
                 return fault
             account = self._caller(pod, headers)

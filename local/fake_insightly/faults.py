@@ -33,31 +33,31 @@ class FaultSwitches(ProviderState):
         with self._lock:
             (self.faults if on == "token" else self.api_faults).extend([fault] * times)
 
-    def _token_fault(self) -> Answer | None:
-        """The token endpoint's answer for the next pending fault (None: none pending); the
-        caller holds the lock."""
-        if not self.faults:
+    def _next_fault(self, target: str) -> Answer | None:
+        """The answer for the next pending fault at `target` ("token" or "api"; None: none
+        pending); "timeout" raises, as the caller's read timeout would. The caller holds the lock."""
+        queue = self.faults if target == "token" else self.api_faults
+        if not queue:
             return None
-        fault = self.faults.popleft()
+        fault = queue.popleft()
         if fault == "timeout":
             raise requests.ReadTimeout("fake provider timed out")
-        if fault == "429":
-            return 429, {"Retry-After": str(self.retry_after)}, {"error": "rate_limited"}
-        if fault == "500":
-            return 500, {}, {"error": "server_error"}
-        return 400 if fault == "invalid_grant" else 401, {}, {"error": fault}
+        return (_token_answer if target == "token" else _api_answer)(fault, self.retry_after)
 
-    def _api_fault(self) -> Answer | None:
-        """The API's answer for the next pending fault (None: none pending); the caller holds the lock."""
-        if not self.api_faults:
-            return None
-        fault = self.api_faults.popleft()
-        if fault == "timeout":
-            raise requests.ReadTimeout("fake provider timed out")
-        if fault == "429":
-            return 429, {"Retry-After": str(self.retry_after)}, {"Message": "Too many requests"}
-        if fault == "503":
-            return 503, {}, {"Message": "Service unavailable"}
-        if fault == "401":  # refused whatever the credential (a permission, a bad deploy)
-            return 401, {}, {"Message": "Authorization has been denied for this request."}
-        return 500, {}, {"Message": "An error has occurred."}
+
+def _token_answer(fault: str, retry_after: int) -> Answer:
+    if fault == "429":
+        return 429, {"Retry-After": str(retry_after)}, {"error": "rate_limited"}
+    if fault == "500":
+        return 500, {}, {"error": "server_error"}
+    return 400 if fault == "invalid_grant" else 401, {}, {"error": fault}
+
+
+def _api_answer(fault: str, retry_after: int) -> Answer:
+    if fault == "429":
+        return 429, {"Retry-After": str(retry_after)}, {"Message": "Too many requests"}
+    if fault == "503":
+        return 503, {}, {"Message": "Service unavailable"}
+    if fault == "401":  # refused whatever the credential (a permission, a bad deploy)
+        return 401, {}, {"Message": "Authorization has been denied for this request."}
+    return 500, {}, {"Message": "An error has occurred."}

@@ -91,7 +91,7 @@ class AuthorizationServer(FaultSwitches):
         with self._lock:
             self.calls["token"] += 1
             self.calls[form.get("grant_type", "?")] += 1
-            fault = self._token_fault()
+            fault = self._next_fault("token")
             if fault is not None:
                 return fault
             if not self._client_ok(form, headers):
