@@ -243,94 +243,34 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
     """
     environ = dict(environ or {})
     hook_secret = webhook_secret(environ)  # a bad WEBHOOK_SECRET stops us before anything starts
-    region = region or environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION") or "us-east-1"
-    access_key = access_key or environ.get("AWS_ACCESS_KEY_ID") or "testing"
-    secret_key = secret_key or environ.get("AWS_SECRET_ACCESS_KEY") or "testing"
-    template_parameters = load_template().get("Parameters", {})
-    unknown = set(parameters) - set(template_parameters)
-    if unknown:
-        raise TypeError(f"not start_local_stack options or template parameters: {sorted(unknown)}")
-    configured = {p: environ[parameter_env_name(p)] for p in template_parameters if parameter_env_name(p) in environ}
-    configured.update(parameters)
+    region, access_key, secret_key = _aws_identity(environ, region, access_key, secret_key)
+    configured = _configured_parameters(environ, parameters)
     if standin is None:
         standin = not ({"ProviderAuthorizeUrl", "ProviderTokenUrl"} & set(configured))
 
-    started: list = []
-    # The credentials and region boto3 uses in this process; the endpoint (moto) is part of
-    # the functions' environment, which the gateway sets.
-    overlay = EnvironmentOverlay({"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
-                                  "AWS_DEFAULT_REGION": region, "AWS_REGION": region})
+    started: list = []  # stopped, newest first, if anything fails on the way
+    overlay = _process_credentials(region, access_key, secret_key)
     try:
-        moto = MotoServer(host, moto_port).start()
-        started.append(moto)
+        started.append(moto := MotoServer(host, moto_port).start())
         overlay.apply()
-
-        local_provider = None
-        if standin:
-            from local.standin import StandIn
-
-            if provider is not None:
-                local_provider = StandIn(host, standin_port, provider)
-            elif environ:
-                local_provider = StandIn.from_env(host, standin_port, environ)
-            else:
-                local_provider = StandIn(host, standin_port)
-            started.append(local_provider)
-            local_provider.start()
-
-        demo_app = None
-        if demo:  # bound now (its port is the allowed return origin); pointed at the gateway below
-            from local.demo_app import DemoApp
-
-            demo_app = DemoApp(host, demo_port, region=region, access_key=access_key, secret_key=secret_key)
-            started.append(demo_app)
-            demo_port = urlsplit(demo_app.url).port
-        defaults: dict[str, str] = {}
-        if local_provider is not None:
-            base = local_provider.base_url
-            defaults.update(ProviderAuthorizeUrl=f"{base}/oauth2/authorize", ProviderTokenUrl=f"{base}/oauth2/token",
-                            ProviderApiBaseUrl=base, ProviderRevocationUrl=f"{base}/oauth2/revoke", ProviderIssuer="",
-                            # API keys: the stand-in's per-pod API (INSIGHTLY_API_URL_TEMPLATE overrides it)
-                            InsightlyApiUrlTemplate=local_provider.api_url_template)
-        if demo:
-            defaults["AllowedReturnOrigins"] = f"http://{host}:{demo_port},http://localhost:{demo_port}"
-            defaults["WebhookUrl"] = f"{demo_app.url}/webhooks"
+        local_provider = _start_standin(started, host, standin_port, provider, environ) if standin else None
+        # Bound now (its port is the allowed return origin); pointed at the gateway below.
+        demo_app = _bind_demo(started, host, demo_port, region, access_key, secret_key) if demo else None
+        defaults = _stack_defaults(host, local_provider, demo_app)
         stack = Stack(name=stack_name, region=region, parameters={**defaults, **configured})
-
-        session = session_for(moto.url, region)
-        stack.provision(session)
-        if local_provider is not None:
-            client_id, client_secret = local_provider.provider.client_id, local_provider.provider.client_secret
-        else:
-            client_id, client_secret = client_credentials(environ)
-        put_client_credentials(stack, session, client_id, client_secret)
-        webhook_url = stack.parameters.get("WebhookUrl") or None
-        if webhook_url:
-            enable_webhooks(stack, session, hook_secret)
-            if demo_app is not None and webhook_url == defaults.get("WebhookUrl"):
-                demo_app.webhook_secret = hook_secret  # the demo is the receiver: it verifies
-
-        # The in-process functions (and anything else using boto3 here) talk to moto only.
-        gateway = Gateway(stack, host, gateway_port, credentials={access_key: secret_key}, region=region,
-                          env={"AWS_ENDPOINT_URL": moto.url, "ALLOW_LOOPBACK_HTTP_PROVIDER": "true",
-                               "ALLOW_LOOPBACK_WEBHOOK": "true"},
-                          access_log=access_log)
-        started.append(gateway)
-        gateway.start()
+        session, webhook_url = _provision(stack, moto, local_provider, environ, hook_secret)
+        if demo_app is not None and webhook_url and webhook_url == defaults.get("WebhookUrl"):
+            demo_app.webhook_secret = hook_secret  # the demo is the receiver: it verifies
+        gateway = _start_gateway(started, stack, moto, host, gateway_port, credentials={access_key: secret_key},
+                                 region=region, access_log=access_log)
         if local_provider is not None and not local_provider.provider.redirect_uris:
             local_provider.provider.redirect_uris = callback_uris(gateway.url, sam_local=env_file is not None)
-
         local = LocalStack(stack=stack, moto=moto, gateway=gateway, session=session, region=region,
                            access_key=access_key, secret_key=secret_key, standin=local_provider,
                            webhook_url=webhook_url, _overlay=overlay)
-        if schedule:
-            local.schedulers = schedulers(stack, interval=schedule_seconds)
-            started += [s.start() for s in local.schedulers]
-        local.sqs_sources = sqs_event_sources(stack, session.client("sqs"))
-        started += [s.start() for s in local.sqs_sources]
+        _start_background(local, started, schedule=schedule, schedule_seconds=schedule_seconds)
         if demo_app is not None:
-            demo_app.standin_url = local_provider.url if local_provider is not None else None
-            local.demo = demo_app.point_at(gateway.url).start()
+            _start_demo(local, demo_app)
         if env_file is not None:
             local.env_file = write_sam_env_file(local, Path(env_file))
         return local
@@ -339,6 +279,116 @@ def start_local_stack(*, host: str = "127.0.0.1", moto_port: int = 0, standin_po
         overlay.restore()
         reset_broker()
         raise
+
+
+def _aws_identity(environ: Mapping[str, str], region: str | None, access_key: str | None,
+                  secret_key: str | None) -> tuple[str, str, str]:
+    """Region, access key and secret key: as given, else from `environ`, else the defaults."""
+    return (region or environ.get("AWS_DEFAULT_REGION") or environ.get("AWS_REGION") or "us-east-1",
+            access_key or environ.get("AWS_ACCESS_KEY_ID") or "testing",
+            secret_key or environ.get("AWS_SECRET_ACCESS_KEY") or "testing")
+
+
+def _process_credentials(region: str, access_key: str, secret_key: str) -> EnvironmentOverlay:
+    """The credentials and region boto3 uses in this process (applied once moto runs); the
+    endpoint (moto) is part of the functions' environment, which the gateway sets."""
+    return EnvironmentOverlay({"AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key,
+                               "AWS_DEFAULT_REGION": region, "AWS_REGION": region})
+
+
+def _configured_parameters(environ: Mapping[str, str], parameters: Mapping[str, str]) -> dict[str, str]:
+    """Template parameters set by `parameters` by name, else by their UPPER_SNAKE variable."""
+    template_parameters = load_template().get("Parameters", {})
+    unknown = set(parameters) - set(template_parameters)
+    if unknown:
+        raise TypeError(f"not start_local_stack options or template parameters: {sorted(unknown)}")
+    configured = {p: environ[parameter_env_name(p)] for p in template_parameters if parameter_env_name(p) in environ}
+    configured.update(parameters)
+    return configured
+
+
+def _start_standin(started: list, host: str, port: int, provider: FakeInsightly | None,
+                   environ: Mapping[str, str]):
+    """The stand-in serving `provider`, else one configured from `environ` (STANDIN_*), else a default one."""
+    from local.standin import StandIn
+
+    if provider is not None:
+        standin = StandIn(host, port, provider)
+    elif environ:
+        standin = StandIn.from_env(host, port, environ)
+    else:
+        standin = StandIn(host, port)
+    started.append(standin)
+    return standin.start()
+
+
+def _bind_demo(started: list, host: str, port: int, region: str, access_key: str, secret_key: str):
+    from local.demo_app import DemoApp
+
+    demo_app = DemoApp(host, port, region=region, access_key=access_key, secret_key=secret_key)
+    started.append(demo_app)
+    return demo_app
+
+
+def _start_demo(local: LocalStack, demo_app) -> None:
+    """The demo app, pointed at the running gateway (and the stand-in, for its test keys)."""
+    demo_app.standin_url = local.standin.url if local.standin is not None else None
+    local.demo = demo_app.point_at(local.gateway_url).start()
+
+
+def _stack_defaults(host: str, standin, demo_app) -> dict[str, str]:
+    """Template parameters that point the stack at what runs here: the stand-in as the
+    provider, the demo app as the return origin and the webhook receiver."""
+    defaults: dict[str, str] = {}
+    if standin is not None:
+        base = standin.base_url
+        defaults.update(ProviderAuthorizeUrl=f"{base}/oauth2/authorize", ProviderTokenUrl=f"{base}/oauth2/token",
+                        ProviderApiBaseUrl=base, ProviderRevocationUrl=f"{base}/oauth2/revoke", ProviderIssuer="",
+                        # API keys: the stand-in's per-pod API (INSIGHTLY_API_URL_TEMPLATE overrides it)
+                        InsightlyApiUrlTemplate=standin.api_url_template)
+    if demo_app is not None:
+        demo_port = urlsplit(demo_app.url).port
+        defaults["AllowedReturnOrigins"] = f"http://{host}:{demo_port},http://localhost:{demo_port}"
+        defaults["WebhookUrl"] = f"{demo_app.url}/webhooks"
+    return defaults
+
+
+def _provision(stack: Stack, moto: MotoServer, standin, environ: Mapping[str, str],
+               hook_secret: str) -> tuple[object, str | None]:
+    """The template's resources in moto, the OAuth client's credentials in its secret and,
+    with a WebhookUrl, the webhook plumbing. Returns a session whose clients go to moto, and
+    the WebhookUrl (None without one)."""
+    session = session_for(moto.url, stack.region)
+    stack.provision(session)
+    if standin is not None:
+        client_id, client_secret = standin.provider.client_id, standin.provider.client_secret
+    else:
+        client_id, client_secret = client_credentials(environ)
+    put_client_credentials(stack, session, client_id, client_secret)
+    webhook_url = stack.parameters.get("WebhookUrl") or None
+    if webhook_url:
+        enable_webhooks(stack, session, hook_secret)
+    return session, webhook_url
+
+
+def _start_gateway(started: list, stack: Stack, moto: MotoServer, host: str, port: int, *,
+                   credentials: dict[str, str], region: str, access_log: object) -> Gateway:
+    # The in-process functions (and anything else using boto3 here) talk to moto only.
+    gateway = Gateway(stack, host, port, credentials=credentials, region=region,
+                      env={"AWS_ENDPOINT_URL": moto.url, "ALLOW_LOOPBACK_HTTP_PROVIDER": "true",
+                           "ALLOW_LOOPBACK_WEBHOOK": "true"},
+                      access_log=access_log)
+    started.append(gateway)
+    return gateway.start()
+
+
+def _start_background(local: LocalStack, started: list, *, schedule: bool, schedule_seconds: float | None) -> None:
+    """The template's schedules and SQS event sources, each a thread."""
+    if schedule:
+        local.schedulers = schedulers(local.stack, interval=schedule_seconds)
+        started += [s.start() for s in local.schedulers]
+    local.sqs_sources = sqs_event_sources(local.stack, local.session.client("sqs"))
+    started += [s.start() for s in local.sqs_sources]
 
 
 # -- the `sam local --env-vars` file -----------------------------------------------------------

@@ -53,12 +53,9 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import html
 import json
 import secrets
 import threading
-import time
-from collections import deque
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -66,11 +63,12 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import botocore.session
 import requests
-from standardwebhooks import Webhook, WebhookVerificationError
 
 from insightly_connect import Broker, BrokerError, Connection, NotFoundError, QuotaReservedError
 from insightly_connect.errors import error_for
 from insightly_connect.models import Priority
+from local import demo_pages as pages
+from local.demo_webhooks import WebhookInbox
 from local.server import ThreadedServer
 
 STANDIN_TIMEOUT = (3.05, 10)
@@ -103,50 +101,13 @@ FLASH = {
 DECLINED = "You declined access to Insightly. Nothing was connected."
 TOO_MANY_ATTEMPTS = "Insightly refused the API key too many times. Nothing was connected; start again."
 QUOTA_USED_UP = "Insightly's daily API limit for this account is used up; try again later."
-AUTH_MODES = {"oauth2": "OAuth", "api_key": "API key"}
 NOT_YOURS = "This connection was not started from your session. Nothing was connected."
 UNREACHABLE = "The connection broker is unreachable."
 SESSION_COOKIE = "demo_session"
 CONNECT_JS = Path(__file__).resolve().parents[1] / "clients" / "browser" / "connect.js"
-# Both buttons open the flow in a popup when JavaScript runs; without it the forms redirect.
-POPUP_SCRIPT = """document.querySelectorAll("form[data-popup]").forEach(function (form) {
-  form.addEventListener("submit", function (event) {
-    event.preventDefault();
-    InsightlyConnect.connect(function () {
-      return fetch(form.dataset.popup, {method: "POST"}).then(function (answer) {
-        if (!answer.ok) throw new Error("the connect session was refused");
-        return answer.json();
-      }).then(function (session) { return session.connect_url; });
-    }).then(function (result) {
-      if (result.status === "blocked") return form.submit();
-      if (result.status !== "pending") return location.assign("/?" + new URLSearchParams(result));
-      // Completed by this app's backend, as after a redirect; the code stays out of the URL.
-      return fetch("/complete", {method: "POST", body: new URLSearchParams(result)})
-        .then(function (answer) { location.assign(answer.url); });
-    }, function () { location.assign("/?status=error&error=connect_session_refused"); });
-  });
-});"""
 CONTACTS_SHOWN = 5
 TEST_KEY_POD = "na1"
-WEBHOOKS_KEPT = 20
 MAX_WEBHOOK_BYTES = 64 * 1024
-# The webhook list refreshes itself: no reload needed to see the next event arrive.
-WEBHOOKS_SCRIPT = """(function () {
-  var list = document.getElementById("webhooks-list");
-  function cell(row, text) { row.insertCell().textContent = text; }
-  function refresh() {
-    fetch("/webhooks.json").then(function (answer) { return answer.json(); }).then(function (hooks) {
-      list.replaceChildren();
-      hooks.forEach(function (hook) {
-        var row = list.insertRow();
-        row.className = "webhook";
-        cell(row, hook.type); cell(row, hook.connection_id || ""); cell(row, hook.verified ? "yes" : "no");
-        cell(row, hook.received_at);
-      });
-    }, function () {});
-  }
-  setInterval(refresh, 2000);
-})();"""
 
 
 class DemoApp:
@@ -159,14 +120,22 @@ class DemoApp:
         # The SaaS's own server-side sessions (cookie value -> data); a real app has its own store.
         self.sessions: dict[str, dict] = {}
         self._sessions_guard = threading.Lock()
-        # The Standard Webhooks secret (whsec_...) the broker signs with; None: no webhooks.
-        self.webhook_secret: str | None = None
-        self.webhooks: deque[dict] = deque(maxlen=WEBHOOKS_KEPT)  # newest first
+        # Signed lifecycle events from the broker; its secret set means webhooks are on.
+        self.inbox = WebhookInbox()
         # The Insightly stand-in's URL when one runs (`make local`): "Issue a test key" asks it.
         self.standin_url: str | None = None
         # Binds now, so the URL (and the return origin) is known before the broker exists.
         self._server = ThreadedServer(host, port, _Handler, name="demo-app", app=self)
         self.url = self._server.url
+
+    @property
+    def webhook_secret(self) -> str | None:
+        """The Standard Webhooks secret (whsec_...) the broker signs with; None: no webhooks."""
+        return self.inbox.secret
+
+    @webhook_secret.setter
+    def webhook_secret(self, secret: str | None) -> None:
+        self.inbox.secret = secret
 
     def point_at(self, broker_url: str) -> DemoApp:
         """Use this broker: for an app built before the broker's URL was known. (Insightly is
@@ -348,34 +317,6 @@ class DemoApp:
             return 502, {}, self.page(f"Disconnecting failed ({code_of(refused)})")
         return 303, {"Location": "/?status=disconnected"}, ""
 
-    def receive_webhook(self, headers: dict[str, str], body: bytes) -> tuple[int, dict, str]:
-        """POST /webhooks: verify the signature (and the timestamp's freshness) with the
-        standardwebhooks library, then remember the event. A real receiver acts only on verified
-        ones and answers 2xx quickly; a 4xx tells the broker not to send this one again."""
-        verified = False
-        if self.webhook_secret:
-            try:
-                payload = Webhook(self.webhook_secret).verify(body, headers)
-                verified = True
-            except WebhookVerificationError:
-                payload = None
-        if not verified:  # shown, marked not verified; never acted on
-            try:
-                payload = json.loads(body)
-            except ValueError:
-                payload = None
-        payload = payload if isinstance(payload, dict) else {}
-        self.webhooks.appendleft({
-            "id": str(headers.get("webhook-id", ""))[:100], "type": str(payload.get("type") or "?")[:100],
-            "connection_id": str(payload.get("connection_id") or "")[:200], "verified": verified,
-            "received_at": time.strftime("%H:%M:%S", time.localtime())})
-        if not verified:
-            return 400, {"Content-Type": "application/json"}, json.dumps({"error": "invalid_signature"})
-        return 204, {}, ""
-
-    def webhooks_json(self) -> tuple[int, dict, str]:
-        return 200, {"Content-Type": "application/json"}, json.dumps(list(self.webhooks))
-
     # -- the page --------------------------------------------------------------------------------
 
     def connection_status(self) -> tuple[str, Connection | None]:
@@ -396,101 +337,12 @@ class DemoApp:
             return (f"Needs to be connected again ({who})" if who else "Needs to be connected again"), connection
         return str(connection.status), connection
 
-    @staticmethod
-    def connection_details(connection: Connection | None) -> str:
-        """How it is connected and, for a key, how much of the account's daily quota is left
-        (each call, the broker's checks included, spends one)."""
-        if connection is None:
-            return ""
-        e = html.escape
-        mode = AUTH_MODES.get(connection.auth_mode, str(connection.auth_mode))
-        if connection.pod:
-            mode += f" (pod {connection.pod})"
-        details = f'<p>Connected with: <span id="auth-mode">{e(mode)}</span></p>'
-        # "quota" (the quota group's, with its reserve) from brokers with quota groups, else the key's own.
-        rate = connection.raw.get("quota") or connection.rate_limit or {}
-        if isinstance(rate.get("limit"), int) and isinstance(rate.get("remaining"), int):
-            quota = f"{rate['remaining']:,} of {rate['limit']:,} requests left today"
-            quota += " (used up)" if rate["remaining"] == 0 else " (reserve reached)" if rate.get(
-                "reserve_reached") else ""
-            details += (f'<p>Insightly API quota: <span id="quota">{e(quota)}</span><br>'
-                        f'<progress id="quota-bar" max="{rate["limit"]}" value="{rate["remaining"]}"></progress></p>')
-        return details
-
-    @staticmethod
-    def contacts_list(contacts: list, total: str | None) -> str:
-        e = html.escape
-        items = []
-        for contact in contacts:
-            contact = contact if isinstance(contact, dict) else {}
-            name = " ".join(str(contact[k]) for k in ("FIRST_NAME", "LAST_NAME") if contact.get(k)) or "(no name)"
-            email = f" ({contact['EMAIL_ADDRESS']})" if contact.get("EMAIL_ADDRESS") else ""
-            items.append(f"<li>{e(name + email)}</li>")
-        count = f"{len(contacts)} of {total} contacts" if total else f"{len(contacts)} contacts"
-        return (f'<section id="contacts"><p>Contacts: <span id="contacts-count">{e(count)}</span></p>'
-                f'<ul id="contacts-list">{"".join(items)}</ul></section>')
-
-    def webhooks_section(self) -> str:
-        e = html.escape
-        rows = "".join(f'<tr class="webhook"><td>{e(h["type"])}</td><td>{e(h["connection_id"])}</td>'
-                       f'<td>{"yes" if h["verified"] else "no"}</td><td>{e(h["received_at"])}</td></tr>'
-                       for h in self.webhooks)
-        return (f'<section id="webhooks"><h2>Webhooks received</h2><table><thead><tr><th>Type</th>'
-                f'<th>Connection</th><th>Verified</th><th>Time</th></tr></thead>'
-                f'<tbody id="webhooks-list">{rows}</tbody></table></section>')
-
-    @staticmethod
-    def test_key_box(api_key: str, api_url: str) -> str:
-        e = html.escape
-        return (f'<section id="test-key" class="result"><p>A test account at the Insightly stand-in. Paste these '
-                f'into the key page after "Connect with an API key":</p><p>API key: <code id="test-key-value">'
-                f'{e(api_key)}</code></p><p>API URL: <code id="test-api-url">{e(api_url)}</code></p></section>')
-
     def page(self, message: str, call_result: str = "", contacts: tuple[list, str | None] | None = None,
              test_key: tuple[str, str] | None = None) -> str:
-        e = html.escape
-        result = f'<p id="call-result" class="result">{e(call_result)}</p>' if call_result else ""
-        if contacts is not None:
-            result += self.contacts_list(*contacts)
-        if test_key is not None:
-            result += self.test_key_box(*test_key)
-        test_key_button = ('<form method="post" action="/test-key"><button id="issue-test-key" type="submit">'
-                           'Issue a test key</button></form>' if self.standin_url else "")
         status, connection = self.connection_status()
-        return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Demo SaaS</title>
-<meta name="viewport" content="width=device-width,initial-scale=1"><style>{STYLE}</style></head><body><main>
-<h1>Demo SaaS</h1>
-<div id="message" class="message" role="status">{e(message)}</div>
-<p>Insightly: <strong id="status">{e(status)}</strong></p>
-{self.connection_details(connection)}
-{result}
-<div class="buttons">
-<form method="post" action="/connect" data-popup="/connect-popup">
-<button id="connect" type="submit">Connect Insightly</button></form>
-<form method="post" action="/connect-api-key" data-popup="/connect-api-key-popup">
-<button id="connect-api-key" type="submit">Connect with an API key</button></form>
-{test_key_button}
-<form method="post" action="/call"><button id="call" type="submit">Call Insightly</button></form>
-<form method="post" action="/contacts"><button id="contacts-button" type="submit">Contacts</button></form>
-<form method="post" action="/sync"><button id="sync" type="submit">Background sync</button></form>
-<form method="post" action="/disconnect"><button id="disconnect" type="submit">Disconnect</button></form>
-</div>
-{self.webhooks_section() if self.webhook_secret else ""}</main><script src="/connect.js"></script>
-<script id="popup-connect">{POPUP_SCRIPT}</script>
-{f'<script id="webhooks-refresh">{WEBHOOKS_SCRIPT}</script>' if self.webhook_secret else ""}</body></html>"""
-
-
-STYLE = """body{font-family:system-ui,sans-serif;background:#f4f6f8;color:#1f2933;margin:0}
-main{max-width:32rem;margin:4rem auto;background:#fff;border-radius:8px;padding:2rem;
-box-shadow:0 1px 4px rgba(0,0,0,.1)}h1{margin-top:0;font-size:1.4rem}.buttons{display:flex;flex-wrap:wrap;gap:.75rem}
-@media (max-width:36rem){main{margin:0;border-radius:0;padding:1.25rem}}
-button{font-size:1rem;padding:.6rem 1.1rem;border-radius:6px;border:1px solid #c5ccd3;background:#fff;cursor:pointer}
-#connect{background:#2563eb;border-color:#2563eb;color:#fff}.message:empty{display:none}
-.message{background:#eef4ff;border-radius:6px;padding:.6rem .9rem;margin-bottom:1rem}
-.result{background:#ecfdf3;border-radius:6px;padding:.6rem .9rem}
-#webhooks h2{font-size:1.1rem;margin-top:1.5rem}#webhooks table{width:100%;border-collapse:collapse;font-size:.9rem}
-code{font-size:.85rem;word-break:break-all}
-#webhooks th,#webhooks td{text-align:left;padding:.25rem .4rem;border-bottom:1px solid #e4e7eb}"""
+        return pages.page(message, status, connection, call_result=call_result, contacts=contacts,
+                          test_key=test_key, offer_test_key=bool(self.standin_url),
+                          webhooks=list(self.inbox.received) if self.inbox.secret else None)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -500,7 +352,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         path, _, query = self.path.partition("?")
         if path == "/webhooks.json":
-            return self._send(*self.server.app.webhooks_json())
+            return self._send(*self.server.app.inbox.as_json())
         if path == "/connect.js":
             return self._send(200, {"Content-Type": "text/javascript; charset=utf-8"}, CONNECT_JS.read_text())
         if path != "/":
@@ -513,7 +365,7 @@ class _Handler(BaseHTTPRequestHandler):
             if length > MAX_WEBHOOK_BYTES:
                 return self._send(413, {}, "Too large")
             headers = {name.lower(): value for name, value in self.headers.items()}
-            return self._send(*self.server.app.receive_webhook(headers, self.rfile.read(length)))
+            return self._send(*self.server.app.inbox.receive(headers, self.rfile.read(length)))
         # Only /complete carries fields (the popup's outcome); the forms carry nothing.
         form = dict(parse_qsl(self.rfile.read(min(int(self.headers.get("Content-Length") or 0), 4096)).decode()))
         app = self.server.app

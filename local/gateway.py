@@ -353,7 +353,7 @@ class Gateway:
         self._route_functions = {f"{route['method']} {route['path']}": route["function"] for route in self.routes}
         # Everything that can refuse the configuration runs before the socket is bound.
         self.env = local_environment(stack, public_base_url=f"http://{host}:{port}", extra=env)
-        self._server = ThreadedServer(host, port, self._handler_class(), name="gateway", app=self,
+        self._server = ThreadedServer(host, port, _GatewayHandler, name="gateway", app=self,
                                       poll_interval=0.1)
         self.host, self.port = host, self._server.port
         if self.port != port:  # port 0: the base URL is known only now
@@ -441,87 +441,94 @@ class Gateway:
         finally:
             pool.release(module)
 
-    def _handler_class(self):
-        gateway = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            timeout = 60  # an idle keep-alive connection frees its thread after this long (or on stop())
-            # TCP_NODELAY: the head and the body go out in two writes; with Nagle on, the body
-            # waited for the client's delayed ACK (~40 ms per request on Linux), which API
-            # Gateway does not add.
-            disable_nagle_algorithm = True
+class _GatewayHandler(BaseHTTPRequestHandler):
+    """One HTTP connection to the gateway: reads the request, asks the Gateway
+    (`self.server.app`) for the answer, writes it, and logs one access line."""
 
-            def _serve(self):
-                request_id, started = new_request_id(), time.monotonic()
-                try:
-                    status, headers, data, key = self._answer(request_id)
-                except Exception as error:  # the gateway's own failure: API Gateway's 500, never a hang-up
-                    # Only the type: a traceback's values can be codes, tokens or signatures.
-                    print(f"[gateway] {self.command} failed in the gateway: {type(error).__name__}",
-                          file=sys.stderr, flush=True)
-                    status, headers, data, key = *_json(500, INTERNAL_ERROR), "-"
-                    self.close_connection = True  # the request may not have been read to its end
-                self.send_response(status)
-                for name, value in headers:
-                    if name.lower() not in ("content-length", "connection", "transfer-encoding"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("apigw-requestid", request_id)
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
-                if gateway.observer is not None:
-                    gateway.observer(self.command, self.path, status, headers, data)
-                if gateway.access_log:
-                    stream = sys.stderr if gateway.access_log is True else gateway.access_log
-                    print(gateway.access_line(self.command, self.path, status, key, started, request_id),
-                          file=stream, flush=True)
+    protocol_version = "HTTP/1.1"
+    timeout = 60  # an idle keep-alive connection frees its thread after this long (or on stop())
+    # TCP_NODELAY: the head and the body go out in two writes; with Nagle on, the body
+    # waited for the client's delayed ACK (~40 ms per request on Linux), which API
+    # Gateway does not add.
+    disable_nagle_algorithm = True
+    server: ThreadedServer
 
-            def _answer(self, request_id: str) -> tuple[int, list[tuple[str, str]], bytes, str]:
-                try:
-                    body = self._read_body()
-                except _TooLarge:
-                    self.close_connection = True
-                    return (*_json(413, {"message": "Request Entity Too Large"}), "-")
-                except ValueError:  # a bad Content-Length or chunk size
-                    self.close_connection = True
-                    return (*_json(400, {"message": "Bad Request"}), "-")
-                return gateway.handle(self.command, self.path, list(self.headers.items()), body,
-                                      self.client_address[0], self.request_version, request_id=request_id)
+    def _serve(self):
+        gateway: Gateway = self.server.app
+        request_id, started = new_request_id(), time.monotonic()
+        try:
+            status, headers, data, key = self._answer(gateway, request_id)
+        except Exception as error:  # the gateway's own failure: API Gateway's 500, never a hang-up
+            # Only the type: a traceback's values can be codes, tokens or signatures.
+            print(f"[gateway] {self.command} failed in the gateway: {type(error).__name__}",
+                  file=sys.stderr, flush=True)
+            status, headers, data, key = *_json(500, INTERNAL_ERROR), "-"
+            self.close_connection = True  # the request may not have been read to its end
+        self._write(status, headers, data, request_id)
+        if gateway.observer is not None:
+            gateway.observer(self.command, self.path, status, headers, data)
+        if gateway.access_log:
+            stream = sys.stderr if gateway.access_log is True else gateway.access_log
+            print(gateway.access_line(self.command, self.path, status, key, started, request_id),
+                  file=stream, flush=True)
 
-            def _read_body(self) -> bytes:
-                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                    chunks, size = [], 0
-                    while True:
-                        length = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                        if length == 0:
-                            while self.rfile.readline().strip():
-                                pass  # trailers
-                            return b"".join(chunks)
-                        size += length
-                        if size > MAX_BODY:
-                            raise _TooLarge
-                        chunks.append(self.rfile.read(length))
-                        self.rfile.readline()
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
-                    raise _TooLarge
-                return self.rfile.read(length) if length > 0 else b""
+    def _answer(self, gateway: Gateway, request_id: str) -> tuple[int, list[tuple[str, str]], bytes, str]:
+        try:
+            body = self._read_body()
+        except _TooLarge:
+            self.close_connection = True
+            return (*_json(413, {"message": "Request Entity Too Large"}), "-")
+        except ValueError:  # a bad Content-Length or chunk size
+            self.close_connection = True
+            return (*_json(400, {"message": "Bad Request"}), "-")
+        return gateway.handle(self.command, self.path, list(self.headers.items()), body,
+                              self.client_address[0], self.request_version, request_id=request_id)
 
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+    def _write(self, status: int, headers: list[tuple[str, str]], data: bytes, request_id: str) -> None:
+        self.send_response(status)
+        for name, value in headers:
+            if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("apigw-requestid", request_id)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-            def __getattr__(self, name):
-                # Any other method (TRACE, PROPFIND, ...) is routed too: API Gateway answers its
-                # 404 JSON where http.server would answer an HTML 501.
-                if name.startswith("do_"):
-                    return self._serve
-                raise AttributeError(name)
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise _TooLarge
+        return self.rfile.read(length) if length > 0 else b""
 
-            def log_message(self, format, *args):  # noqa: A002 - the access log above replaces it
-                pass
+    def _read_chunked(self) -> bytes:
+        chunks, size = [], 0
+        while True:
+            length = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if length == 0:
+                while self.rfile.readline().strip():
+                    pass  # trailers
+                return b"".join(chunks)
+            size += length
+            if size > MAX_BODY:
+                raise _TooLarge
+            chunks.append(self.rfile.read(length))
+            self.rfile.readline()
 
-        return Handler
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+
+    def __getattr__(self, name):
+        # Any other method (TRACE, PROPFIND, ...) is routed too: API Gateway answers its
+        # 404 JSON where http.server would answer an HTML 501.
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
+
+    def log_message(self, format, *args):  # noqa: A002 - the access log above replaces it
+        pass
 
 
 class _TooLarge(Exception):

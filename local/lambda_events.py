@@ -108,63 +108,26 @@ def http_event(method: str, path: str, *, route: dict, path_parameters: dict[str
     decodes as UTF-8, else base64-encoded, as HTTP API does. `request_id` is the id of the
     `apigw-requestid` header (a new one when None); `api_id` defaults to the first label of
     `domain` (not of a Host header: the API that was called keeps its id)."""
-    joined: dict[str, str] = {}
-    cookies = list(cookies or [])
-    for name, value in _header_pairs(headers):
-        name = name.lower()
-        if name == "cookie":
-            cookies += [c.strip() for c in value.split(";") if c.strip()]
-        else:
-            joined[name] = f"{joined[name]},{value}" if name in joined else value
     api_prefix = domain.split(":")[0].split(".")[0]  # the API's id: API Gateway's, whatever Host says
-    domain = joined.setdefault("host", domain)
-    if user_agent is not None:
-        joined.setdefault("user-agent", user_agent)
-    forwarded = joined.get("x-forwarded-for")  # API Gateway appends the caller's address
-    joined["x-forwarded-for"] = f"{forwarded}, {source_ip}" if forwarded else source_ip
-    joined.setdefault("x-forwarded-port", str(port))
-    joined.setdefault("x-forwarded-proto", scheme)
-    joined["x-amzn-trace-id"] = f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)}"
-
-    query: dict[str, str] = {}
-    for key, value in parse_qsl(raw_query, keep_blank_values=True):
-        query[key] = f"{query[key]},{value}" if key in query else value  # repeated keys comma-joined
-
-    raw = body.encode() if isinstance(body, str) else body
-    text = None
-    if raw and is_text(joined.get("content-type")):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-
-    prefix = domain.split(":")[0].split(".")[0]
+    joined, cookies = _event_headers(headers, cookies, domain=domain, user_agent=user_agent, source_ip=source_ip,
+                                     port=port, scheme=scheme)
+    domain = joined["host"]
+    raw, text = _event_body(body, joined.get("content-type"))
     key = "$default" if route["path"] == "$default" else route_key(route.get("method", method), route["path"])
-    now = time.time()
     event = {
         "version": "2.0",
         "routeKey": key,
         "rawPath": path,
         "rawQueryString": raw_query,
         "headers": joined,
-        "requestContext": {
-            "accountId": ACCOUNT_ID,
-            "apiId": api_id or api_prefix,
-            "domainName": domain,
-            "domainPrefix": prefix,
-            "http": {"method": method, "path": path, "protocol": protocol, "sourceIp": source_ip,
-                     "userAgent": joined.get("user-agent", "")},
-            "requestId": request_id or new_request_id(),
-            "routeKey": key,
-            "stage": "$default",
-            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
-            "timeEpoch": int(now * 1000),
-        },
+        "requestContext": _request_context(method, path, key, domain=domain, api_id=api_id or api_prefix,
+                                           protocol=protocol, source_ip=source_ip,
+                                           user_agent=joined.get("user-agent", ""), request_id=request_id),
         "isBase64Encoded": bool(raw) and text is None,
     }
     if cookies:
         event["cookies"] = cookies
-    if query:
+    if query := _query_parameters(raw_query):
         event["queryStringParameters"] = query
     if path_parameters:
         event["pathParameters"] = path_parameters
@@ -173,6 +136,66 @@ def http_event(method: str, path: str, *, route: dict, path_parameters: dict[str
     if iam_identity is not None:
         event["requestContext"]["authorizer"] = {"iam": iam_identity}
     return event
+
+
+def _event_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]] | None, cookies: list[str] | None, *,
+                   domain: str, user_agent: str | None, source_ip: str, port: int,
+                   scheme: str) -> tuple[dict[str, str], list[str]]:
+    """The event's headers (lower-case, repeats comma-joined, host and user-agent by default,
+    what API Gateway adds) and its cookies (`cookies`, then the Cookie headers' pairs)."""
+    joined: dict[str, str] = {}
+    cookies = list(cookies or [])
+    for name, value in _header_pairs(headers):
+        name = name.lower()
+        if name == "cookie":
+            cookies += [c.strip() for c in value.split(";") if c.strip()]
+        else:
+            joined[name] = f"{joined[name]},{value}" if name in joined else value
+    joined.setdefault("host", domain)
+    if user_agent is not None:
+        joined.setdefault("user-agent", user_agent)
+    forwarded = joined.get("x-forwarded-for")  # API Gateway appends the caller's address
+    joined["x-forwarded-for"] = f"{forwarded}, {source_ip}" if forwarded else source_ip
+    joined.setdefault("x-forwarded-port", str(port))
+    joined.setdefault("x-forwarded-proto", scheme)
+    joined["x-amzn-trace-id"] = f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)}"
+    return joined, cookies
+
+
+def _query_parameters(raw_query: str) -> dict[str, str]:
+    query: dict[str, str] = {}
+    for key, value in parse_qsl(raw_query, keep_blank_values=True):
+        query[key] = f"{query[key]},{value}" if key in query else value  # repeated keys comma-joined
+    return query
+
+
+def _event_body(body: bytes | str | None, content_type: str | None) -> tuple[bytes | None, str | None]:
+    """The raw body, and its text when HTTP API would pass it as text (else None: base64)."""
+    raw = body.encode() if isinstance(body, str) else body
+    if raw and is_text(content_type):
+        try:
+            return raw, raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    return raw, None
+
+
+def _request_context(method: str, path: str, key: str, *, domain: str, api_id: str, protocol: str,
+                     source_ip: str, user_agent: str, request_id: str | None) -> dict:
+    now = time.time()
+    return {
+        "accountId": ACCOUNT_ID,
+        "apiId": api_id,
+        "domainName": domain,
+        "domainPrefix": domain.split(":")[0].split(".")[0],
+        "http": {"method": method, "path": path, "protocol": protocol, "sourceIp": source_ip,
+                 "userAgent": user_agent},
+        "requestId": request_id or new_request_id(),
+        "routeKey": key,
+        "stage": "$default",
+        "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+        "timeEpoch": int(now * 1000),
+    }
 
 
 def iam_identity(access_key: str = "AKIAIOSFODNN7EXAMPLE") -> dict:

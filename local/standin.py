@@ -1,4 +1,4 @@
-"""The local Insightly stand-in: FakeInsightly (local/fake_insightly.py) over real HTTP.
+"""The local Insightly stand-in: FakeInsightly (local/fake_insightly/) over real HTTP.
 
     standin = StandIn().start()        # port 0: a free port is picked
     standin.base_url                   # http://127.0.0.1:PORT/v3.1 (the provider's URLs hang off it)
@@ -54,8 +54,9 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 import requests
 from requests.structures import CaseInsensitiveDict
 
-from local.fake_insightly import API_FAULTS, DEFAULT_DAILY_LIMIT, FAULT_TARGETS, FAULTS, FakeInsightly
+from local.fake_insightly import FakeInsightly
 from local.server import ThreadedServer
+from local.standin_control import BadRequest, StandInControl
 
 API_PREFIX = "/v3.1"
 API_PATH = re.compile(r"/(?:Users/Me|Contacts(?:/.*)?)")  # the API below the Bearer base URL
@@ -93,10 +94,6 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug('"%s %s" %s', self.command, urlsplit(self.path).path, code)
 
 
-class BadRequest(Exception):
-    pass
-
-
 class StandIn:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, provider: FakeInsightly | None = None, *,
                  latency_ms: float = 0, timeout_seconds: float = 10.0):
@@ -110,7 +107,7 @@ class StandIn:
         self.provider.base_url = self.base_url
         self.api_url_template = self.url + "/{pod}" + API_PREFIX
         self.provider.pod_url_template = self.api_url_template
-        self._initial = {**self.provider.configure(), **self._own_config()}
+        self.control = StandInControl(self)
         self._stopping = threading.Event()
         self._routes = {
             ("GET", "/oauth2/authorize"): self._consent_page,
@@ -118,15 +115,7 @@ class StandIn:
             ("POST", "/oauth2/token"): self._token,
             ("POST", "/oauth2/revoke"): self._revoke,
         }
-        self._control = {
-            ("POST", "/_control/faults"): self._set_faults,
-            ("POST", "/_control/config"): self._set_config,
-            ("GET", "/_control/state"): self._state,
-            ("POST", "/_control/reset"): self._reset,
-            ("POST", "/_control/api-keys"): self._issue_api_key,
-            ("POST", "/_control/api-keys/regenerate"): self._regenerate_api_key,
-            ("POST", "/_control/quota"): self._set_quota,
-        }
+        self._control = {key: self._answer_with(route) for key, route in self.control.routes().items()}
 
     @classmethod
     def from_env(cls, host: str = "127.0.0.1", port: int = 0, environ=None) -> StandIn:
@@ -200,6 +189,10 @@ class StandIn:
             "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'",
             "X-Content-Type-Options": "nosniff"})
 
+    def _answer_with(self, route):
+        """A control route (body in, status and JSON out) as a stand-in route."""
+        return lambda handler, _query, body: self._json(handler, *route(body))
+
     def _delay(self) -> None:
         if self.latency_ms > 0:
             self._stopping.wait(self.latency_ms / 1000)
@@ -207,16 +200,6 @@ class StandIn:
     @staticmethod
     def _form(body: bytes) -> dict[str, str]:
         return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True).items()}
-
-    @staticmethod
-    def _json_body(body: bytes) -> dict:
-        try:
-            data = json.loads(body or b"{}")
-        except ValueError as exc:
-            raise BadRequest("the body is not JSON") from exc
-        if not isinstance(data, dict):
-            raise BadRequest("the body must be a JSON object")
-        return data
 
     # -- consent page --------------------------------------------------------------------------
 
@@ -276,111 +259,6 @@ class StandIn:
             self._stopping.wait(self.timeout_seconds)
             return self._json(handler, 504, {"error": "gateway_timeout"})
         self._send(handler, status, json.dumps(answer).encode(), "application/json", headers)
-
-    # -- control -------------------------------------------------------------------------------
-
-    def _own_config(self) -> dict:
-        return {"latency_ms": self.latency_ms, "timeout_seconds": self.timeout_seconds}
-
-    def _set_faults(self, handler: _Handler, _query: str, body: bytes) -> None:
-        data = self._json_body(body)
-        fault, times, on = data.get("fault"), data.get("times", 1), data.get("on", "token")
-        if on not in FAULT_TARGETS:
-            raise BadRequest(f"on must be one of {', '.join(FAULT_TARGETS)}")
-        allowed = FAULTS if on == "token" else API_FAULTS
-        if fault not in allowed:
-            raise BadRequest(f"fault must be one of {', '.join(allowed)}")
-        if not isinstance(times, int) or isinstance(times, bool) or not 1 <= times <= 10_000:
-            raise BadRequest("times must be an integer from 1 to 10000")
-        self.provider.fail_next(fault, times, on=on)
-        snapshot = self.provider.snapshot()
-        return self._json(handler, 200, {"pending_faults": snapshot["pending_faults"],
-                                         "pending_api_faults": snapshot["pending_api_faults"]})
-
-    def _issue_api_key(self, handler: _Handler, _query: str, body: bytes) -> None:
-        data = self._json_body(body)
-        unknown = set(data) - {"pod", "daily_limit", "user", "account"}
-        if unknown:
-            raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-        user = data.get("user")
-        if user is not None and not isinstance(user, dict):
-            raise BadRequest("user must be an object of Users/Me fields")
-        try:
-            issued = self.provider.issue_api_key(data.get("pod", "na1"), user=user,
-                                                 daily_limit=data.get("daily_limit", DEFAULT_DAILY_LIMIT),
-                                                 account=data.get("account"))
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        return self._json(handler, 200, issued)
-
-    def _regenerate_api_key(self, handler: _Handler, _query: str, body: bytes) -> None:
-        account = self._json_body(body).get("account")
-        try:
-            key = self.provider.regenerate_api_key(account if isinstance(account, str) else "")
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        return self._json(handler, 200, {"account": account, "api_key": key})
-
-    def _set_quota(self, handler: _Handler, _query: str, body: bytes) -> None:
-        data = self._json_body(body)
-        unknown = set(data) - {"account", "remaining", "limit"}
-        if unknown:
-            raise BadRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-        account = data.get("account")
-        try:
-            quota = self.provider.set_quota(account if isinstance(account, str) else "",
-                                            remaining=data.get("remaining"), limit=data.get("limit"))
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        return self._json(handler, 200, quota)
-
-    def _set_config(self, handler: _Handler, _query: str, body: bytes) -> None:
-        self._apply_config(self._json_body(body))
-        return self._json(handler, 200, {**self.provider.configure(), **self._own_config()})
-
-    def _apply_config(self, data: dict) -> None:
-        def number(name, value, maximum, allow_none=False):
-            if value is None and allow_none:
-                return None
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= maximum:
-                raise BadRequest(f"{name} must be a number from 0 to {maximum}")
-            return value
-
-        unknown = set(data) - {"latency_ms", "timeout_seconds", "access_ttl", "rotate_refresh_tokens",
-                               "issue_refresh_tokens", "retry_after"}
-        if unknown:
-            raise BadRequest(f"unknown settings: {', '.join(sorted(unknown))}")
-        provider = {}
-        if "access_ttl" in data:  # null: the token answer carries no expires_in
-            ttl = number("access_ttl", data["access_ttl"], 10 * 365 * 86400, allow_none=True)
-            if ttl is not None and (int(ttl) != ttl or ttl < 1):
-                raise BadRequest("access_ttl must be a positive integer or null")
-            provider["access_ttl"] = None if ttl is None else int(ttl)
-        for flag in ("rotate_refresh_tokens", "issue_refresh_tokens"):
-            if flag in data:
-                if not isinstance(data[flag], bool):
-                    raise BadRequest(f"{flag} must be true or false")
-                provider[flag] = data[flag]
-        if "retry_after" in data:
-            provider["retry_after"] = int(number("retry_after", data["retry_after"], 3600))
-        latency = number("latency_ms", data["latency_ms"], 60_000) if "latency_ms" in data else self.latency_ms
-        timeout = (number("timeout_seconds", data["timeout_seconds"], 600) if "timeout_seconds" in data
-                   else self.timeout_seconds)
-        self.provider.configure(**provider)  # everything validated before anything changes
-        self.latency_ms, self.timeout_seconds = float(latency), float(timeout)
-
-    def _state(self, handler: _Handler, _query: str, _body: bytes) -> None:
-        snapshot = self.provider.snapshot()
-        snapshot["config"].update(self._own_config())
-        return self._json(handler, 200, snapshot)
-
-    def _reset(self, handler: _Handler, _query: str, body: bytes) -> None:
-        tokens = self._json_body(body).get("tokens", False)
-        if not isinstance(tokens, bool):
-            raise BadRequest("tokens must be true or false")
-        self.provider.reset(tokens=tokens)
-        self._apply_config(self._initial)
-        return self._state(handler, "", b"")
 
 
 # -- pages -------------------------------------------------------------------------------------

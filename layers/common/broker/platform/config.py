@@ -151,95 +151,143 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ = os.environ) -> Settings:
-        def need(name: str) -> str:
-            value = env.get(name, "").strip()
-            if not value:
-                raise ConfigurationError(f"environment variable {name} is required")
-            return value
-
-        def flag(name: str, default: str) -> bool:
-            value = env.get(name, default).strip().lower()
-            if value not in ("true", "false"):
-                raise ConfigurationError(f"{name} must be true or false")
-            return value == "true"
-
-        def number(name: str, default: str) -> int:
-            try:
-                return int(env.get(name, default))
-            except ValueError as exc:
-                raise ConfigurationError(f"{name} must be an integer") from exc
-
-        method = env.get("PROVIDER_TOKEN_AUTH_METHOD", "client_secret_post").strip()
-        if method not in ("client_secret_basic", "client_secret_post"):
-            raise ConfigurationError("PROVIDER_TOKEN_AUTH_METHOD must be client_secret_basic or client_secret_post")
-        origins = frozenset(
-            _origin(o) for o in env.get("ALLOWED_RETURN_ORIGINS", "").split(",") if o.strip()
-        )
-        binding = env.get("SESSION_BINDING", "confirm").strip()
-        if binding not in ("confirm", "none"):
-            raise ConfigurationError("SESSION_BINDING must be confirm or none")
-        shards = number("DUE_INDEX_SHARDS", "8")
-        if not 1 <= shards <= 64:
-            raise ConfigurationError("DUE_INDEX_SHARDS must be between 1 and 64")
-        loopback_http = flag("ALLOW_LOOPBACK_HTTP_PROVIDER", "false")
-        modes = tuple(m.strip() for m in env.get("AUTH_MODES", "oauth2,api_key").split(",") if m.strip())
-        if not modes or len(set(modes)) != len(modes) or not set(modes) <= {"oauth2", "api_key"}:
-            raise ConfigurationError("AUTH_MODES must list oauth2 and/or api_key, each once")
-        api_url_template = env.get("INSIGHTLY_API_URL_TEMPLATE", "https://api.{pod}.insightly.com/v3.1").strip()
-        # The host of every API-key call: held to the same rules as the provider's URLs.
-        _provider_url("INSIGHTLY_API_URL_TEMPLATE", api_url_template.replace("{pod}", "na1"),
-                      allow_loopback_http=loopback_http)
-        check_seconds = number("API_KEY_CHECK_SECONDS", "86400")
-        if check_seconds < 0:
-            raise ConfigurationError("API_KEY_CHECK_SECONDS must be 0 or more")
-        app_name = " ".join(env.get("APP_NAME", "this app").split())[:80] or "this app"
-        quota_backoff = number("QUOTA_BACKOFF_SECONDS", "900")
-        reserve_percent = number("BACKGROUND_QUOTA_RESERVE_PERCENT", "20")
-        if not 0 <= reserve_percent <= 90:
-            raise ConfigurationError("BACKGROUND_QUOTA_RESERVE_PERCENT must be between 0 and 90")
-        if not 1 <= quota_backoff <= 86400:
-            raise ConfigurationError("QUOTA_BACKOFF_SECONDS must be between 1 and 86400")
-
-        def provider_url(name: str, *, required: bool = True) -> str:
-            value = need(name) if required else env.get(name, "").strip()
-            return _provider_url(name, value, allow_loopback_http=loopback_http) if value else ""
-
+        """Every variable checked here, once; an error names the variable, never its value."""
+        read = _Environment(env)
+        loopback_http = read.flag("ALLOW_LOOPBACK_HTTP_PROVIDER", "false")
         return cls(
-            connections_table=need("CONNECTIONS_TABLE"),
-            flow_table=need("FLOW_TABLE"),
-            token_key_id=env.get("TOKEN_KEY_ID", "").strip(),
-            client_secret_arn=need("CLIENT_SECRET_ARN"),
-            provider=ProviderSettings(
-                authorize_url=provider_url("PROVIDER_AUTHORIZE_URL"),
-                token_url=provider_url("PROVIDER_TOKEN_URL"),
-                api_base_url=provider_url("PROVIDER_API_BASE_URL"),
-                userinfo_path=env.get("PROVIDER_USER_INFO_PATH", "/Users/Me"),
-                revocation_url=provider_url("PROVIDER_REVOCATION_URL", required=False),
-                scopes=" ".join(env.get("PROVIDER_SCOPES", "").split()),
-                use_pkce=flag("PROVIDER_USE_PKCE", "true"),
-                token_auth_method=method,
-                issuer=env.get("PROVIDER_ISSUER", "").strip(),
-            ),
-            allowed_return_origins=origins,
-            refresh_lead_seconds=number("REFRESH_LEAD_SECONDS", "300"),
-            due_index_shards=shards,
-            public_base_url=env.get("PUBLIC_BASE_URL", "").strip().rstrip("/"),
-            cookie_secure=flag("COOKIE_SECURE", "true"),
-            refresh_queue_url=env.get("REFRESH_QUEUE_URL", "").strip(),
-            event_bus_name=env.get("EVENT_BUS_NAME", "").strip(),
-            keep_alive_refresh_seconds=number("KEEP_ALIVE_REFRESH_SECONDS", "604800"),
-            reauth_after_failing_days=number("REAUTH_AFTER_FAILING_DAYS", "3"),
-            session_binding=binding,
-            auth_modes=modes,
-            app_name=app_name,
-            insightly_api_url_template=api_url_template,
-            api_key_check_seconds=check_seconds,
-            quota_backoff_seconds=quota_backoff,
-            list_tag_key=env.get("LIST_TAG_KEY", "").strip(),
-            list_cursor_secret_arn=env.get("LIST_CURSOR_SECRET_ARN", "").strip(),
-            background_quota_reserve_percent=reserve_percent,
-            api_domain_suffix=env.get("API_DOMAIN_SUFFIX", "").strip().strip("."),
+            connections_table=read.need("CONNECTIONS_TABLE"),
+            flow_table=read.need("FLOW_TABLE"),
+            token_key_id=read.text("TOKEN_KEY_ID"),
+            client_secret_arn=read.need("CLIENT_SECRET_ARN"),
+            provider=_provider_settings(read, loopback_http),
+            **_web_settings(read),
+            **_connect_settings(read),
+            **_api_key_settings(read, loopback_http),
+            **_schedule_settings(read),
+            **_quota_settings(read),
+            **_listing_settings(read),
         )
+
+
+class _Environment:
+    """One variable at a time, read and checked."""
+
+    def __init__(self, env: dict[str, str] | os._Environ):
+        self.env = env
+
+    def text(self, name: str, default: str = "") -> str:
+        return self.env.get(name, default).strip()
+
+    def need(self, name: str) -> str:
+        value = self.text(name)
+        if not value:
+            raise ConfigurationError(f"environment variable {name} is required")
+        return value
+
+    def flag(self, name: str, default: str) -> bool:
+        value = self.text(name, default).lower()
+        if value not in ("true", "false"):
+            raise ConfigurationError(f"{name} must be true or false")
+        return value == "true"
+
+    def number(self, name: str, default: str, *, low: int | None = None, high: int | None = None,
+               bounds: str = "") -> int:
+        """An integer; with `low`/`high`, refused outside them as "{name} must be {bounds}"."""
+        try:
+            value = int(self.env.get(name, default))
+        except ValueError as exc:
+            raise ConfigurationError(f"{name} must be an integer") from exc
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigurationError(f"{name} must be {bounds}")
+        return value
+
+    def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if value not in allowed:
+            raise ConfigurationError(f"{name} must be {' or '.join(allowed)}")
+        return value
+
+
+def _provider_settings(read: _Environment, loopback_http: bool) -> ProviderSettings:
+    """The OAuth provider (PROVIDER_*): every URL https to a public host (see _provider_url)."""
+    def url(name: str, *, required: bool = True) -> str:
+        value = read.need(name) if required else read.text(name)
+        return _provider_url(name, value, allow_loopback_http=loopback_http) if value else ""
+
+    method = read.choice("PROVIDER_TOKEN_AUTH_METHOD", "client_secret_post",
+                         ("client_secret_basic", "client_secret_post"))
+    return ProviderSettings(
+        authorize_url=url("PROVIDER_AUTHORIZE_URL"),
+        token_url=url("PROVIDER_TOKEN_URL"),
+        api_base_url=url("PROVIDER_API_BASE_URL"),
+        userinfo_path=read.env.get("PROVIDER_USER_INFO_PATH", "/Users/Me"),
+        revocation_url=url("PROVIDER_REVOCATION_URL", required=False),
+        scopes=" ".join(read.env.get("PROVIDER_SCOPES", "").split()),
+        use_pkce=read.flag("PROVIDER_USE_PKCE", "true"),
+        token_auth_method=method,
+        issuer=read.text("PROVIDER_ISSUER"),
+    )
+
+
+def _web_settings(read: _Environment) -> dict:
+    """Where browsers are sent and how this API names itself: origins, public URL, cookies."""
+    return {
+        "allowed_return_origins": frozenset(
+            _origin(o) for o in read.env.get("ALLOWED_RETURN_ORIGINS", "").split(",") if o.strip()),
+        "public_base_url": read.text("PUBLIC_BASE_URL").rstrip("/"),
+        "cookie_secure": read.flag("COOKIE_SECURE", "true"),
+        "api_domain_suffix": read.text("API_DOMAIN_SUFFIX").strip("."),
+    }
+
+
+def _connect_settings(read: _Environment) -> dict:
+    """What a connect flow offers: the credential kinds, session binding, the app's name."""
+    modes = tuple(m.strip() for m in read.env.get("AUTH_MODES", "oauth2,api_key").split(",") if m.strip())
+    if not modes or len(set(modes)) != len(modes) or not set(modes) <= {"oauth2", "api_key"}:
+        raise ConfigurationError("AUTH_MODES must list oauth2 and/or api_key, each once")
+    return {
+        "session_binding": read.choice("SESSION_BINDING", "confirm", ("confirm", "none")),
+        "auth_modes": modes,
+        "app_name": " ".join(read.env.get("APP_NAME", "this app").split())[:80] or "this app",
+    }
+
+
+def _api_key_settings(read: _Environment, loopback_http: bool) -> dict:
+    """API-key connections: the per-pod host template and how often a key is checked."""
+    template = read.text("INSIGHTLY_API_URL_TEMPLATE", "https://api.{pod}.insightly.com/v3.1")
+    # The host of every API-key call: held to the same rules as the provider's URLs.
+    _provider_url("INSIGHTLY_API_URL_TEMPLATE", template.replace("{pod}", "na1"), allow_loopback_http=loopback_http)
+    return {
+        "insightly_api_url_template": template,
+        "api_key_check_seconds": read.number("API_KEY_CHECK_SECONDS", "86400", low=0, bounds="0 or more"),
+    }
+
+
+def _schedule_settings(read: _Environment) -> dict:
+    """When the background refreshes run and where their work goes."""
+    return {
+        "refresh_lead_seconds": read.number("REFRESH_LEAD_SECONDS", "300"),
+        "due_index_shards": read.number("DUE_INDEX_SHARDS", "8", low=1, high=64, bounds="between 1 and 64"),
+        "keep_alive_refresh_seconds": read.number("KEEP_ALIVE_REFRESH_SECONDS", "604800"),
+        "reauth_after_failing_days": read.number("REAUTH_AFTER_FAILING_DAYS", "3"),
+        "refresh_queue_url": read.text("REFRESH_QUEUE_URL"),
+        "event_bus_name": read.text("EVENT_BUS_NAME"),
+    }
+
+
+def _quota_settings(read: _Environment) -> dict:
+    """The quota guard: the backoff after a bare 429 and the reserve background calls leave."""
+    return {
+        "quota_backoff_seconds": read.number("QUOTA_BACKOFF_SECONDS", "900", low=1, high=86400,
+                                             bounds="between 1 and 86400"),
+        "background_quota_reserve_percent": read.number("BACKGROUND_QUOTA_RESERVE_PERCENT", "20", low=0, high=90,
+                                                        bounds="between 0 and 90"),
+    }
+
+
+def _listing_settings(read: _Environment) -> dict:
+    """GET /connections: the tag the tag index serves and the secret behind the cursor."""
+    return {"list_tag_key": read.text("LIST_TAG_KEY"), "list_cursor_secret_arn": read.text("LIST_CURSOR_SECRET_ARN")}
 
 
 @lru_cache(maxsize=1)
