@@ -105,3 +105,32 @@ def test_the_check_catches_a_handler_that_reaches_past_the_wiring(tmp_path):
                        "from broker.proxy.call import InsightlyProxy\n")
     assert handler_imports_outside(tmp_path / "functions") == [
         "functions/proxy/app.py:3 imports broker.proxy.call.InsightlyProxy"]
+
+
+# -- sizes: a class or a function that outgrows these has two jobs ------------------------------
+
+MAX_CLASS_LINES, MAX_FUNCTION_LINES = 250, 60
+PRODUCT_CODE = [BROKER, ROOT / "functions", ROOT / "local", ROOT / "clients" / "python" / "src"]
+
+
+def oversized(roots: list[Path]) -> list[str]:
+    found = []
+    for root in roots:
+        for path in sorted(root.rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                limit = (MAX_CLASS_LINES if isinstance(node, ast.ClassDef) else
+                         MAX_FUNCTION_LINES if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) else None)
+                if limit and node.end_lineno - node.lineno + 1 > limit:
+                    found.append(f"{path.relative_to(root.parent)}:{node.lineno} {node.name}: "
+                                 f"{node.end_lineno - node.lineno + 1} lines (at most {limit})")
+    return found
+
+
+def test_no_class_over_250_lines_and_no_function_over_60_in_the_product_code():
+    assert oversized(PRODUCT_CODE) == []
+
+
+def test_the_size_check_counts_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "long.py").write_text(f"def long():\n{body}\n\n\ndef short():\n    return 1\n")
+    assert oversized([tmp_path]) == [f"{tmp_path.name}/long.py:1 long: {MAX_FUNCTION_LINES + 1} lines (at most 60)"]
