@@ -70,8 +70,10 @@ def page(message: str, status: str, connection: Connection | None, *, call_resul
         result += test_key_box(*test_key)
     test_key_button = ('<form method="post" action="/test-key"><button id="issue-test-key" type="submit">'
                        'Issue a test key</button></form>' if offer_test_key else "")
+    # The data: icon spares the browser a /favicon.ico request, whose 404 it would log as an error.
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Demo SaaS</title>
-<meta name="viewport" content="width=device-width,initial-scale=1"><style>{STYLE}</style></head><body><main>
+<meta name="viewport" content="width=device-width,initial-scale=1"><link rel="icon" href="data:,">
+<style>{STYLE}</style></head><body><main>
 <h1>Demo SaaS</h1>
 <div id="message" class="message" role="status">{e(message)}</div>
 <p>Insightly: <strong id="status">{e(status)}</strong></p>

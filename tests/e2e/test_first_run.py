@@ -122,6 +122,9 @@ def test_make_local_works_for_a_newcomer_in_a_browser(make_local, browser):
     function_log = ROOT / re.search(r"Function logs\s+(\S+)", banner).group(1)
 
     context = browser.new_context()
+    console_errors = []  # what a newcomer would see in the browser's console, on every page and popup
+    context.on("console", lambda message: console_errors.append(f"{message.location.get('url')}: {message.text}")
+               if message.type == "error" else None)
     page = context.new_page()
     try:
         page.goto(make_local.demo_url)
@@ -159,6 +162,7 @@ def test_make_local_works_for_a_newcomer_in_a_browser(make_local, browser):
         page.screenshot(path=str(ARTIFACTS / "first-run.png"))
     finally:
         context.close()
+    assert console_errors == []
 
     seconds = make_local.interrupt()
     output = make_local.output
