@@ -3,7 +3,7 @@
 Pure functions, no AWS. The page works without JavaScript and loads nothing from anywhere:
 one inline <style>, one form posting back to this API.
 
-CSRF uses the browser-binding idea of the OAuth state cookie (connect_flow): the GET sets a
+CSRF uses the browser-binding idea of the OAuth state cookie (connect.oauth_flow): the GET sets a
 random secret in an HttpOnly, SameSite=Lax cookie, and the form carries an HMAC of the
 session token under that secret. A submit from a browser without the cookie, or for
 another session, fails the check; nothing about the secret is stored.

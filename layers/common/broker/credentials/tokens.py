@@ -55,7 +55,7 @@ DEFERRED = "deferred"  # not tried: too little of the invocation left to finish 
 POSTPONED = "postponed"  # an API-key check not worth a request of the daily quota now
 NEWER_SCHEMA = "newer_schema"  # stored by a newer broker (rolled back): left for that version
 # Time kept for storing the new token set: the KMS call, then the DynamoDB write, which
-# aws.py refuses to start with less than one whole attempt left.
+# platform.aws refuses to start with less than one whole attempt left.
 PERSIST_SECONDS = aws.ATTEMPT_SECONDS + 0.5
 
 

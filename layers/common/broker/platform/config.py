@@ -118,7 +118,7 @@ class Settings:
     lease_seconds: int = 20
     http_connect_timeout: float = 3.05
     http_read_timeout: float = 6.0
-    # confirm: a finished flow waits for the SaaS backend to complete it (see connect_flow).
+    # confirm: a finished flow waits for the SaaS backend to complete it (see connect.oauth_flow).
     session_binding: str = "confirm"
     # Credential kinds this deployment offers (AuthModes); the first is the default.
     auth_modes: tuple[str, ...] = ("oauth2", "api_key")

@@ -21,7 +21,7 @@ class BrokerError(Exception):
 
 class ConfigurationError(BrokerError):
     """A setting of the deployment is wrong. The message names the setting, never its value;
-    callers get only the code (http_api)."""
+    callers get only the code (http.api)."""
 
     status = 500
     code = "misconfigured"

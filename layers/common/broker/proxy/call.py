@@ -1,6 +1,6 @@
 """InsightlyProxy: the SaaS calls Insightly through the broker, which injects the connection's
 credential, follows its pod, recovers from a 401 once and guards the daily quota of the
-connection's quota group (quota.py), with a reserve that background calls cannot spend.
+connection's quota group (store.quota), with a reserve that background calls cannot spend.
 
 One DynamoDB call per call (a GetItem, or for a grouped connection a BatchGetItem of the
 connection and its group's record), one KMS decrypt, one Insightly call; a locally answered
