@@ -7,6 +7,8 @@ from broker.http.api import BROWSER_COOKIE, Routes, base_url, browser_cookie, ca
 from broker.platform import deadline
 from broker.platform.observability import logger, metrics, tracer
 
+services.load_connect_flow()  # every invocation starts a flow
+
 routes = Routes()
 
 

@@ -17,6 +17,8 @@ from broker.http.api import (
 from broker.platform import deadline
 from broker.platform.observability import logger, metrics, tracer
 
+services.load_connect_flow()  # every invocation finishes one
+
 routes = Routes()
 
 

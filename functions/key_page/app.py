@@ -21,6 +21,8 @@ from broker.http.api import (
 from broker.platform import deadline
 from broker.platform.observability import logger, metrics, tracer
 
+services.load_key_page()  # every invocation shows or checks the key form
+
 routes = Routes()
 
 

@@ -4,6 +4,8 @@ from broker import services
 from broker.platform import deadline
 from broker.platform.observability import logger, metrics, tracer
 
+services.load_scheduler()  # every invocation is a scheduled run
+
 
 @logger.inject_lambda_context(log_event=False)
 @metrics.log_metrics(capture_cold_start_metric=True)

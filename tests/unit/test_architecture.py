@@ -53,7 +53,7 @@ def upward_imports(broker: Path) -> list[str]:
             if name.startswith("."):
                 wrong.append(f"{where}: relative; the broker imports absolutely, so a move shows in the diff")
                 continue
-            other = name.split(".")[1]
+            other = name.split(".")[1] if "." in name else "the whole package"
             if other != own and (other not in RANK or RANK[other] >= RANK[own]):
                 wrong.append(f"{where}: {own} may not import {other}")
     return wrong
@@ -87,6 +87,7 @@ def test_the_handlers_import_only_the_wiring_the_http_shape_and_the_platform():
      "store may not import services"),
     ("http/api.py", "from . import popup\n", "relative"),
     ("store/listing.py", "from broker.unknown import thing\n", "store may not import unknown"),
+    ("proxy/rules.py", "import broker\n", "proxy may not import the whole package"),
 ])
 def test_the_check_catches_an_import_that_breaks_the_rule(tmp_path, path, source, why):
     broker = tmp_path / "broker"

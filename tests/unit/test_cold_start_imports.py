@@ -60,6 +60,24 @@ def test_only_the_proxy_function_loads_the_proxy(logical):
     assert loaded_by_import(logical, *proxy) == (proxy if logical == "ProxyFunction" else [])
 
 
+# What every invocation of a function uses is loaded in its Init (Lambda gives Init the whole
+# CPU), not by its first request; the other functions do not load it at all (tests above).
+USED_BY_EVERY_INVOCATION = {
+    "AuthorizeFunction": ["broker.connect.flowstore", "broker.connect.oauth_flow"],
+    "CallbackFunction": ["broker.connect.flowstore", "broker.connect.oauth_flow"],
+    "KeyPageFunction": ["broker.connect.api_keys", "broker.connect.key_page", "broker.connect.oauth_flow"],
+    "ProxyFunction": ["broker.proxy.call"],
+    "SchedulerFunction": ["broker.background.scheduler"],
+    "RefreshWorkerFunction": ["broker.background.worker"],
+    "WebhookFunction": ["broker.background.webhooks"],
+}
+
+
+@pytest.mark.parametrize("logical", sorted(USED_BY_EVERY_INVOCATION))
+def test_a_function_loads_in_its_init_what_every_invocation_uses(logical):
+    assert loaded_by_import(logical, *USED_BY_EVERY_INVOCATION[logical]) == USED_BY_EVERY_INVOCATION[logical]
+
+
 # Powertools' resolver and event data classes: their eager package __init__s cost about a
 # quarter of a boto3 import (docs/benchmarks.md). Functions dispatch on the routeKey instead.
 RESOLVER_PACKAGES = ("aws_lambda_powertools.event_handler", "aws_lambda_powertools.utilities.data_classes")

@@ -87,9 +87,30 @@ def insightly_proxy() -> InsightlyProxy:
     return InsightlyProxy(token_service(), quota_backoff_seconds=settings().quota_backoff_seconds)
 
 
+# A function loads the part every one of its invocations uses in its Init (Lambda gives Init
+# the whole CPU), not in its first call; the factories above import it lazily for the others.
 def load_proxy() -> None:
-    """The proxy function loads the proxy in its Init, not in its first call."""
     import broker.proxy.call  # noqa: F401
+
+
+def load_connect_flow() -> None:
+    import broker.connect.oauth_flow  # noqa: F401
+
+
+def load_key_page() -> None:
+    import broker.connect.api_keys  # noqa: F401
+
+
+def load_scheduler() -> None:
+    import broker.background.scheduler  # noqa: F401
+
+
+def load_worker() -> None:
+    import broker.background.worker  # noqa: F401
+
+
+def load_webhooks() -> None:
+    import broker.background.webhooks  # noqa: F401
 
 
 @lru_cache(maxsize=1)
