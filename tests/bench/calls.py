@@ -71,9 +71,10 @@ FLOORS = {
     # API-key connections (issue 8, point 12). "provider" is the Insightly call (Users/Me).
     "key page render": {"dynamodb": 1, "kms": 0, "secretsmanager": 0, "provider": 0},
     "key page submit, key refused": None,
-    # Issue 8 asked <= 2 DynamoDB. The page reads the session before it calls Insightly, so
-    # nobody can use it to try keys without a live session: 1 read + 2 writes (spend the
-    # session, store the pending completion) = 3, one over the issue's figure by design.
+    # Issue 8 asked <= 2 DynamoDB. Before it calls Insightly the page reads the session in the
+    # write that takes an attempt, so nobody can use it to try keys without a live session:
+    # that write + 2 more (spend the session, store the pending completion) = 3, one over the
+    # issue's figure by design.
     "key page submit": {"dynamodb": 3, "kms": 1, "secretsmanager": 0, "provider": 1},
     "PUT api-key": {"dynamodb": 1, "kms": 1, "secretsmanager": 0, "provider": 1},
     "token, api_key": {"dynamodb": 1, "kms": 1, "secretsmanager": 0, "provider": 0},

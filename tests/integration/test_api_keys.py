@@ -5,10 +5,13 @@ Basic-auth API behind `responses`."""
 import base64
 import json
 import time
+from urllib.parse import urlencode
 
 import pytest
 import requests
 
+from broker.connect import key_page
+from broker.http.api import KEY_PAGE_COOKIE
 from tests.integration.test_connect_flow import connection_item
 from tests.integration.test_scheduler import refresh_in_background
 from tests.integration.test_tokens import make_due
@@ -122,6 +125,27 @@ def test_a_submit_without_the_forms_cookie_changes_nothing(broker, provider, acc
 
     assert answer.status == 400 and answer.json["error"] == "csrf_mismatch"
     assert dynamodb.scan(TableName=stack.refs["FlowTable"])["Items"] == before
+    assert api_calls(provider) == 0
+
+
+def test_a_key_posted_for_an_oauth_session_is_refused_and_takes_no_attempt(broker, provider, account, dynamodb,
+                                                                             stack):
+    # A form forged for an OAuth connect session (its token from the connect URL, a CSRF pair
+    # made for it): the write that would take an attempt is refused by its condition.
+    oauth = broker.call("POST", "/connect-sessions", body={
+        "connection_id": "user-1", "return_to": RETURN_TO, "auth_mode": "oauth2"})
+    token = query_of(oauth.json["connect_url"])["session"]
+    cookie_secret, csrf = key_page.new_csrf(token)
+    before = dynamodb.scan(TableName=stack.refs["FlowTable"])["Items"]
+
+    answer = broker.call("POST", "/connect/api-key", signed=False,
+                         body=urlencode({"session": token, "csrf": csrf, "api_key": account["api_key"],
+                                         "api_url": account["api_url"]}),
+                         headers={"Content-Type": "application/x-www-form-urlencoded"},
+                         cookies=[f"{KEY_PAGE_COOKIE}={cookie_secret}"])
+
+    assert answer.status == 400 and answer.json["error"] == "invalid_session"
+    assert dynamodb.scan(TableName=stack.refs["FlowTable"])["Items"] == before  # no attempts counted on it
     assert api_calls(provider) == 0
 
 

@@ -120,20 +120,22 @@ class ApiKeyConnect:
         if not key_page.csrf_ok(cookie_secret, form["csrf"], token):
             raise InvalidRequest("this form was not opened in this browser; open the connect link again",
                                  code="csrf_mismatch")
-        # Read first, so nobody can use the page to try keys without a live session.
-        session = self.flow.flows.peek_session(token, now=self._now(), auth_mode=API_KEY)
+        # The form's own checks first: a typo costs no attempt and no Insightly request.
         try:
-            self.template.parse(form["api_url"])  # a typo costs no attempt and no Insightly request
+            self.template.parse(form["api_url"])
             check_api_key(form["api_key"])
         except InvalidRequest as exc:
             if key_page.message_for(exc) is None:
                 raise
             return self._form(token, exc, form["api_url"], status=exc.status)
-        # An attempt is taken before Insightly is called: parallel submits get at most
-        # MAX_REFUSED_ATTEMPTS keys checked per session, whatever their timing.
-        attempt = self.flow.flows.reserve_attempt(token, now=self._now(), limit=MAX_REFUSED_ATTEMPTS)
-        if attempt is None:
+        # One write reads the live session and takes an attempt before Insightly is called:
+        # parallel submits get at most MAX_REFUSED_ATTEMPTS keys checked per session, whatever
+        # their timing, and no key is tried without a live session.
+        session, left = self.flow.flows.reserve_attempt(token, now=self._now(), limit=MAX_REFUSED_ATTEMPTS,
+                                                        auth_mode=API_KEY)
+        if not left:
             return self._too_many_attempts(token, session)
+        attempt = session.attempts
         try:
             new = self.check(session.connection_id, form["api_key"], form["api_url"])
         except REFUSED as exc:

@@ -92,29 +92,33 @@ class ConnectSessions(FlowTable):
             raise InvalidRequest("the connect session has expired; start again", code="session_expired")
         return _session(item, token)
 
-    def reserve_attempt(self, token: str, *, now: int, limit: int) -> int | None:
-        """Take one of the session's `limit` key checks before Insightly is called (a
-        conditional ADD, so parallel submits cannot all pass a count read earlier): the
-        attempt's number, or None when all are taken. Only a live session has attempts."""
+    def reserve_attempt(self, token: str, *, now: int, limit: int, auth_mode: str) -> tuple[ConnectSession, bool]:
+        """Read a live session and take one of its `limit` key checks, in one write, before
+        Insightly is called (a conditional ADD, so parallel submits cannot all pass a count read
+        earlier). Returns the session (its `attempts` counts this one) and whether a check was
+        left; a session that is gone, of another kind or expired raises as a read would."""
+        key = {"flow_key": {"S": f"session#{digest(token)}"}}
         try:
             answer = self._db.update_item(
-                TableName=self._table, Key={"flow_key": {"S": f"session#{digest(token)}"}},
-                UpdateExpression="ADD attempts :one",
-                ConditionExpression=("attribute_exists(flow_key) AND expires_at > :now AND"
+                TableName=self._table, Key=key, UpdateExpression="ADD attempts :one",
+                ConditionExpression=("attribute_exists(flow_key) AND auth_mode = :mode AND expires_at > :now AND"
                                      " (attribute_not_exists(attempts) OR attempts < :limit)"
                                      f" AND {schema.NOT_NEWER}"),
-                ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"N": str(now)}, ":limit": {"N": str(limit)},
-                                           **schema.NOT_NEWER_VALUES},
-                ReturnValues="UPDATED_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD")
+                ExpressionAttributeValues={":one": {"N": "1"}, ":mode": {"S": auth_mode}, ":now": {"N": str(now)},
+                                           ":limit": {"N": str(limit)}, **schema.NOT_NEWER_VALUES},
+                ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD")
         except ClientError as exc:
             if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                 raise
             old = exc.response.get("Item") or {}
-            schema.check(old, "connect session")
-            if old and int(old["expires_at"]["N"]) > now and int(old.get("attempts", {}).get("N", "0")) >= limit:
-                return None
-            raise InvalidRequest("unknown or already used connect session", code="invalid_session") from None
-        return int(answer["Attributes"]["attempts"]["N"])
+            if old:
+                schema.check(old, "connect session")
+            if not old or old.get("auth_mode", {}).get("S", "oauth2") != auth_mode:
+                raise InvalidRequest("unknown or already used connect session", code="invalid_session") from None
+            if int(old["expires_at"]["N"]) <= now:
+                raise InvalidRequest("the connect session has expired; start again", code="session_expired") from None
+            return _session(old, token), False  # every check taken
+        return _session(answer["Attributes"], token), True
 
     def release_attempt(self, token: str) -> None:
         """Give a reserved attempt back: Insightly refused nothing (an outage, the quota)."""
