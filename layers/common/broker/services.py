@@ -7,8 +7,8 @@ that knows how the parts fit together.
 
 The connect flows (OAuth and API-key), the Insightly proxy and the background work are
 imported by the factories that use them: the functions that never use them do not load them
-in their cold start (the proxy function imports the proxy in its handler module: every
-invocation uses it)."""
+in their cold start, and a function whose every invocation uses one loads it in its Init
+(the load_...() calls below)."""
 
 from __future__ import annotations
 
@@ -135,14 +135,14 @@ def refresh_batch(event: dict[str, Any]) -> dict[str, Any]:
     return worker.refresh_batch(event, token_service())
 
 
-def scheduled_run(request_id: str) -> int:
+def scheduled_run(request_id: str) -> dict[str, Any]:
     """One EventBridge run, one at a time (a lease): enqueue every connection whose refresh is
     due, then revoke and delete the pending completions nobody completed in time."""
     from broker.background.scheduler import enqueue_due, one_run_at_a_time
 
     cfg, flow = settings(), connect_flow()
 
-    def run() -> int:
+    def run() -> dict[str, int]:
         enqueued = enqueue_due(token_service().connections, aws.client("sqs"), cfg.refresh_queue_url,
                                shards=cfg.due_index_shards, now=int(time.time()), seconds_left=deadline.seconds_left)
         flow.sweep_expired_completions(seconds_left=deadline.seconds_left)
